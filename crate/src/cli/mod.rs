@@ -1,0 +1,148 @@
+//! Subcommands of the native CLI. They parse arguments, read files, call the library and
+//! write files; the maths lives in the library.
+
+mod io;
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use clap::{Parser, Subcommand};
+
+use webdiffusion::device::{self, Backend};
+use webdiffusion::error::{Error, Result};
+use webdiffusion::model::{self, DirFiles};
+
+use io::Output;
+
+#[derive(Parser)]
+#[command(name = "webdiffusion", version, about = "Stable Diffusion on burn")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/).
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu or wgpu (default: wgpu when an adapter exists, else cpu).
+    #[arg(long)]
+    backend: Option<Backend>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize a prompt and run the text encoder.
+    EncodePrompt {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        prompt: String,
+        /// Skip this many final layers of the text encoder (diffusers' clip_skip).
+        #[arg(long, default_value_t = 0)]
+        clip_skip: usize,
+        /// Writes `input_ids` (i64 [1,77]) and `prompt_embeds` (f32 [1,77,D]).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode latents (tensor `latents`, pipeline space) to the raw decoder output `image`.
+    VaeDecode {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        latents: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor).
+    VaeEncode {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::EncodePrompt {
+            common,
+            prompt,
+            clip_skip,
+            out,
+        } => {
+            let (files, device) = open(&common)?;
+            let tokenizer = model::load_tokenizer(&files)?;
+            let (_, text_encoder) = model::load_text_encoder(&files, &device, DType::F32)?;
+            if clip_skip >= text_encoder.num_layers() {
+                return Err(Error::invalid(
+                    "--clip-skip",
+                    format!(
+                        "{clip_skip} (the text encoder has {} layers)",
+                        text_encoder.num_layers()
+                    ),
+                ));
+            }
+            let ids = tokenizer.encode(&prompt)?;
+            let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
+            let embeds = text_encoder.forward(input, clip_skip);
+            io::write_safetensors(
+                &out,
+                &[
+                    Output::i64("input_ids", vec![1, ids.len()], &ids),
+                    Output::f32("prompt_embeds", embeds)?,
+                ],
+            )
+        }
+        Command::VaeDecode {
+            common,
+            latents,
+            out,
+        } => {
+            let (files, device) = open(&common)?;
+            let latents = io::read_tensor4(&latents, "latents", &device)?;
+            let (config, vae) = model::load_vae(&files, &device, DType::F32)?;
+            let [_, c, _, _] = latents.dims();
+            if c != config.latent_channels {
+                return Err(Error::invalid(
+                    "--latents",
+                    format!("has {c} channels, the VAE expects {}", config.latent_channels),
+                ));
+            }
+            let image = vae.decode(latents / config.scaling_factor);
+            io::write_safetensors(&out, &[Output::f32("image", image)?])
+        }
+        Command::VaeEncode { common, image, out } => {
+            let (files, device) = open(&common)?;
+            let png = io::read_png(&image)?;
+            let (config, vae) = model::load_vae(&files, &device, DType::F32)?;
+            let f = config.scale_factor();
+            if png.width % f != 0 || png.height % f != 0 {
+                return Err(Error::invalid(
+                    "--image",
+                    format!(
+                        "{} is {}×{}; width and height must be multiples of {f}",
+                        image.display(),
+                        png.width,
+                        png.height
+                    ),
+                ));
+            }
+            let posterior = vae.encode(io::image_to_tensor(&png, &device));
+            io::write_safetensors(&out, &[Output::f32("mean", posterior.mean)?])
+        }
+    }
+}
+
+fn open(common: &Common) -> Result<(DirFiles, Device)> {
+    if !common.model.is_dir() {
+        return Err(Error::io(common.model.display(), "is not a model folder"));
+    }
+    let (_, device) = device::open(common.backend)?;
+    Ok((DirFiles(common.model.clone()), device))
+}

@@ -1,0 +1,57 @@
+//! Reading diffusers/transformers `config.json` files.
+//!
+//! The config keys are the public contract: each model struct mirrors the keys diffusers
+//! reads, with diffusers' defaults for keys a file leaves out. Unknown keys are ignored
+//! (checkpoints carry bookkeeping such as `_diffusers_version`); values this crate cannot
+//! honour are rejected by the model's `validate`, naming the key.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Parses `text` (the contents of `file`) as a config struct.
+pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Json {
+        file: file.into(),
+        message: e.to_string(),
+    })
+}
+
+/// A value diffusers accepts either once for all blocks or once per block
+/// (`attention_head_dim: 8` or `[5, 10, 20, 20]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Each(Vec<T>),
+}
+
+impl<T: Clone> PerBlock<T> {
+    /// The value for each of `blocks` blocks; `key` and `file` name it in the error when a
+    /// list has the wrong length.
+    pub fn expand(&self, blocks: usize, file: &str, key: &str) -> Result<Vec<T>> {
+        match self {
+            PerBlock::One(v) => Ok(vec![v.clone(); blocks]),
+            PerBlock::Each(v) if v.len() == blocks => Ok(v.clone()),
+            PerBlock::Each(v) => Err(Error::config(
+                file,
+                key,
+                format!("has {} entries but the model has {blocks} blocks", v.len()),
+            )),
+        }
+    }
+}
+
+/// Checks that `value` is one of `allowed` for config key `key`.
+pub fn expect_one_of(file: &str, key: &str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            file,
+            key,
+            format!("unsupported value {value:?} (supported: {})", allowed.join(", ")),
+        ))
+    }
+}

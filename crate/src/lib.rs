@@ -1,0 +1,12 @@
+//! Stable Diffusion on burn: one implementation of the tokenizer, text encoder, UNet and VAE
+//! that runs on every burn device (CPU, Vulkan, WebGPU).
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod models;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,184 @@
+//! transformers' `CLIPTextModel`: token and position embeddings, a stack of pre-norm
+//! transformer layers with causal self-attention, and a final layer norm.
+
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, sigmoid};
+use serde::Deserialize;
+
+use super::attention::{merge_heads, scaled_dot_product, split_heads};
+use super::layers::{layer_norm, linear};
+use crate::config::expect_one_of;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' defaults (the text tower of CLIP ViT-B/32; SD 1.x's is ViT-L/14).
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            pad_token_id: Some(1),
+            bos_token_id: Some(49406),
+            eos_token_id: Some(49407),
+        }
+    }
+}
+
+
+#[derive(Module, Debug)]
+pub struct ClipEmbeddings {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    /// `quick_gelu` (x·σ(1.702x), OpenAI CLIP) rather than exact `gelu` (OpenCLIP).
+    pub quick_gelu: bool,
+}
+
+impl ClipMlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.fc1.forward(x);
+        let x = if self.quick_gelu {
+            x.clone() * sigmoid(x * 1.702)
+        } else {
+            gelu(x)
+        };
+        self.fc2.forward(x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    pub self_attn: ClipAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: ClipMlp,
+    pub layer_norm2: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoder {
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextModel {
+    pub embeddings: ClipEmbeddings,
+    pub encoder: ClipEncoder,
+    pub final_layer_norm: LayerNorm,
+}
+
+impl ClipTextModel {
+    pub fn new(config: &ClipTextConfig, file: &str, device: &Device) -> Result<Self> {
+        expect_one_of(file, "hidden_act", &config.hidden_act, &["quick_gelu", "gelu"])?;
+        let d = config.hidden_size;
+        let heads = config.num_attention_heads;
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::config(
+                file,
+                "num_attention_heads",
+                format!("{heads} does not divide hidden_size {d}"),
+            ));
+        }
+        let eps = config.layer_norm_eps;
+        let layer = || ClipEncoderLayer {
+            self_attn: ClipAttention {
+                q_proj: linear(d, d, true, device),
+                k_proj: linear(d, d, true, device),
+                v_proj: linear(d, d, true, device),
+                out_proj: linear(d, d, true, device),
+                heads,
+            },
+            layer_norm1: layer_norm(d, eps, device),
+            mlp: ClipMlp {
+                fc1: linear(d, config.intermediate_size, true, device),
+                fc2: linear(config.intermediate_size, d, true, device),
+                quick_gelu: config.hidden_act == "quick_gelu",
+            },
+            layer_norm2: layer_norm(d, eps, device),
+        };
+        Ok(Self {
+            embeddings: ClipEmbeddings {
+                token_embedding: EmbeddingConfig::new(config.vocab_size, d).init(device),
+                position_embedding: EmbeddingConfig::new(config.max_position_embeddings, d)
+                    .init(device),
+            },
+            encoder: ClipEncoder {
+                layers: (0..config.num_hidden_layers).map(|_| layer()).collect(),
+            },
+            final_layer_norm: layer_norm(d, eps, device),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers.len()
+    }
+
+    /// Text embeddings `[B, tokens, hidden]` for `input_ids` `[B, tokens]`.
+    ///
+    /// `clip_skip` as in diffusers: 0 is the last layer's output; `k` takes the output of
+    /// the layer `k` before the last, passed through the final layer norm.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
+        let [_, n] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..n as i64, &device).unsqueeze::<2>();
+        let mut x = self.embeddings.token_embedding.forward(input_ids)
+            + self.embeddings.position_embedding.forward(positions);
+        let layers = self.num_layers().saturating_sub(clip_skip);
+        for layer in &self.encoder.layers[..layers] {
+            x = layer.forward(x);
+        }
+        self.final_layer_norm.forward(x)
+    }
+}
+
+impl ClipEncoderLayer {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.self_attn.forward(self.layer_norm1.forward(x.clone())) + x;
+        self.mlp.forward(self.layer_norm2.forward(x.clone())) + x
+    }
+}
+
+impl ClipAttention {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
+        let v = split_heads(self.v_proj.forward(x), self.heads);
+        self.out_proj
+            .forward(merge_heads(scaled_dot_product(q, k, v, true, false)))
+    }
+}

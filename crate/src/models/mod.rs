@@ -1,0 +1,10 @@
+//! The three networks of Stable Diffusion and the blocks they share.
+
+pub mod attention;
+pub mod clip;
+pub mod embeddings;
+pub mod layers;
+pub mod resnet;
+pub mod transformer;
+pub mod unet;
+pub mod vae;

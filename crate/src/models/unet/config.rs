@@ -1,0 +1,262 @@
+//! `unet/config.json`, as diffusers' `UNet2DConditionModel` reads it.
+
+use serde::Deserialize;
+
+use crate::config::{PerBlock, expect_one_of};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct UNetConfig {
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f32,
+    pub down_block_types: Vec<String>,
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub only_cross_attention: PerBlock<bool>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: PerBlock<usize>,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub act_fn: String,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub cross_attention_dim: PerBlock<usize>,
+    pub transformer_layers_per_block: PerBlock<usize>,
+    /// Despite its name, the number of heads in SD 1.x/2.x configs (a diffusers legacy).
+    pub attention_head_dim: PerBlock<usize>,
+    /// When present, the number of heads (and `attention_head_dim` is ignored).
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    pub dual_cross_attention: bool,
+    pub use_linear_projection: bool,
+    pub upcast_attention: bool,
+    pub resnet_time_scale_shift: String,
+    pub time_embedding_type: String,
+    pub conv_in_kernel: usize,
+    pub conv_out_kernel: usize,
+    /// LCM's guidance-scale embedding width.
+    pub time_cond_proj_dim: Option<usize>,
+    pub class_embed_type: Option<String>,
+    pub addition_embed_type: Option<String>,
+    pub encoder_hid_dim: Option<usize>,
+    pub num_class_embeds: Option<usize>,
+    pub attention_type: String,
+    pub center_input_sample: bool,
+    pub time_embedding_dim: Option<usize>,
+    pub time_embedding_act_fn: Option<String>,
+    pub timestep_post_act: Option<String>,
+    pub cross_attention_norm: Option<String>,
+    pub resnet_skip_time_act: bool,
+    pub resnet_out_scale_factor: f64,
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+}
+
+impl Default for UNetConfig {
+    /// diffusers' defaults: SD 1.x's UNet.
+    fn default() -> Self {
+        Self {
+            sample_size: 64,
+            in_channels: 4,
+            out_channels: 4,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: vec![
+                "CrossAttnDownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+                "CrossAttnDownBlock2D".into(),
+                "DownBlock2D".into(),
+            ],
+            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
+            up_block_types: vec![
+                "UpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+                "CrossAttnUpBlock2D".into(),
+            ],
+            only_cross_attention: PerBlock::One(false),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: PerBlock::One(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: "silu".into(),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: PerBlock::One(1280),
+            transformer_layers_per_block: PerBlock::One(1),
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            dual_cross_attention: false,
+            use_linear_projection: false,
+            upcast_attention: false,
+            resnet_time_scale_shift: "default".into(),
+            time_embedding_type: "positional".into(),
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            time_cond_proj_dim: None,
+            class_embed_type: None,
+            addition_embed_type: None,
+            encoder_hid_dim: None,
+            num_class_embeds: None,
+            attention_type: "default".into(),
+            center_input_sample: false,
+            time_embedding_dim: None,
+            time_embedding_act_fn: None,
+            timestep_post_act: None,
+            cross_attention_norm: None,
+            resnet_skip_time_act: false,
+            resnet_out_scale_factor: 1.0,
+            reverse_transformer_layers_per_block: None,
+        }
+    }
+}
+
+/// Per-block values, expanded and checked.
+#[derive(Debug, Clone)]
+pub struct BlockPlan {
+    pub cross_attention: Vec<bool>,
+    pub layers: Vec<usize>,
+    pub heads: Vec<usize>,
+    pub transformer_layers: Vec<usize>,
+    pub cross_attention_dim: Vec<usize>,
+}
+
+pub const DOWN_BLOCKS: &[&str] = &["CrossAttnDownBlock2D", "DownBlock2D"];
+pub const UP_BLOCKS: &[&str] = &["CrossAttnUpBlock2D", "UpBlock2D"];
+pub const MID_BLOCKS: &[&str] = &["UNetMidBlock2DCrossAttn"];
+
+impl UNetConfig {
+    /// Rejects what this implementation cannot run, naming the key, and expands the
+    /// per-block values.
+    pub fn plan(&self, file: &str) -> Result<BlockPlan> {
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::config(file, "block_out_channels", "is empty"));
+        }
+        for (key, len) in [
+            ("down_block_types", self.down_block_types.len()),
+            ("up_block_types", self.up_block_types.len()),
+        ] {
+            if len != n {
+                return Err(Error::config(
+                    file,
+                    key,
+                    format!("has {len} entries but block_out_channels has {n}"),
+                ));
+            }
+        }
+        for t in &self.down_block_types {
+            expect_one_of(file, "down_block_types", t, DOWN_BLOCKS)?;
+        }
+        for t in &self.up_block_types {
+            expect_one_of(file, "up_block_types", t, UP_BLOCKS)?;
+        }
+        if let Some(mid) = &self.mid_block_type {
+            expect_one_of(file, "mid_block_type", mid, MID_BLOCKS)?;
+        }
+        expect_one_of(file, "act_fn", &self.act_fn, &["silu", "swish"])?;
+        expect_one_of(
+            file,
+            "resnet_time_scale_shift",
+            &self.resnet_time_scale_shift,
+            &["default"],
+        )?;
+        expect_one_of(
+            file,
+            "time_embedding_type",
+            &self.time_embedding_type,
+            &["positional"],
+        )?;
+        for (key, value) in [
+            ("class_embed_type", &self.class_embed_type),
+            ("addition_embed_type", &self.addition_embed_type),
+        ] {
+            if let Some(v) = value {
+                return Err(Error::config(file, key, format!("{v:?} is not supported")));
+            }
+        }
+        expect_one_of(file, "attention_type", &self.attention_type, &["default"])?;
+        let unsupported = [
+            ("center_input_sample", self.center_input_sample),
+            ("time_embedding_dim", self.time_embedding_dim.is_some()),
+            ("time_embedding_act_fn", self.time_embedding_act_fn.is_some()),
+            ("timestep_post_act", self.timestep_post_act.is_some()),
+            ("cross_attention_norm", self.cross_attention_norm.is_some()),
+            ("resnet_skip_time_act", self.resnet_skip_time_act),
+            ("resnet_out_scale_factor", self.resnet_out_scale_factor != 1.0),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_some(),
+            ),
+        ];
+        if let Some((key, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(Error::config(file, key, "only the default value is supported"));
+        }
+        if self.encoder_hid_dim.is_some() || self.num_class_embeds.is_some() {
+            return Err(Error::config(
+                file,
+                "encoder_hid_dim/num_class_embeds",
+                "class and extra encoder embeddings are not supported",
+            ));
+        }
+        if self.dual_cross_attention {
+            return Err(Error::config(file, "dual_cross_attention", "is not supported"));
+        }
+        if self.only_cross_attention != PerBlock::One(false)
+            && self.only_cross_attention.expand(n, file, "only_cross_attention")?
+                != vec![false; n]
+        {
+            return Err(Error::config(file, "only_cross_attention", "is not supported"));
+        }
+        for (key, k) in [
+            ("conv_in_kernel", self.conv_in_kernel),
+            ("conv_out_kernel", self.conv_out_kernel),
+        ] {
+            if k % 2 == 0 {
+                return Err(Error::config(file, key, format!("{k} is not an odd size")));
+            }
+        }
+        let heads = match &self.num_attention_heads {
+            Some(h) => h.expand(n, file, "num_attention_heads")?,
+            None => self.attention_head_dim.expand(n, file, "attention_head_dim")?,
+        };
+        let groups = self.norm_num_groups;
+        for (i, (&c, &h)) in self.block_out_channels.iter().zip(&heads).enumerate() {
+            if groups == 0 || c % groups != 0 {
+                return Err(Error::config(
+                    file,
+                    "norm_num_groups",
+                    format!("{groups} does not divide block_out_channels[{i}] = {c}"),
+                ));
+            }
+            if h == 0 || c % h != 0 {
+                return Err(Error::config(
+                    file,
+                    "attention_head_dim",
+                    format!("{h} heads do not divide block_out_channels[{i}] = {c}"),
+                ));
+            }
+        }
+        Ok(BlockPlan {
+            cross_attention: self
+                .down_block_types
+                .iter()
+                .map(|t| t.starts_with("CrossAttn"))
+                .collect(),
+            layers: self.layers_per_block.expand(n, file, "layers_per_block")?,
+            heads,
+            transformer_layers: self.transformer_layers_per_block.expand(
+                n,
+                file,
+                "transformer_layers_per_block",
+            )?,
+            cross_attention_dim: self.cross_attention_dim.expand(
+                n,
+                file,
+                "cross_attention_dim",
+            )?,
+        })
+    }
+}

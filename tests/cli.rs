@@ -1,0 +1,360 @@
+//! The CLI contract: outputs match the diffusers goldens, and bad input gets one clear
+//! message, exit status 2 and no output file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Goldens, fixtures, model_dir, rel_l2};
+use safetensors::tensor::{Dtype, TensorView};
+
+fn webdiffusion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args(args)
+        .args(["--backend", "cpu"])
+        .output()
+        .expect("run webdiffusion")
+}
+
+fn read_f64(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let values = match view.dtype() {
+        Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::I64 => view
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    };
+    (view.shape().to_vec(), values)
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts exit status 2, one message mentioning every one of `needles`, and no output.
+fn fails_with(out: &Output, needles: &[&str], out_file: &Path) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(!out_file.exists(), "partial output left at {}", out_file.display());
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// A writable copy of a fixture model, for corrupting.
+fn copy_model(name: &str, dir: &Path) -> PathBuf {
+    let dst = dir.join(name);
+    copy_dir(&model_dir(name), &dst);
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn encode_prompt_matches_transformers() {
+    let dir = tmp();
+    let prompts = common::prompts();
+    for name in common::MODELS {
+        let goldens = Goldens::load(name);
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let model = model_dir(name);
+        ok(&webdiffusion(&[
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            &prompts[0],
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let (shape, ids) = read_f64(&out, "input_ids");
+        assert_eq!(shape, vec![1, 77]);
+        assert_eq!(ids, goldens.values("input_ids.0"));
+        let (shape, embeds) = read_f64(&out, "prompt_embeds");
+        assert_eq!(shape, goldens.shape("prompt_embeds.0"));
+        assert!(rel_l2(&embeds, goldens.values("prompt_embeds.0")) <= 1e-4);
+
+        ok(&webdiffusion(&[
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            &prompts[0],
+            "--clip-skip",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let (_, embeds) = read_f64(&out, "prompt_embeds");
+        assert!(rel_l2(&embeds, goldens.values("prompt_embeds.clip_skip1.0")) <= 1e-4);
+    }
+}
+
+fn write_latents(path: &Path, goldens: &Goldens) {
+    let values: Vec<u8> = goldens
+        .values("vae.latents")
+        .iter()
+        .flat_map(|&v| (v as f32).to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::F32, goldens.shape("vae.latents").to_vec(), &values).unwrap();
+    std::fs::write(path, safetensors::serialize([("latents", view)], None).unwrap()).unwrap();
+}
+
+#[test]
+fn vae_decode_and_encode_match_diffusers() {
+    let dir = tmp();
+    for name in common::MODELS {
+        let goldens = Goldens::load(name);
+        let model = model_dir(name);
+        let latents = dir.path().join("latents.safetensors");
+        write_latents(&latents, &goldens);
+        let out = dir.path().join(format!("{name}-image.safetensors"));
+        ok(&webdiffusion(&[
+            "vae-decode",
+            "--model",
+            model.to_str().unwrap(),
+            "--latents",
+            latents.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let (shape, image) = read_f64(&out, "image");
+        assert_eq!(shape, goldens.shape("vae.decoded"));
+        assert!(rel_l2(&image, goldens.values("vae.decoded")) <= 1e-4);
+
+        let png = fixtures().join(format!("goldens/{name}-vae-input.png"));
+        let out = dir.path().join(format!("{name}-mean.safetensors"));
+        ok(&webdiffusion(&[
+            "vae-encode",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            png.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let (shape, mean) = read_f64(&out, "mean");
+        assert_eq!(shape, goldens.shape("vae.png_mean"));
+        assert!(rel_l2(&mean, goldens.values("vae.png_mean")) <= 1e-4);
+    }
+}
+
+fn encode_prompt(model: &Path, out: &Path) -> Output {
+    webdiffusion(&[
+        "encode-prompt",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn vae_decode(model: &Path, latents: &Path, out: &Path) -> Output {
+    webdiffusion(&[
+        "vae-decode",
+        "--model",
+        model.to_str().unwrap(),
+        "--latents",
+        latents.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn missing_model_folder_and_files() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    fails_with(&encode_prompt(&dir.path().join("nope"), &out), &["nope", "not a model folder"], &out);
+
+    let model = copy_model("sd1-tiny", dir.path());
+    std::fs::remove_file(model.join("text_encoder/model.safetensors")).unwrap();
+    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors", "not found"], &out);
+}
+
+#[test]
+fn corrupt_safetensors_are_refused() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    let model = copy_model("sd1-tiny", dir.path());
+    let weights = model.join("text_encoder/model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+
+    // Truncated in the middle of the data.
+    std::fs::write(&weights, &original[..original.len() / 2]).unwrap();
+    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors", "safetensors"], &out);
+
+    // A header length larger than the file.
+    let mut bad = original.clone();
+    bad[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    std::fs::write(&weights, &bad).unwrap();
+    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+
+    // A header that is not JSON.
+    let mut bad = original.clone();
+    bad[8..16].copy_from_slice(b"not json");
+    std::fs::write(&weights, &bad).unwrap();
+    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+
+    // Too short for a header at all.
+    std::fs::write(&weights, b"abc").unwrap();
+    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+}
+
+/// Rewrites the safetensors file at `path` through `edit` on its (name, dtype, shape, bytes).
+fn rewrite_tensors(path: &Path, edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_unexpected_and_misshapen_tensors_are_named() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    let model = copy_model("sd1-tiny", dir.path());
+    let weights = model.join("text_encoder/model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let key = "text_model.final_layer_norm.weight";
+
+    rewrite_tensors(&weights, |t| t.retain(|(n, ..)| n != key));
+    fails_with(&encode_prompt(&model, &out), &["missing", "final_layer_norm.weight"], &out);
+
+    std::fs::write(&weights, &original).unwrap();
+    rewrite_tensors(&weights, |t| {
+        let mut extra = t[0].clone();
+        extra.0 = "text_model.extra_layer.weight".into();
+        t.push(extra);
+    });
+    fails_with(&encode_prompt(&model, &out), &["unexpected", "extra_layer.weight"], &out);
+
+    std::fs::write(&weights, &original).unwrap();
+    rewrite_tensors(&weights, |t| {
+        let entry = t.iter_mut().find(|(n, ..)| n == key).unwrap();
+        let half = entry.2[0] / 2;
+        entry.2 = vec![half];
+        entry.3.truncate(entry.3.len() / 2);
+    });
+    fails_with(&encode_prompt(&model, &out), &["final_layer_norm.weight", "shape"], &out);
+}
+
+#[test]
+fn bad_configs_and_tokenizers_are_named() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    let model = copy_model("sd1-tiny", dir.path());
+    let goldens = Goldens::load("sd1-tiny");
+    let latents = dir.path().join("latents.safetensors");
+    write_latents(&latents, &goldens);
+
+    let vae_config = model.join("vae/config.json");
+    let original = std::fs::read_to_string(&vae_config).unwrap();
+    std::fs::write(&vae_config, original.replace("UpDecoderBlock2D", "AttnUpDecoderBlock2D")).unwrap();
+    fails_with(
+        &vae_decode(&model, &latents, &out),
+        &["vae/config.json", "up_block_types", "AttnUpDecoderBlock2D"],
+        &out,
+    );
+    std::fs::write(&vae_config, "{ not json").unwrap();
+    fails_with(&vae_decode(&model, &latents, &out), &["vae/config.json", "JSON"], &out);
+    std::fs::write(&vae_config, &original).unwrap();
+
+    let vocab = model.join("tokenizer/vocab.json");
+    std::fs::write(&vocab, "[1, 2").unwrap();
+    fails_with(&encode_prompt(&model, &out), &["tokenizer/vocab.json"], &out);
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    let model = model_dir("sd1-tiny");
+
+    // Latents file without a `latents` tensor, and with the wrong channel count.
+    let latents = dir.path().join("latents.safetensors");
+    std::fs::write(&latents, b"garbage").unwrap();
+    fails_with(&vae_decode(&model, &latents, &out), &["latents.safetensors"], &out);
+    let values: Vec<u8> = vec![0; 4 * 3 * 8 * 8];
+    let view = TensorView::new(Dtype::F32, vec![1, 3, 8, 8], &values).unwrap();
+    std::fs::write(&latents, safetensors::serialize([("latents", view)], None).unwrap()).unwrap();
+    fails_with(&vae_decode(&model, &latents, &out), &["--latents", "channels"], &out);
+    let view = TensorView::new(Dtype::F32, vec![1, 3, 8, 8], &values).unwrap();
+    std::fs::write(&latents, safetensors::serialize([("other", view)], None).unwrap()).unwrap();
+    fails_with(&vae_decode(&model, &latents, &out), &["latents"], &out);
+
+    // An image that does not decode.
+    let png = dir.path().join("bad.png");
+    std::fs::write(&png, b"not a png").unwrap();
+    let result = webdiffusion(&[
+        "vae-encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        png.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    fails_with(&result, &["bad.png", "PNG"], &out);
+
+    // Clip skip beyond the text encoder's depth, and an unknown backend.
+    let result = webdiffusion(&[
+        "encode-prompt",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--clip-skip",
+        "99",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    fails_with(&result, &["--clip-skip"], &out);
+    let result = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args(["encode-prompt", "--model", model.to_str().unwrap(), "--prompt", "x"])
+        .args(["--out", out.to_str().unwrap(), "--backend", "tpu"])
+        .output()
+        .unwrap();
+    fails_with(&result, &["tpu"], &out);
+}

@@ -1,0 +1,131 @@
+//! Shared helpers for the integration tests: fixtures, goldens, devices and comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use safetensors::tensor::Dtype;
+
+pub const MODELS: &[&str] = &["sd1-tiny", "sd2-tiny"];
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+pub fn model_dir(model: &str) -> PathBuf {
+    fixtures().join(model)
+}
+
+/// Golden tensors computed by diffusers/transformers (scripts/make_fixtures.py).
+pub struct Goldens {
+    tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+}
+
+impl Goldens {
+    pub fn load(model: &str) -> Self {
+        let path = fixtures().join(format!("goldens/{model}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("goldens parse");
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data = view.data();
+                let values: Vec<f64> = match view.dtype() {
+                    Dtype::F32 => data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
+                    Dtype::I64 => data
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
+                    other => panic!("golden {name}: unexpected dtype {other:?}"),
+                };
+                (name, (view.shape().to_vec(), values))
+            })
+            .collect();
+        Self { tensors }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn values(&self, name: &str) -> &[f64] {
+        &self.get(name).1
+    }
+
+    pub fn shape(&self, name: &str) -> &[usize] {
+        &self.get(name).0
+    }
+
+    fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("no golden tensor {name}"))
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.values(name).iter().map(|&v| v as u32).collect()
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (shape, values) = self.get(name);
+        let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        let shape: [usize; D] = shape.clone().try_into().expect("golden rank");
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
+pub fn prompts() -> Vec<String> {
+    let path = fixtures().join("goldens/prompts.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("prompts.json")).expect("JSON")
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_l2(actual: &[f64], expected: &[f64]) -> f64 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    let diff: f64 = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum();
+    let norm: f64 = expected.iter().map(|b| b * b).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+pub fn to_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.cast(burn::tensor::DType::F32)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Asserts that `actual` matches golden `name` in shape and to `tol` relative L2.
+pub fn assert_close<const D: usize>(goldens: &Goldens, name: &str, actual: Tensor<D>, tol: f64, what: &str) {
+    assert_eq!(actual.dims().to_vec(), goldens.shape(name), "{what}: shape of {name}");
+    let actual = to_f64(actual);
+    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let err = rel_l2(&actual, goldens.values(name));
+    assert!(err <= tol, "{what}: {name} rel-L2 {err:e} > {tol:e}");
+}
+
+/// The devices to test on: the CPU backend always, and wgpu when an adapter exists.
+/// WEBDIFFUSION_TEST_WGPU=1 makes a missing adapter a failure (CI), =0 skips wgpu.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut devices = vec![("cpu", Device::flex())];
+    let wanted = std::env::var("WEBDIFFUSION_TEST_WGPU").unwrap_or_default();
+    if wanted != "0" {
+        match webdiffusion::device::open(Some(webdiffusion::device::Backend::Wgpu)) {
+            Ok((_, device)) => devices.push(("wgpu", device)),
+            Err(e) if wanted == "1" => panic!("WEBDIFFUSION_TEST_WGPU=1 but {e}"),
+            Err(e) => eprintln!("skipping wgpu: {e}"),
+        }
+    }
+    devices
+}

@@ -1,0 +1,99 @@
+//! Parity of every component with diffusers/transformers on the tiny fixtures
+//! (goldens from scripts/make_fixtures.py), on the CPU backend and on wgpu.
+
+mod common;
+
+use burn::tensor::DType;
+use common::{Goldens, MODELS, assert_close, devices, model_dir, prompts};
+use webdiffusion::model::{self, DirFiles};
+use webdiffusion::models::unet::Residuals;
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn tokenizer_matches_transformers() {
+    let prompts = prompts();
+    for name in MODELS {
+        let goldens = Goldens::load(name);
+        let tokenizer = model::load_tokenizer(&DirFiles(model_dir(name))).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let ids = tokenizer.encode(prompt).unwrap();
+            assert_eq!(ids, goldens.ids(&format!("input_ids.{i}")), "{name}: {prompt:?}");
+        }
+    }
+}
+
+#[test]
+fn text_encoder_matches_transformers() {
+    for (dev_name, device) in devices() {
+        for name in MODELS {
+            let goldens = Goldens::load(name);
+            let files = DirFiles(model_dir(name));
+            let (_, encoder) = model::load_text_encoder(&files, &device, DType::F32).unwrap();
+            let what = format!("{name} on {dev_name}");
+            for i in 0..prompts().len() {
+                let ids = goldens.tensor::<2>(&format!("input_ids.{i}"), &device).int();
+                let out = encoder.forward(ids, 0);
+                assert_close(&goldens, &format!("prompt_embeds.{i}"), out, TOL, &what);
+            }
+            for skip in [1, 2] {
+                let ids = goldens.tensor::<2>("input_ids.0", &device).int();
+                let out = encoder.forward(ids, skip);
+                let golden = format!("prompt_embeds.clip_skip{skip}.0");
+                assert_close(&goldens, &golden, out, TOL, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn unet_matches_diffusers() {
+    for (dev_name, device) in devices() {
+        for name in MODELS {
+            let goldens = Goldens::load(name);
+            let files = DirFiles(model_dir(name));
+            let (_, unet) = model::load_unet(&files, &device, DType::F32).unwrap();
+            let sample = goldens.tensor::<4>("unet.sample", &device);
+            let context = goldens.tensor::<3>("unet.encoder_hidden_states", &device);
+            let what = format!("{name} on {dev_name}");
+            for k in 0..4 {
+                let t = goldens.values(&format!("unet.timestep.{k}"))[0] as f32;
+                let out = unet.forward(sample.clone(), t, context.clone(), None, None);
+                assert_close(&goldens, &format!("unet.out.{k}"), out, TOL, &format!("{what} t={t}"));
+            }
+
+            let mut down = Vec::new();
+            while goldens.has(&format!("unet.down_residual.{}", down.len())) {
+                let key = format!("unet.down_residual.{}", down.len());
+                down.push(goldens.tensor::<4>(&key, &device));
+            }
+            assert!(!down.is_empty(), "goldens carry ControlNet residuals");
+            let residuals = Residuals {
+                down,
+                mid: goldens.tensor::<4>("unet.mid_residual", &device),
+            };
+            let out = unet.forward(sample, 500.0, context, None, Some(residuals));
+            assert_close(&goldens, "unet.out_residuals", out, TOL, &format!("{what} residuals"));
+        }
+    }
+}
+
+#[test]
+fn vae_matches_diffusers() {
+    for (dev_name, device) in devices() {
+        for name in MODELS {
+            let goldens = Goldens::load(name);
+            let files = DirFiles(model_dir(name));
+            let (config, vae) = model::load_vae(&files, &device, DType::F32).unwrap();
+            let what = format!("{name} on {dev_name}");
+
+            let latents = goldens.tensor::<4>("vae.latents", &device);
+            let decoded = vae.decode(latents / config.scaling_factor);
+            assert_close(&goldens, "vae.decoded", decoded, TOL, &what);
+
+            let posterior = vae.encode(goldens.tensor::<4>("vae.image", &device));
+            assert_close(&goldens, "vae.mean", posterior.mean, TOL, &what);
+            assert_close(&goldens, "vae.logvar", posterior.logvar, TOL, &what);
+        }
+    }
+}
