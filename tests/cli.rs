@@ -53,7 +53,11 @@ fn fails_with(out: &Output, needles: &[&str], out_file: &Path) {
         assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
     }
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(!out_file.exists(), "partial output left at {}", out_file.display());
+    assert!(
+        !out_file.exists(),
+        "partial output left at {}",
+        out_file.display()
+    );
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -127,7 +131,11 @@ fn write_latents(path: &Path, goldens: &Goldens) {
         .flat_map(|&v| (v as f32).to_le_bytes())
         .collect();
     let view = TensorView::new(Dtype::F32, goldens.shape("vae.latents").to_vec(), &values).unwrap();
-    std::fs::write(path, safetensors::serialize([("latents", view)], None).unwrap()).unwrap();
+    std::fs::write(
+        path,
+        safetensors::serialize([("latents", view)], None).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -197,11 +205,19 @@ fn vae_decode(model: &Path, latents: &Path, out: &Path) -> Output {
 fn missing_model_folder_and_files() {
     let dir = tmp();
     let out = dir.path().join("out.safetensors");
-    fails_with(&encode_prompt(&dir.path().join("nope"), &out), &["nope", "not a model folder"], &out);
+    fails_with(
+        &encode_prompt(&dir.path().join("nope"), &out),
+        &["nope", "not a model folder"],
+        &out,
+    );
 
     let model = copy_model("sd1-tiny", dir.path());
     std::fs::remove_file(model.join("text_encoder/model.safetensors")).unwrap();
-    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors", "not found"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["text_encoder/model.safetensors", "not found"],
+        &out,
+    );
 }
 
 #[test]
@@ -214,23 +230,39 @@ fn corrupt_safetensors_are_refused() {
 
     // Truncated in the middle of the data.
     std::fs::write(&weights, &original[..original.len() / 2]).unwrap();
-    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors", "safetensors"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["text_encoder/model.safetensors", "safetensors"],
+        &out,
+    );
 
     // A header length larger than the file.
     let mut bad = original.clone();
     bad[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     std::fs::write(&weights, &bad).unwrap();
-    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["text_encoder/model.safetensors"],
+        &out,
+    );
 
     // A header that is not JSON.
     let mut bad = original.clone();
     bad[8..16].copy_from_slice(b"not json");
     std::fs::write(&weights, &bad).unwrap();
-    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["text_encoder/model.safetensors"],
+        &out,
+    );
 
     // Too short for a header at all.
     std::fs::write(&weights, b"abc").unwrap();
-    fails_with(&encode_prompt(&model, &out), &["text_encoder/model.safetensors"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["text_encoder/model.safetensors"],
+        &out,
+    );
 }
 
 /// Rewrites the safetensors file at `path` through `edit` on its (name, dtype, shape, bytes).
@@ -260,7 +292,11 @@ fn missing_unexpected_and_misshapen_tensors_are_named() {
     let key = "text_model.final_layer_norm.weight";
 
     rewrite_tensors(&weights, |t| t.retain(|(n, ..)| n != key));
-    fails_with(&encode_prompt(&model, &out), &["missing", "final_layer_norm.weight"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["missing", "final_layer_norm.weight"],
+        &out,
+    );
 
     std::fs::write(&weights, &original).unwrap();
     rewrite_tensors(&weights, |t| {
@@ -268,7 +304,11 @@ fn missing_unexpected_and_misshapen_tensors_are_named() {
         extra.0 = "text_model.extra_layer.weight".into();
         t.push(extra);
     });
-    fails_with(&encode_prompt(&model, &out), &["unexpected", "extra_layer.weight"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["unexpected", "extra_layer.weight"],
+        &out,
+    );
 
     std::fs::write(&weights, &original).unwrap();
     rewrite_tensors(&weights, |t| {
@@ -277,7 +317,11 @@ fn missing_unexpected_and_misshapen_tensors_are_named() {
         entry.2 = vec![half];
         entry.3.truncate(entry.3.len() / 2);
     });
-    fails_with(&encode_prompt(&model, &out), &["final_layer_norm.weight", "shape"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["final_layer_norm.weight", "shape"],
+        &out,
+    );
 }
 
 #[test]
@@ -291,19 +335,31 @@ fn bad_configs_and_tokenizers_are_named() {
 
     let vae_config = model.join("vae/config.json");
     let original = std::fs::read_to_string(&vae_config).unwrap();
-    std::fs::write(&vae_config, original.replace("UpDecoderBlock2D", "AttnUpDecoderBlock2D")).unwrap();
+    std::fs::write(
+        &vae_config,
+        original.replace("UpDecoderBlock2D", "AttnUpDecoderBlock2D"),
+    )
+    .unwrap();
     fails_with(
         &vae_decode(&model, &latents, &out),
         &["vae/config.json", "up_block_types", "AttnUpDecoderBlock2D"],
         &out,
     );
     std::fs::write(&vae_config, "{ not json").unwrap();
-    fails_with(&vae_decode(&model, &latents, &out), &["vae/config.json", "JSON"], &out);
+    fails_with(
+        &vae_decode(&model, &latents, &out),
+        &["vae/config.json", "JSON"],
+        &out,
+    );
     std::fs::write(&vae_config, &original).unwrap();
 
     let vocab = model.join("tokenizer/vocab.json");
     std::fs::write(&vocab, "[1, 2").unwrap();
-    fails_with(&encode_prompt(&model, &out), &["tokenizer/vocab.json"], &out);
+    fails_with(
+        &encode_prompt(&model, &out),
+        &["tokenizer/vocab.json"],
+        &out,
+    );
 }
 
 #[test]
@@ -315,13 +371,29 @@ fn bad_arguments_exit_2() {
     // Latents file without a `latents` tensor, and with the wrong channel count.
     let latents = dir.path().join("latents.safetensors");
     std::fs::write(&latents, b"garbage").unwrap();
-    fails_with(&vae_decode(&model, &latents, &out), &["latents.safetensors"], &out);
+    fails_with(
+        &vae_decode(&model, &latents, &out),
+        &["latents.safetensors"],
+        &out,
+    );
     let values: Vec<u8> = vec![0; 4 * 3 * 8 * 8];
     let view = TensorView::new(Dtype::F32, vec![1, 3, 8, 8], &values).unwrap();
-    std::fs::write(&latents, safetensors::serialize([("latents", view)], None).unwrap()).unwrap();
-    fails_with(&vae_decode(&model, &latents, &out), &["--latents", "channels"], &out);
+    std::fs::write(
+        &latents,
+        safetensors::serialize([("latents", view)], None).unwrap(),
+    )
+    .unwrap();
+    fails_with(
+        &vae_decode(&model, &latents, &out),
+        &["--latents", "channels"],
+        &out,
+    );
     let view = TensorView::new(Dtype::F32, vec![1, 3, 8, 8], &values).unwrap();
-    std::fs::write(&latents, safetensors::serialize([("other", view)], None).unwrap()).unwrap();
+    std::fs::write(
+        &latents,
+        safetensors::serialize([("other", view)], None).unwrap(),
+    )
+    .unwrap();
     fails_with(&vae_decode(&model, &latents, &out), &["latents"], &out);
 
     // An image that does not decode.
@@ -352,7 +424,13 @@ fn bad_arguments_exit_2() {
     ]);
     fails_with(&result, &["--clip-skip"], &out);
     let result = Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
-        .args(["encode-prompt", "--model", model.to_str().unwrap(), "--prompt", "x"])
+        .args([
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ])
         .args(["--out", out.to_str().unwrap(), "--backend", "tpu"])
         .output()
         .unwrap();

@@ -13,7 +13,11 @@ use webdiffusion::models::vae::AutoencoderKL;
 
 fn config<T: serde::de::DeserializeOwned>(model: &str, component: &str) -> T {
     let path = fixtures().join(format!("configs/{model}/{component}/config.json"));
-    parse(&path.display().to_string(), &std::fs::read_to_string(&path).unwrap()).unwrap()
+    parse(
+        &path.display().to_string(),
+        &std::fs::read_to_string(&path).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -35,6 +39,10 @@ fn parameter_counts_match_diffusers() {
         assert_eq!(decoder, expected("vae_decoder"), "{model} vae decoder");
 
         let clip = ClipTextModel::new(&config(model, "text_encoder"), "clip", &device).unwrap();
-        assert_eq!(clip.num_params(), expected("text_encoder"), "{model} text encoder");
+        assert_eq!(
+            clip.num_params(),
+            expected("text_encoder"),
+            "{model} text encoder"
+        );
     }
 }

@@ -18,7 +18,11 @@ fn tokenizer_matches_transformers() {
         let tokenizer = model::load_tokenizer(&DirFiles(model_dir(name))).unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
             let ids = tokenizer.encode(prompt).unwrap();
-            assert_eq!(ids, goldens.ids(&format!("input_ids.{i}")), "{name}: {prompt:?}");
+            assert_eq!(
+                ids,
+                goldens.ids(&format!("input_ids.{i}")),
+                "{name}: {prompt:?}"
+            );
         }
     }
 }
@@ -32,7 +36,9 @@ fn text_encoder_matches_transformers() {
             let (_, encoder) = model::load_text_encoder(&files, &device, DType::F32).unwrap();
             let what = format!("{name} on {dev_name}");
             for i in 0..prompts().len() {
-                let ids = goldens.tensor::<2>(&format!("input_ids.{i}"), &device).int();
+                let ids = goldens
+                    .tensor::<2>(&format!("input_ids.{i}"), &device)
+                    .int();
                 let out = encoder.forward(ids, 0);
                 assert_close(&goldens, &format!("prompt_embeds.{i}"), out, TOL, &what);
             }
@@ -59,7 +65,13 @@ fn unet_matches_diffusers() {
             for k in 0..4 {
                 let t = goldens.values(&format!("unet.timestep.{k}"))[0] as f32;
                 let out = unet.forward(sample.clone(), t, context.clone(), None, None);
-                assert_close(&goldens, &format!("unet.out.{k}"), out, TOL, &format!("{what} t={t}"));
+                assert_close(
+                    &goldens,
+                    &format!("unet.out.{k}"),
+                    out,
+                    TOL,
+                    &format!("{what} t={t}"),
+                );
             }
 
             let mut down = Vec::new();
@@ -73,7 +85,13 @@ fn unet_matches_diffusers() {
                 mid: goldens.tensor::<4>("unet.mid_residual", &device),
             };
             let out = unet.forward(sample, 500.0, context, None, Some(residuals));
-            assert_close(&goldens, "unet.out_residuals", out, TOL, &format!("{what} residuals"));
+            assert_close(
+                &goldens,
+                "unet.out_residuals",
+                out,
+                TOL,
+                &format!("{what} residuals"),
+            );
         }
     }
 }

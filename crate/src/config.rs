@@ -51,7 +51,10 @@ pub fn expect_one_of(file: &str, key: &str, value: &str, allowed: &[&str]) -> Re
         Err(Error::config(
             file,
             key,
-            format!("unsupported value {value:?} (supported: {})", allowed.join(", ")),
+            format!(
+                "unsupported value {value:?} (supported: {})",
+                allowed.join(", ")
+            ),
         ))
     }
 }

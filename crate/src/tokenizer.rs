@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 /// The words CLIP's BPE sees: contractions, letter runs, single digits, symbol runs.
-const PRE_TOKENIZE: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const PRE_TOKENIZE: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// The text files of a diffusers `tokenizer/` folder; what a folder lacks is `None`.
 #[derive(Debug, Default, Clone)]
@@ -45,19 +46,21 @@ impl ClipTokenizer {
     /// `dir` names the folder in errors (e.g. `model/tokenizer`).
     pub fn new(files: &TokenizerFiles, dir: &str) -> Result<Self> {
         let config = parse_optional(&files.tokenizer_config_json, dir, "tokenizer_config.json")?;
-        let special = parse_optional(&files.special_tokens_map_json, dir, "special_tokens_map.json")?;
+        let special = parse_optional(
+            &files.special_tokens_map_json,
+            dir,
+            "special_tokens_map.json",
+        )?;
         let token = |name: &str, default: &str| {
             token_name(&config, name)
                 .or_else(|| token_name(&special, name))
                 .unwrap_or_else(|| default.into())
         };
         let mut tokenizer = match (&files.tokenizer_json, &files.vocab_json, &files.merges_txt) {
-            (Some(json), _, _) => {
-                Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer {
-                    file: format!("{dir}/tokenizer.json"),
-                    message: e.to_string(),
-                })?
-            }
+            (Some(json), _, _) => Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer {
+                file: format!("{dir}/tokenizer.json"),
+                message: e.to_string(),
+            })?,
             (None, Some(vocab), Some(merges)) => from_vocab_and_merges(vocab, merges, dir)?,
             _ => {
                 return Err(Error::Tokenizer {
@@ -66,25 +69,32 @@ impl ClipTokenizer {
                 });
             }
         };
-        let (bos, eos, pad) = (token("bos_token", BOS), token("eos_token", EOS), token("pad_token", EOS));
+        let (bos, eos, pad) = (
+            token("bos_token", BOS),
+            token("eos_token", EOS),
+            token("pad_token", EOS),
+        );
         // transformers registers the config's special tokens as added tokens, so a pad
         // token such as SD 2.x's "!" is matched whole and never split by BPE.
         if files.tokenizer_json.is_none() {
-            tokenizer.add_special_tokens([
-                AddedToken::from(bos.clone(), true),
-                AddedToken::from(eos.clone(), true),
-                AddedToken::from(pad.clone(), true),
-            ])
-            .map_err(|e| Error::Tokenizer {
-                file: dir.into(),
-                message: e.to_string(),
-            })?;
+            tokenizer
+                .add_special_tokens([
+                    AddedToken::from(bos.clone(), true),
+                    AddedToken::from(eos.clone(), true),
+                    AddedToken::from(pad.clone(), true),
+                ])
+                .map_err(|e| Error::Tokenizer {
+                    file: dir.into(),
+                    message: e.to_string(),
+                })?;
         }
         let id = |name: &str, token: &str| -> Result<u32> {
-            tokenizer.token_to_id(&token).ok_or_else(|| Error::Tokenizer {
-                file: dir.into(),
-                message: format!("{name} {token:?} is not in the vocabulary"),
-            })
+            tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| Error::Tokenizer {
+                    file: dir.into(),
+                    message: format!("{name} {token:?} is not in the vocabulary"),
+                })
         };
         let max_length = config
             .get("model_max_length")
@@ -155,9 +165,12 @@ fn from_vocab_and_merges(vocab: &str, merges: &str, dir: &str) -> Result<Tokeniz
     tokenizer
         .with_normalizer(Some(NormalizerSequence::new(vec![
             NFC.into(),
-            Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-                .map_err(build_error)?
-                .into(),
+            Replace::new(
+                tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                " ",
+            )
+            .map_err(build_error)?
+            .into(),
             Lowercase.into(),
         ])))
         .map_err(build_error)?;

@@ -78,10 +78,12 @@ pub fn load<M: Module + ModuleSnapshot>(
     for (pattern, replacement) in KEY_REMAPPING {
         store = store.with_key_remapping(*pattern, *replacement);
     }
-    let result = module.load_from(&mut store).map_err(|e| Error::Safetensors {
-        file: file.into(),
-        message: e.to_string(),
-    })?;
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| Error::Safetensors {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
 
     if let Some(error) = result.errors.first() {
         return Err(match error {

@@ -107,10 +107,23 @@ pub fn to_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
 }
 
 /// Asserts that `actual` matches golden `name` in shape and to `tol` relative L2.
-pub fn assert_close<const D: usize>(goldens: &Goldens, name: &str, actual: Tensor<D>, tol: f64, what: &str) {
-    assert_eq!(actual.dims().to_vec(), goldens.shape(name), "{what}: shape of {name}");
+pub fn assert_close<const D: usize>(
+    goldens: &Goldens,
+    name: &str,
+    actual: Tensor<D>,
+    tol: f64,
+    what: &str,
+) {
+    assert_eq!(
+        actual.dims().to_vec(),
+        goldens.shape(name),
+        "{what}: shape of {name}"
+    );
     let actual = to_f64(actual);
-    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert!(
+        actual.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
     let err = rel_l2(&actual, goldens.values(name));
     assert!(err <= tol, "{what}: {name} rel-L2 {err:e} > {tol:e}");
 }

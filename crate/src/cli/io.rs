@@ -83,7 +83,13 @@ pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4
         key: name.into(),
     })?;
     let shape: [usize; 4] = view.shape().try_into().map_err(|_| {
-        Error::io(&file, format!("`{name}` has shape {:?}, expected 4 dimensions", view.shape()))
+        Error::io(
+            &file,
+            format!(
+                "`{name}` has shape {:?}, expected 4 dimensions",
+                view.shape()
+            ),
+        )
     })?;
     let data = view.data();
     let values: Vec<f32> = match view.dtype() {
@@ -107,7 +113,10 @@ pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4
         }
     };
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::io(&file, format!("`{name}` has a non-finite value at index {bad}")));
+        return Err(Error::io(
+            &file,
+            format!("`{name}` has a non-finite value at index {bad}"),
+        ));
     }
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
@@ -127,17 +136,26 @@ pub fn read_png(path: &Path) -> Result<Image> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"too large"))?];
+    let mut buf = vec![
+        0;
+        reader
+            .output_buffer_size()
+            .ok_or_else(|| bad(&"too large"))?
+    ];
     let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let pixels = &buf[..info.buffer_size()];
     let rgb = match info.color_type {
         png::ColorType::Rgb => pixels.to_vec(),
-        png::ColorType::Rgba => pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Rgba => pixels
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         png::ColorType::Grayscale => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-        png::ColorType::GrayscaleAlpha => {
-            pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
-        }
+        png::ColorType::GrayscaleAlpha => pixels
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         png::ColorType::Indexed => return Err(bad(&"palette was not expanded")),
     };
     Ok(Image {

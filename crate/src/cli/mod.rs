@@ -89,7 +89,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let ids = tokenizer.encode(&prompt)?;
             let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
+            let input =
+                Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
             let embeds = text_encoder.forward(input, clip_skip);
             io::write_safetensors(
                 &out,
@@ -111,7 +112,10 @@ pub fn run(cli: Cli) -> Result<()> {
             if c != config.latent_channels {
                 return Err(Error::invalid(
                     "--latents",
-                    format!("has {c} channels, the VAE expects {}", config.latent_channels),
+                    format!(
+                        "has {c} channels, the VAE expects {}",
+                        config.latent_channels
+                    ),
                 ));
             }
             let image = vae.decode(latents / config.scaling_factor);

@@ -158,12 +158,17 @@ mod tests {
     #[test]
     fn fused_attention_matches_plain_attention() {
         let device = Device::flex();
-        let rand = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let rand =
+            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         for (n, m, causal) in [(64, 64, false), (77, 77, true), (256, 77, false)] {
             let (q, k, v) = (rand([2, 3, n, 8]), rand([2, 3, m, 8]), rand([2, 3, m, 8]));
             let fused = scaled_dot_product(q.clone(), k.clone(), v.clone(), causal, false);
             let plain = plain(q, k, v, causal);
-            let err = (fused - plain.clone()).powi_scalar(2).sum().into_scalar::<f32>().sqrt()
+            let err = (fused - plain.clone())
+                .powi_scalar(2)
+                .sum()
+                .into_scalar::<f32>()
+                .sqrt()
                 / plain.powi_scalar(2).sum().into_scalar::<f32>().sqrt();
             assert!(err < 1e-5, "n={n} m={m} causal={causal}: rel-L2 {err}");
         }

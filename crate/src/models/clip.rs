@@ -46,7 +46,6 @@ impl Default for ClipTextConfig {
     }
 }
 
-
 #[derive(Module, Debug)]
 pub struct ClipEmbeddings {
     pub token_embedding: Embedding,
@@ -104,10 +103,15 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     pub fn new(config: &ClipTextConfig, file: &str, device: &Device) -> Result<Self> {
-        expect_one_of(file, "hidden_act", &config.hidden_act, &["quick_gelu", "gelu"])?;
+        expect_one_of(
+            file,
+            "hidden_act",
+            &config.hidden_act,
+            &["quick_gelu", "gelu"],
+        )?;
         let d = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(Error::config(
                 file,
                 "num_attention_heads",

@@ -60,7 +60,10 @@ pub struct BasicTransformerBlock {
 impl BasicTransformerBlock {
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
         let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+        let x = self
+            .attn2
+            .forward(self.norm2.forward(x.clone()), Some(context))
+            + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 }
@@ -97,7 +100,14 @@ impl Transformer2DConfig {
         };
         let block = || BasicTransformerBlock {
             norm1: layer_norm(c, 1e-5, device),
-            attn1: Attention::new(c, c, self.heads, c / self.heads, self.upcast_attention, device),
+            attn1: Attention::new(
+                c,
+                c,
+                self.heads,
+                c / self.heads,
+                self.upcast_attention,
+                device,
+            ),
             norm2: layer_norm(c, 1e-5, device),
             attn2: Attention::new(
                 c,

@@ -72,7 +72,11 @@ impl VaeConfig {
             return Err(Error::config(file, "block_out_channels", "is empty"));
         }
         for (key, types, allowed) in [
-            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if types.len() != n {

@@ -181,18 +181,28 @@ impl UNetConfig {
         let unsupported = [
             ("center_input_sample", self.center_input_sample),
             ("time_embedding_dim", self.time_embedding_dim.is_some()),
-            ("time_embedding_act_fn", self.time_embedding_act_fn.is_some()),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_some(),
+            ),
             ("timestep_post_act", self.timestep_post_act.is_some()),
             ("cross_attention_norm", self.cross_attention_norm.is_some()),
             ("resnet_skip_time_act", self.resnet_skip_time_act),
-            ("resnet_out_scale_factor", self.resnet_out_scale_factor != 1.0),
+            (
+                "resnet_out_scale_factor",
+                self.resnet_out_scale_factor != 1.0,
+            ),
             (
                 "reverse_transformer_layers_per_block",
                 self.reverse_transformer_layers_per_block.is_some(),
             ),
         ];
         if let Some((key, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(Error::config(file, key, "only the default value is supported"));
+            return Err(Error::config(
+                file,
+                key,
+                "only the default value is supported",
+            ));
         }
         if self.encoder_hid_dim.is_some() || self.num_class_embeds.is_some() {
             return Err(Error::config(
@@ -202,13 +212,23 @@ impl UNetConfig {
             ));
         }
         if self.dual_cross_attention {
-            return Err(Error::config(file, "dual_cross_attention", "is not supported"));
+            return Err(Error::config(
+                file,
+                "dual_cross_attention",
+                "is not supported",
+            ));
         }
         if self.only_cross_attention != PerBlock::One(false)
-            && self.only_cross_attention.expand(n, file, "only_cross_attention")?
+            && self
+                .only_cross_attention
+                .expand(n, file, "only_cross_attention")?
                 != vec![false; n]
         {
-            return Err(Error::config(file, "only_cross_attention", "is not supported"));
+            return Err(Error::config(
+                file,
+                "only_cross_attention",
+                "is not supported",
+            ));
         }
         for (key, k) in [
             ("conv_in_kernel", self.conv_in_kernel),
@@ -220,7 +240,9 @@ impl UNetConfig {
         }
         let heads = match &self.num_attention_heads {
             Some(h) => h.expand(n, file, "num_attention_heads")?,
-            None => self.attention_head_dim.expand(n, file, "attention_head_dim")?,
+            None => self
+                .attention_head_dim
+                .expand(n, file, "attention_head_dim")?,
         };
         let groups = self.norm_num_groups;
         for (i, (&c, &h)) in self.block_out_channels.iter().zip(&heads).enumerate() {
@@ -252,11 +274,9 @@ impl UNetConfig {
                 file,
                 "transformer_layers_per_block",
             )?,
-            cross_attention_dim: self.cross_attention_dim.expand(
-                n,
-                file,
-                "cross_attention_dim",
-            )?,
+            cross_attention_dim: self
+                .cross_attention_dim
+                .expand(n, file, "cross_attention_dim")?,
         })
     }
 }

@@ -69,9 +69,9 @@ impl UNet2DConditionModel {
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut c_out = channels[0];
-        for i in 0..n {
+        for (i, &channels_i) in channels.iter().enumerate() {
             let c_in = c_out;
-            c_out = channels[i];
+            c_out = channels_i;
             let layers = plan.layers[i];
             down_blocks.push(DownBlock {
                 resnets: (0..layers)
@@ -145,7 +145,14 @@ impl UNet2DConditionModel {
             mid_block,
             up_blocks,
             conv_norm_out: group_norm(groups, channels[0], config.norm_eps, device),
-            conv_out: conv2d(channels[0], config.out_channels, k_out, 1, k_out / 2, device),
+            conv_out: conv2d(
+                channels[0],
+                config.out_channels,
+                k_out,
+                1,
+                k_out / 2,
+                device,
+            ),
             time_proj_dim: channels[0],
             flip_sin_to_cos: config.flip_sin_to_cos,
             freq_shift: config.freq_shift,
@@ -202,7 +209,6 @@ impl UNet2DConditionModel {
             });
             x = block.forward(x, block_skips, &temb, &context, upsample_to);
         }
-        self.conv_out
-            .forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 }
