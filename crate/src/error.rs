@@ -45,6 +45,9 @@ pub enum Error {
 
     #[error("{0}")]
     Backend(String),
+
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -4,8 +4,12 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod image;
 pub mod model;
 pub mod models;
+pub mod noise;
+pub mod pipeline;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod weights;
 

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use webdiffusion::device::{self, Backend};
 use webdiffusion::error::{Error, Result};
+use webdiffusion::image;
 use webdiffusion::model::{self, DirFiles};
 
 use io::Output;
@@ -123,7 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::VaeEncode { common, image, out } => {
             let (files, device) = open(&common)?;
-            let png = io::read_png(&image)?;
+            let png = image::read_png(&image)?;
             let (config, vae) = model::load_vae(&files, &device, DType::F32)?;
             let f = config.scale_factor();
             if png.width % f != 0 || png.height % f != 0 {
@@ -137,7 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     ),
                 ));
             }
-            let posterior = vae.encode(io::image_to_tensor(&png, &device));
+            let posterior = vae.encode(image::image_to_tensor(&png, &device));
             io::write_safetensors(&out, &[Output::f32("mean", posterior.mean)?])
         }
     }

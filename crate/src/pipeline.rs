@@ -1,0 +1,304 @@
+//! Text-to-image and image-to-image: the algorithm of diffusers' StableDiffusionPipeline,
+//! reading like it. The pipeline holds the loaded networks; `generate` runs one request.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::error::{Error, Result};
+use crate::model::{self, ModelFiles};
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::noise::Generator;
+use crate::schedulers::{self, NoiseSource, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    pub vae: AutoencoderKL,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+}
+
+/// One generation. `Request::new(prompt)` gives the model's defaults.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// `None`: the default for the scheduler (4 for LCM, 20 otherwise).
+    pub steps: Option<usize>,
+    pub guidance: f64,
+    /// diffusers' `guidance_rescale` (0 = off).
+    pub guidance_rescale: f64,
+    /// A name from [`schedulers::SCHEDULERS`]; `None`: the model's own.
+    pub scheduler: Option<String>,
+    pub seed: u64,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Initial noise `[1, C, h, w]`, as diffusers' `latents` (scaled by init_noise_sigma).
+    pub latents: Option<Tensor<4>>,
+    /// img2img: the init image `[1, 3, H, W]` in [-1, 1], and how much to change it.
+    pub init_image: Option<Tensor<4>>,
+    pub strength: f64,
+    /// img2img: the noise added to the init latents (drawn from the seed if `None`).
+    pub noise: Option<Tensor<4>>,
+    /// DDIM's η.
+    pub eta: f64,
+    pub clip_skip: usize,
+}
+
+impl Request {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            steps: None,
+            guidance: 7.5,
+            guidance_rescale: 0.0,
+            scheduler: None,
+            seed: 0,
+            width: None,
+            height: None,
+            latents: None,
+            init_image: None,
+            strength: 0.8,
+            noise: None,
+            eta: 0.0,
+            clip_skip: 0,
+        }
+    }
+}
+
+/// What `generate` returns.
+pub struct Generated {
+    /// The final latents, before VAE decoding.
+    pub latents: Tensor<4>,
+    /// `[H, W, 3]` in [0, 1], as diffusers' `output_type="np"`.
+    pub image: Tensor<3>,
+}
+
+/// Called after each step with (step, total, current latents); returning `false` cancels.
+pub type OnStep<'a> = dyn FnMut(usize, usize, &Tensor<4>) -> bool + 'a;
+
+impl StableDiffusion {
+    pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+        let dtype = DType::F32;
+        let tokenizer = model::load_tokenizer(files)?;
+        let (_, text_encoder) = model::load_text_encoder(files, device, dtype)?;
+        let (unet_config, unet) = model::load_unet(files, device, dtype)?;
+        let (vae_config, vae) = model::load_vae(files, device, dtype)?;
+        let path = "scheduler/scheduler_config.json";
+        let scheduler_config =
+            SchedulerConfig::parse(&files.display(path), &files.require_text(path)?)?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+            device: device.clone(),
+        })
+    }
+
+    /// The scheduler the model ships with, or DDIM if its class is not one of ours.
+    pub fn default_scheduler(&self) -> &'static str {
+        schedulers::name_of_class(&self.scheduler_config).unwrap_or("ddim")
+    }
+
+    /// Pixels per latent along each side.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_config.scale_factor()
+    }
+
+    /// The image size the UNet was trained for.
+    pub fn default_size(&self) -> usize {
+        self.unet_config.sample_size * self.vae_scale_factor()
+    }
+
+    fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<3>> {
+        let ids: Vec<i64> = self.tokenizer.encode(text)?.into_iter().map(i64::from).collect();
+        let n = ids.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
+        Ok(self.text_encoder.forward(ids, clip_skip))
+    }
+
+    /// Runs `request`, drawing all noise from its seed.
+    pub fn generate(&self, request: &Request, on_step: &mut OnStep) -> Result<Generated> {
+        self.generate_with_noise(request, &mut Generator::new(request.seed), on_step)
+    }
+
+    /// Runs `request` with noise from `rng` (initial latents unless given, img2img noise
+    /// unless given, then the stochastic schedulers' per-step noise, in that order).
+    pub fn generate_with_noise(
+        &self,
+        request: &Request,
+        rng: &mut dyn NoiseSource,
+        on_step: &mut OnStep,
+    ) -> Result<Generated> {
+        let scheduler_name = request
+            .scheduler
+            .clone()
+            .unwrap_or_else(|| self.default_scheduler().to_string());
+        let steps = request
+            .steps
+            .unwrap_or(if scheduler_name == "lcm" { 4 } else { 20 });
+        let mut scheduler =
+            schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
+        let (height, width) = self.check_size(request)?;
+        if request.clip_skip >= self.text_encoder.num_layers() {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!("{} (the text encoder has {} layers)", request.clip_skip, self.text_encoder.num_layers()),
+            ));
+        }
+        if !request.guidance.is_finite() || !request.guidance_rescale.is_finite() {
+            return Err(Error::invalid("guidance", "must be a finite number"));
+        }
+        let f = self.vae_scale_factor();
+        let shape = [1, self.unet_config.in_channels, height / f, width / f];
+
+        // LCM-distilled UNets take the guidance scale as an embedding instead of running
+        // classifier-free guidance.
+        let timestep_cond = self.unet_config.time_cond_proj_dim.map(|dim| {
+            guidance_scale_embedding(request.guidance - 1.0, dim, &self.device)
+        });
+        let guided = request.guidance > 1.0 && timestep_cond.is_none();
+        let positive = self.encode_prompt(&request.prompt, request.clip_skip)?;
+        let context = if guided {
+            let negative = self.encode_prompt(&request.negative_prompt, request.clip_skip)?;
+            Tensor::cat(vec![negative, positive], 0)
+        } else {
+            positive
+        };
+
+        // Where sampling starts: pure noise, or the init image noised to the start step.
+        let (mut latents, start) = match &request.init_image {
+            None => {
+                let noise = match &request.latents {
+                    Some(l) => check_shape(l.clone(), shape, "latents")?,
+                    None => rng.noise(shape, &self.device),
+                };
+                (noise * scheduler.init_noise_sigma(), 0)
+            }
+            Some(image) => {
+                if !(request.strength > 0.0 && request.strength <= 1.0) {
+                    return Err(Error::invalid("strength", format!("{} is not in (0, 1]", request.strength)));
+                }
+                let init = self.vae.encode(image.clone()).mean * self.vae_config.scaling_factor;
+                let init = check_shape(init, shape, "init image")?;
+                // diffusers' get_timesteps: skip the first (1 − strength) of the steps.
+                let kept = ((steps as f64 * request.strength) as usize).min(steps);
+                let start = (steps - kept) * scheduler.order();
+                if start >= scheduler.timesteps().len() {
+                    return Err(Error::invalid("strength", format!("{} leaves no step to run", request.strength)));
+                }
+                let noise = match &request.noise {
+                    Some(n) => check_shape(n.clone(), shape, "noise")?,
+                    None => rng.noise(shape, &self.device),
+                };
+                (scheduler.add_noise(init, noise, start), start)
+            }
+        };
+
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len() - start;
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
+            let input = if guided {
+                Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(input, i);
+            let output = self.unet.forward(input, t as f32, context.clone(), timestep_cond.clone(), None);
+            let output = if guided {
+                let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
+                let guided = uncond.clone() + (cond.clone() - uncond) * request.guidance;
+                rescale_guidance(guided, cond, request.guidance_rescale)
+            } else {
+                output
+            };
+            latents = scheduler.step(output, i, latents, rng);
+            let step = i - start + 1;
+            if !all_finite(&latents) {
+                return Err(Error::Backend(format!(
+                    "sampling diverged: non-finite latents after step {step} of {total}"
+                )));
+            }
+            if !on_step(step, total, &latents) {
+                return Err(Error::Cancelled);
+            }
+        }
+
+        let image = self.vae.decode(latents.clone() / self.vae_config.scaling_factor);
+        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let [_, c, h, w] = image.dims();
+        let image = image.reshape([c, h, w]).permute([1, 2, 0]);
+        Ok(Generated { latents, image })
+    }
+
+    fn check_size(&self, request: &Request) -> Result<(usize, usize)> {
+        let f = self.vae_scale_factor();
+        let default = self.default_size();
+        let size = |name: &str, v: Option<usize>| -> Result<usize> {
+            let v = v.unwrap_or(default);
+            // The UNet halves the latent once per down block; it must divide evenly.
+            let multiple = f * (1 << (self.unet_config.block_out_channels.len() - 1));
+            if v == 0 || v % multiple != 0 {
+                return Err(Error::invalid(name, format!("{v} is not a positive multiple of {multiple}")));
+            }
+            Ok(v)
+        };
+        match &request.init_image {
+            Some(image) => {
+                let [_, _, h, w] = image.dims();
+                Ok((size("height", Some(h))?, size("width", Some(w))?))
+            }
+            None => Ok((size("height", request.height)?, size("width", request.width)?)),
+        }
+    }
+}
+
+fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<4>> {
+    if t.dims() == expected {
+        Ok(t)
+    } else {
+        Err(Error::invalid(name, format!("has shape {:?}, expected {expected:?}", t.dims())))
+    }
+}
+
+fn all_finite(t: &Tensor<4>) -> bool {
+    let max = t.clone().abs().max().into_scalar::<f32>();
+    max.is_finite()
+}
+
+/// diffusers' `rescale_noise_cfg` (Lin et al. 2023, §3.4): pulls the guided prediction's
+/// standard deviation back towards the conditional one's.
+fn rescale_guidance(guided: Tensor<4>, cond: Tensor<4>, rescale: f64) -> Tensor<4> {
+    if rescale <= 0.0 {
+        return guided;
+    }
+    let std = |t: &Tensor<4>| {
+        let [b, c, h, w] = t.dims();
+        t.clone().reshape([b, c * h * w]).var(1).sqrt().reshape([b, 1, 1, 1])
+    };
+    let rescaled = guided.clone() * (std(&cond) / std(&guided));
+    rescaled * rescale + guided * (1.0 - rescale)
+}
+
+/// LCM's embedding of the guidance scale `w` (sinusoidal, as for timesteps).
+fn guidance_scale_embedding(w: f64, dim: usize, device: &Device) -> Tensor<2> {
+    let w = w * 1000.0;
+    let half = dim / 2;
+    let scale = 10000f64.ln() / (half as f64 - 1.0);
+    let freqs: Vec<f64> = (0..half).map(|i| (i as f64 * -scale).exp() * w).collect();
+    let mut values: Vec<f32> = freqs.iter().map(|x| x.sin() as f32).collect();
+    values.extend(freqs.iter().map(|x| x.cos() as f32));
+    values.resize(dim, 0.0);
+    Tensor::from_data(TensorData::new(values, [1, dim]), device)
+}

@@ -1,0 +1,128 @@
+//! `scheduler/scheduler_config.json`, read as diffusers' `SchedulerClass.from_config` does:
+//! every key the file has is taken, and every key it lacks gets the *target* scheduler's own
+//! default (so SD 1.5's config, which has no `timestep_spacing`, gives DDIM "leading" and
+//! Euler "linspace"). Keys listed in `_use_default_values` count as absent.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::expect_one_of;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+    pub num_train_timesteps: Option<usize>,
+    pub beta_start: Option<f64>,
+    pub beta_end: Option<f64>,
+    pub beta_schedule: Option<String>,
+    pub trained_betas: Option<Vec<f64>>,
+    pub prediction_type: Option<String>,
+    pub steps_offset: Option<usize>,
+    pub timestep_spacing: Option<String>,
+    pub rescale_betas_zero_snr: Option<bool>,
+    pub set_alpha_to_one: Option<bool>,
+    pub clip_sample: Option<bool>,
+    pub clip_sample_range: Option<f64>,
+    pub thresholding: Option<bool>,
+    pub use_karras_sigmas: Option<bool>,
+    pub original_inference_steps: Option<usize>,
+    pub timestep_scaling: Option<f64>,
+}
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    Leading,
+    Linspace,
+    Trailing,
+}
+
+impl SchedulerConfig {
+    pub fn parse(file: &str, text: &str) -> Result<Self> {
+        let json = |e: serde_json::Error| Error::Json {
+            file: file.into(),
+            message: e.to_string(),
+        };
+        let mut value: Value = serde_json::from_str(text).map_err(json)?;
+        if let Some(object) = value.as_object_mut() {
+            let defaults: Vec<String> = object
+                .get("_use_default_values")
+                .and_then(Value::as_array)
+                .map(|keys| keys.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            for key in defaults {
+                object.remove(&key);
+            }
+        }
+        let config: Self = serde_json::from_value(value).map_err(json)?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<()> {
+        if let Some(p) = &self.prediction_type {
+            expect_one_of(file, "prediction_type", p, &["epsilon", "v_prediction", "sample"])?;
+        }
+        if let Some(s) = &self.timestep_spacing {
+            expect_one_of(file, "timestep_spacing", s, &["leading", "linspace", "trailing"])?;
+        }
+        if let Some(b) = &self.beta_schedule {
+            expect_one_of(
+                file,
+                "beta_schedule",
+                b,
+                &["linear", "scaled_linear", "squaredcos_cap_v2"],
+            )?;
+        }
+        if self.thresholding == Some(true) {
+            return Err(Error::config(file, "thresholding", "is not supported"));
+        }
+        if self.num_train_timesteps == Some(0) {
+            return Err(Error::config(file, "num_train_timesteps", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.num_train_timesteps.unwrap_or(1000)
+    }
+
+    pub fn prediction(&self) -> Prediction {
+        match self.prediction_type.as_deref() {
+            Some("v_prediction") => Prediction::VPrediction,
+            Some("sample") => Prediction::Sample,
+            _ => Prediction::Epsilon,
+        }
+    }
+
+    /// `timestep_spacing`, or `default` (the scheduler class's own) when absent.
+    pub fn spacing(&self, default: Spacing) -> Spacing {
+        match self.timestep_spacing.as_deref() {
+            Some("leading") => Spacing::Leading,
+            Some("linspace") => Spacing::Linspace,
+            Some("trailing") => Spacing::Trailing,
+            _ => default,
+        }
+    }
+
+    pub fn steps_offset(&self) -> usize {
+        self.steps_offset.unwrap_or(0)
+    }
+
+    /// `clip_sample_range` when `clip_sample` is on (`default` when the key is absent).
+    pub fn clip_range(&self, default: bool) -> Option<f64> {
+        self.clip_sample
+            .unwrap_or(default)
+            .then(|| self.clip_sample_range.unwrap_or(1.0))
+    }
+}
