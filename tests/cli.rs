@@ -436,3 +436,133 @@ fn bad_arguments_exit_2() {
         .unwrap();
     fails_with(&result, &["tpu"], &out);
 }
+
+fn write_tensor(path: &Path, name: &str, goldens: &Goldens, key: &str) {
+    let values: Vec<u8> = goldens
+        .values(key)
+        .iter()
+        .flat_map(|&v| (v as f32).to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::F32, goldens.shape(key).to_vec(), &values).unwrap();
+    std::fs::write(path, safetensors::serialize([(name, view)], None).unwrap()).unwrap();
+}
+
+#[test]
+fn generate_matches_diffusers() {
+    let dir = tmp();
+    for name in common::MODELS {
+        let goldens = Goldens::load(&format!("pipeline-{name}"));
+        let model = model_dir(name);
+        let latents = dir.path().join("latents.safetensors");
+        write_tensor(&latents, "latents", &goldens, "latents");
+        let out = dir.path().join("out.safetensors");
+        let png = dir.path().join("out.png");
+        ok(&webdiffusion(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--negative-prompt",
+            "blurry, low quality",
+            "--steps",
+            "8",
+            "--guidance",
+            "7.5",
+            "--scheduler",
+            "dpmpp-2m",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--out-tensor",
+            out.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ]));
+        let (_, l) = read_f64(&out, "latents");
+        assert!(
+            rel_l2(&l, goldens.values("dpmpp-2m.latents")) <= 1e-3,
+            "{name} latents"
+        );
+        let (shape, image) = read_f64(&out, "image");
+        assert_eq!(shape, goldens.shape("dpmpp-2m.image"));
+        assert!(
+            rel_l2(&image, goldens.values("dpmpp-2m.image")) <= 1e-3,
+            "{name} image"
+        );
+        let bytes = std::fs::read(&png).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("parameters") && text.contains("Sampler: dpmpp-2m"),
+            "PNG parameters"
+        );
+
+        let noise = dir.path().join("noise.safetensors");
+        write_tensor(&noise, "noise", &goldens, "img2img.noise");
+        let init = fixtures().join(format!("goldens/{name}-vae-input.png"));
+        ok(&webdiffusion(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--negative-prompt",
+            "blurry, low quality",
+            "--steps",
+            "8",
+            "--init-image",
+            init.to_str().unwrap(),
+            "--strength",
+            "0.6",
+            "--noise",
+            noise.to_str().unwrap(),
+            "--out-tensor",
+            out.to_str().unwrap(),
+        ]));
+        let (_, l) = read_f64(&out, "latents");
+        assert!(
+            rel_l2(&l, goldens.values("img2img.own.latents")) <= 1e-3,
+            "{name} img2img"
+        );
+    }
+}
+
+#[test]
+fn generate_refuses_bad_requests() {
+    let dir = tmp();
+    let out = dir.path().join("out.png");
+    let model = model_dir("sd1-tiny");
+    let m = model.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate", "--model", m, "--prompt", "x", "--out", o, "--steps", "2",
+        ];
+        args.extend_from_slice(extra);
+        webdiffusion(&args)
+    };
+    fails_with(&generate(&["--width", "30"]), &["width", "30"], &out);
+    fails_with(&generate(&["--steps", "0"]), &["steps"], &out);
+    fails_with(
+        &generate(&["--scheduler", "fast"]),
+        &["fast", "valid:", "euler-a", "dpmpp-2m-karras"],
+        &out,
+    );
+    fails_with(
+        &generate(&["--strength", "0.5"]),
+        &["--strength", "--init-image"],
+        &out,
+    );
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"GIF89a").unwrap();
+    fails_with(
+        &generate(&["--init-image", bad.to_str().unwrap()]),
+        &["bad.png"],
+        &out,
+    );
+    let init = fixtures().join("goldens/sd1-tiny-vae-input.png");
+    fails_with(
+        &generate(&["--init-image", init.to_str().unwrap(), "--strength", "1.5"]),
+        &["strength", "1.5"],
+        &out,
+    );
+}

@@ -22,7 +22,9 @@ struct Recorded(VecDeque<Tensor<4>>);
 
 impl NoiseSource for Recorded {
     fn noise(&mut self, _shape: [usize; 4], _device: &Device) -> Tensor<4> {
-        self.0.pop_front().expect("more noise drawn than diffusers did")
+        self.0
+            .pop_front()
+            .expect("more noise drawn than diffusers did")
     }
 }
 
@@ -36,10 +38,22 @@ fn request(goldens: &Goldens, device: &Device, scheduler: Option<&str>) -> Reque
     r
 }
 
-fn check(goldens: &Goldens, key: &str, pipe: &StableDiffusion, r: &Request, noise: Vec<Tensor<4>>, what: &str) {
+fn check(
+    goldens: &Goldens,
+    key: &str,
+    pipe: &StableDiffusion,
+    r: &Request,
+    noise: Vec<Tensor<4>>,
+    what: &str,
+) {
     let mut rng = Recorded(noise.into());
-    let out = pipe.generate_with_noise(r, &mut rng, &mut |_, _, _| true).unwrap();
-    let err = rel_l2(&to_f64(out.latents), goldens.values(&format!("{key}.latents")));
+    let out = pipe
+        .generate_with_noise(r, &mut rng, &mut |_, _, _| true)
+        .unwrap();
+    let err = rel_l2(
+        &to_f64(out.latents),
+        goldens.values(&format!("{key}.latents")),
+    );
     assert!(err <= TOL, "{what}: latents rel-L2 {err:e}");
     let err = rel_l2(&to_f64(out.image), goldens.values(&format!("{key}.image")));
     assert!(err <= TOL, "{what}: image rel-L2 {err:e}");
@@ -51,20 +65,58 @@ fn txt2img_matches_diffusers() {
     for name in MODELS {
         let goldens = Goldens::load(&format!("pipeline-{name}"));
         let pipe = StableDiffusion::load(&DirFiles(model_dir(name)), &device).unwrap();
-        for scheduler in ["ddim", "euler", "dpmpp-2m", "dpmpp-2m-karras", "heun", "pndm", "unipc"] {
+        for scheduler in [
+            "ddim",
+            "euler",
+            "dpmpp-2m",
+            "dpmpp-2m-karras",
+            "heun",
+            "pndm",
+            "unipc",
+        ] {
             let r = request(&goldens, &device, Some(scheduler));
-            check(&goldens, scheduler, &pipe, &r, vec![], &format!("{name} {scheduler}"));
+            check(
+                &goldens,
+                scheduler,
+                &pipe,
+                &r,
+                vec![],
+                &format!("{name} {scheduler}"),
+            );
         }
-        check(&goldens, "own", &pipe, &request(&goldens, &device, None), vec![], &format!("{name} own"));
+        check(
+            &goldens,
+            "own",
+            &pipe,
+            &request(&goldens, &device, None),
+            vec![],
+            &format!("{name} own"),
+        );
 
         let mut r = request(&goldens, &device, None);
         r.guidance = 1.0;
         r.negative_prompt = String::new();
-        check(&goldens, "guidance1", &pipe, &r, vec![], &format!("{name} guidance 1"));
+        check(
+            &goldens,
+            "guidance1",
+            &pipe,
+            &r,
+            vec![],
+            &format!("{name} guidance 1"),
+        );
 
-        let noise = (0..8).map(|k| goldens.tensor::<4>(&format!("euler-a.noise.{k}"), &device)).collect();
+        let noise = (0..8)
+            .map(|k| goldens.tensor::<4>(&format!("euler-a.noise.{k}"), &device))
+            .collect();
         let r = request(&goldens, &device, Some("euler-a"));
-        check(&goldens, "euler-a", &pipe, &r, noise, &format!("{name} euler-a"));
+        check(
+            &goldens,
+            "euler-a",
+            &pipe,
+            &r,
+            noise,
+            &format!("{name} euler-a"),
+        );
     }
 }
 
@@ -74,14 +126,22 @@ fn img2img_matches_diffusers() {
     for name in MODELS {
         let goldens = Goldens::load(&format!("pipeline-{name}"));
         let pipe = StableDiffusion::load(&DirFiles(model_dir(name)), &device).unwrap();
-        let png = image::read_png(&fixtures().join(format!("goldens/{name}-vae-input.png"))).unwrap();
+        let png =
+            image::read_png(&fixtures().join(format!("goldens/{name}-vae-input.png"))).unwrap();
         for (key, scheduler) in [("own", None), ("euler", Some("euler"))] {
             let mut r = request(&goldens, &device, scheduler);
             r.latents = None;
             r.init_image = Some(image::image_to_tensor(&png, &device));
             r.strength = 0.6;
             r.noise = Some(goldens.tensor::<4>("img2img.noise", &device));
-            check(&goldens, &format!("img2img.{key}"), &pipe, &r, vec![], &format!("{name} img2img {key}"));
+            check(
+                &goldens,
+                &format!("img2img.{key}"),
+                &pipe,
+                &r,
+                vec![],
+                &format!("{name} img2img {key}"),
+            );
         }
     }
 }
@@ -109,7 +169,11 @@ fn seeds_reproduce_and_differ_and_cancel_stops() {
         step < 2
     });
     assert!(matches!(result, Err(webdiffusion::Error::Cancelled)));
-    assert_eq!(seen, vec![(1, 5), (2, 5)], "progress reported per step, stopped after 2");
+    assert_eq!(
+        seen,
+        vec![(1, 5), (2, 5)],
+        "progress reported per step, stopped after 2"
+    );
 }
 
 #[test]
@@ -117,7 +181,11 @@ fn bad_requests_are_refused() {
     let device = Device::flex();
     let pipe = StableDiffusion::load(&DirFiles(model_dir("sd1-tiny")), &device).unwrap();
     let fails = |r: Request, needle: &str| {
-        let err = pipe.generate(&r, &mut |_, _, _| true).err().expect("must fail").to_string();
+        let err = pipe
+            .generate(&r, &mut |_, _, _| true)
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains(needle), "{needle:?} not in {err:?}");
     };
     let mut r = Request::new("x");

@@ -32,20 +32,54 @@ pub fn open(backend: Option<Backend>) -> Result<(Backend, Device)> {
     match backend {
         Some(Backend::Cpu) => Ok((Backend::Cpu, Device::flex())),
         Some(Backend::Wgpu) => wgpu()
-            .map(|d| (Backend::Wgpu, d))
+            .map(|(d, _)| (Backend::Wgpu, d))
             .map_err(|e| Error::Backend(format!("no wgpu adapter: {e}"))),
         None => Ok(match wgpu() {
-            Ok(device) => (Backend::Wgpu, device),
+            Ok((device, _)) => (Backend::Wgpu, device),
             Err(_) => (Backend::Cpu, Device::flex()),
         }),
     }
 }
 
-/// The wgpu device, initialised once per process (burn's runtime cannot be set up twice).
+/// What runs the maths on `backend`: the wgpu adapter's name and API, or the CPU.
 #[cfg(not(target_family = "wasm"))]
-fn wgpu() -> std::result::Result<Device, String> {
-    static WGPU: std::sync::OnceLock<std::result::Result<Device, String>> =
+pub fn describe(backend: Backend) -> String {
+    match backend {
+        Backend::Wgpu => wgpu().map(|(_, name)| name).unwrap_or_else(|e| e),
+        Backend::Cpu => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cpu = std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("model name"))
+                        .and_then(|l| l.split(':').nth(1))
+                        .map(|m| m.trim().to_string())
+                })
+                .unwrap_or_else(|| "unknown CPU".into());
+            format!("burn flex on {cpu}, {threads} threads")
+        }
+    }
+}
+
+/// The wgpu device and its adapter's description, initialised once per process (burn's
+/// runtime cannot be set up twice).
+#[cfg(not(target_family = "wasm"))]
+fn wgpu() -> std::result::Result<(Device, String), String> {
+    static WGPU: std::sync::OnceLock<std::result::Result<(Device, String), String>> =
         std::sync::OnceLock::new();
-    WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
-        .clone()
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| e.to_string())?;
+        let info = setup.adapter.get_info();
+        Ok((
+            device,
+            format!(
+                "wgpu {:?} on {} ({:?})",
+                info.backend, info.name, info.device_type
+            ),
+        ))
+    })
+    .clone()
 }

@@ -122,7 +122,12 @@ impl StableDiffusion {
     }
 
     fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<3>> {
-        let ids: Vec<i64> = self.tokenizer.encode(text)?.into_iter().map(i64::from).collect();
+        let ids: Vec<i64> = self
+            .tokenizer
+            .encode(text)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
         let n = ids.len();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
         Ok(self.text_encoder.forward(ids, clip_skip))
@@ -154,7 +159,11 @@ impl StableDiffusion {
         if request.clip_skip >= self.text_encoder.num_layers() {
             return Err(Error::invalid(
                 "clip_skip",
-                format!("{} (the text encoder has {} layers)", request.clip_skip, self.text_encoder.num_layers()),
+                format!(
+                    "{} (the text encoder has {} layers)",
+                    request.clip_skip,
+                    self.text_encoder.num_layers()
+                ),
             ));
         }
         if !request.guidance.is_finite() || !request.guidance_rescale.is_finite() {
@@ -165,9 +174,10 @@ impl StableDiffusion {
 
         // LCM-distilled UNets take the guidance scale as an embedding instead of running
         // classifier-free guidance.
-        let timestep_cond = self.unet_config.time_cond_proj_dim.map(|dim| {
-            guidance_scale_embedding(request.guidance - 1.0, dim, &self.device)
-        });
+        let timestep_cond = self
+            .unet_config
+            .time_cond_proj_dim
+            .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, &self.device));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
         let positive = self.encode_prompt(&request.prompt, request.clip_skip)?;
         let context = if guided {
@@ -188,7 +198,10 @@ impl StableDiffusion {
             }
             Some(image) => {
                 if !(request.strength > 0.0 && request.strength <= 1.0) {
-                    return Err(Error::invalid("strength", format!("{} is not in (0, 1]", request.strength)));
+                    return Err(Error::invalid(
+                        "strength",
+                        format!("{} is not in (0, 1]", request.strength),
+                    ));
                 }
                 let init = self.vae.encode(image.clone()).mean * self.vae_config.scaling_factor;
                 let init = check_shape(init, shape, "init image")?;
@@ -196,7 +209,10 @@ impl StableDiffusion {
                 let kept = ((steps as f64 * request.strength) as usize).min(steps);
                 let start = (steps - kept) * scheduler.order();
                 if start >= scheduler.timesteps().len() {
-                    return Err(Error::invalid("strength", format!("{} leaves no step to run", request.strength)));
+                    return Err(Error::invalid(
+                        "strength",
+                        format!("{} leaves no step to run", request.strength),
+                    ));
                 }
                 let noise = match &request.noise {
                     Some(n) => check_shape(n.clone(), shape, "noise")?,
@@ -215,7 +231,13 @@ impl StableDiffusion {
                 latents.clone()
             };
             let input = scheduler.scale_model_input(input, i);
-            let output = self.unet.forward(input, t as f32, context.clone(), timestep_cond.clone(), None);
+            let output = self.unet.forward(
+                input,
+                t as f32,
+                context.clone(),
+                timestep_cond.clone(),
+                None,
+            );
             let output = if guided {
                 let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
                 let guided = uncond.clone() + (cond.clone() - uncond) * request.guidance;
@@ -235,7 +257,9 @@ impl StableDiffusion {
             }
         }
 
-        let image = self.vae.decode(latents.clone() / self.vae_config.scaling_factor);
+        let image = self
+            .vae
+            .decode(latents.clone() / self.vae_config.scaling_factor);
         let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
         let [_, c, h, w] = image.dims();
         let image = image.reshape([c, h, w]).permute([1, 2, 0]);
@@ -249,8 +273,11 @@ impl StableDiffusion {
             let v = v.unwrap_or(default);
             // The UNet halves the latent once per down block; it must divide evenly.
             let multiple = f * (1 << (self.unet_config.block_out_channels.len() - 1));
-            if v == 0 || v % multiple != 0 {
-                return Err(Error::invalid(name, format!("{v} is not a positive multiple of {multiple}")));
+            if v == 0 || !v.is_multiple_of(multiple) {
+                return Err(Error::invalid(
+                    name,
+                    format!("{v} is not a positive multiple of {multiple}"),
+                ));
             }
             Ok(v)
         };
@@ -259,7 +286,10 @@ impl StableDiffusion {
                 let [_, _, h, w] = image.dims();
                 Ok((size("height", Some(h))?, size("width", Some(w))?))
             }
-            None => Ok((size("height", request.height)?, size("width", request.width)?)),
+            None => Ok((
+                size("height", request.height)?,
+                size("width", request.width)?,
+            )),
         }
     }
 }
@@ -268,7 +298,10 @@ fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<
     if t.dims() == expected {
         Ok(t)
     } else {
-        Err(Error::invalid(name, format!("has shape {:?}, expected {expected:?}", t.dims())))
+        Err(Error::invalid(
+            name,
+            format!("has shape {:?}, expected {expected:?}", t.dims()),
+        ))
     }
 }
 
@@ -285,7 +318,11 @@ fn rescale_guidance(guided: Tensor<4>, cond: Tensor<4>, rescale: f64) -> Tensor<
     }
     let std = |t: &Tensor<4>| {
         let [b, c, h, w] = t.dims();
-        t.clone().reshape([b, c * h * w]).var(1).sqrt().reshape([b, 1, 1, 1])
+        t.clone()
+            .reshape([b, c * h * w])
+            .var(1)
+            .sqrt()
+            .reshape([b, 1, 1, 1])
     };
     let rescaled = guided.clone() * (std(&cond) / std(&guided));
     rescaled * rescale + guided * (1.0 - rescale)

@@ -1,6 +1,8 @@
 //! Subcommands of the native CLI. They parse arguments, read files, call the library and
 //! write files; the maths lives in the library.
 
+mod bench;
+mod generate;
 mod io;
 
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ pub struct Cli {
 }
 
 #[derive(clap::Args)]
-struct Common {
+pub struct Common {
     /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/).
     #[arg(long)]
     model: PathBuf,
@@ -57,6 +59,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generate an image from a prompt (txt2img), or from a prompt and an image (img2img).
+    Generate(Box<generate::GenerateArgs>),
+    /// Time the full-size SD 1.5 networks (random weights) on a backend.
+    Bench(bench::BenchArgs),
     /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor).
     VaeEncode {
         #[command(flatten)]
@@ -70,6 +76,8 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Generate(args) => generate::run(*args),
+        Command::Bench(args) => bench::run(args),
         Command::EncodePrompt {
             common,
             prompt,
@@ -144,7 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn open(common: &Common) -> Result<(DirFiles, Device)> {
+pub fn open(common: &Common) -> Result<(DirFiles, Device)> {
     if !common.model.is_dir() {
         return Err(Error::io(common.model.display(), "is not a model folder"));
     }

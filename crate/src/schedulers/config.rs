@@ -58,7 +58,11 @@ impl SchedulerConfig {
             let defaults: Vec<String> = object
                 .get("_use_default_values")
                 .and_then(Value::as_array)
-                .map(|keys| keys.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             for key in defaults {
                 object.remove(&key);
@@ -71,10 +75,20 @@ impl SchedulerConfig {
 
     fn validate(&self, file: &str) -> Result<()> {
         if let Some(p) = &self.prediction_type {
-            expect_one_of(file, "prediction_type", p, &["epsilon", "v_prediction", "sample"])?;
+            expect_one_of(
+                file,
+                "prediction_type",
+                p,
+                &["epsilon", "v_prediction", "sample"],
+            )?;
         }
         if let Some(s) = &self.timestep_spacing {
-            expect_one_of(file, "timestep_spacing", s, &["leading", "linspace", "trailing"])?;
+            expect_one_of(
+                file,
+                "timestep_spacing",
+                s,
+                &["leading", "linspace", "trailing"],
+            )?;
         }
         if let Some(b) = &self.beta_schedule {
             expect_one_of(
@@ -88,7 +102,11 @@ impl SchedulerConfig {
             return Err(Error::config(file, "thresholding", "is not supported"));
         }
         if self.num_train_timesteps == Some(0) {
-            return Err(Error::config(file, "num_train_timesteps", "must be positive"));
+            return Err(Error::config(
+                file,
+                "num_train_timesteps",
+                "must be positive",
+            ));
         }
         Ok(())
     }

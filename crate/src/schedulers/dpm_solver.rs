@@ -22,7 +22,10 @@ impl MultistepGrid {
         let (timesteps, mut sigmas) = if use_karras {
             let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
             let sigmas = karras(train[n - 1], train[0], steps);
-            let timesteps = sigmas.iter().map(|&s| round(sigma_to_t(s, &log_sigmas))).collect();
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| round(sigma_to_t(s, &log_sigmas)))
+                .collect();
             (timesteps, sigmas)
         } else {
             // One more grid point than steps, the last (t = 0) dropped.
@@ -58,7 +61,13 @@ impl MultistepGrid {
     }
 
     /// The data prediction x₀ from a UNet output at step `index`.
-    pub fn x0(&self, prediction: Prediction, output: Tensor<4>, sample: Tensor<4>, index: usize) -> Tensor<4> {
+    pub fn x0(
+        &self,
+        prediction: Prediction,
+        output: Tensor<4>,
+        sample: Tensor<4>,
+        index: usize,
+    ) -> Tensor<4> {
         let (alpha, sigma, _) = self.alpha_sigma_lambda(index);
         match prediction {
             Prediction::Epsilon => (sample - output * sigma) / alpha,
@@ -103,7 +112,9 @@ impl Scheduler for DpmSolver {
         sample: Tensor<4>,
         _noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let x0 = self.grid.x0(self.prediction, model_output, sample.clone(), index);
+        let x0 = self
+            .grid
+            .x0(self.prediction, model_output, sample.clone(), index);
         let steps = self.grid.timesteps.len();
         // Lower order at the end: the final σ is 0, where the second-order term is unstable.
         let last = index + 1 == steps;

@@ -75,7 +75,8 @@ impl Scheduler for Heun {
             }
             Some((first, dt, start)) => {
                 let sigma_next = self.sigmas[index];
-                let x0 = predict_x0_sigma(self.prediction, model_output, sample.clone(), sigma_next);
+                let x0 =
+                    predict_x0_sigma(self.prediction, model_output, sample.clone(), sigma_next);
                 let derivative = ((sample - x0) / sigma_next + first) / 2.0;
                 start + derivative * dt
             }

@@ -83,6 +83,10 @@ impl Scheduler for Lcm {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Tensor<4> {
-        add_noise_alpha(original, noise, self.alphas_cumprod[self.timesteps[index] as usize])
+        add_noise_alpha(
+            original,
+            noise,
+            self.alphas_cumprod[self.timesteps[index] as usize],
+        )
     }
 }

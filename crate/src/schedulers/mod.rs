@@ -68,7 +68,10 @@ pub const SCHEDULERS: &[(&str, &str)] = &[
     ("euler", "EulerDiscreteScheduler"),
     ("euler-a", "EulerAncestralDiscreteScheduler"),
     ("dpmpp-2m", "DPMSolverMultistepScheduler"),
-    ("dpmpp-2m-karras", "DPMSolverMultistepScheduler + use_karras_sigmas"),
+    (
+        "dpmpp-2m-karras",
+        "DPMSolverMultistepScheduler + use_karras_sigmas",
+    ),
     ("heun", "HeunDiscreteScheduler"),
     ("pndm", "PNDMScheduler"),
     ("unipc", "UniPCMultistepScheduler"),
@@ -103,7 +106,10 @@ pub fn build(
     if steps > config.num_train_timesteps() {
         return Err(Error::invalid(
             "steps",
-            format!("{steps} exceeds the {} training timesteps", config.num_train_timesteps()),
+            format!(
+                "{steps} exceeds the {} training timesteps",
+                config.num_train_timesteps()
+            ),
         ));
     }
     Ok(match name {

@@ -19,7 +19,11 @@ pub fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f64> {
             .map(|b| b * b)
             .collect(),
         (None, Some("squaredcos_cap_v2")) => {
-            let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+            let alpha_bar = |t: f64| {
+                ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                    .cos()
+                    .powi(2)
+            };
             (0..n)
                 .map(|i| {
                     let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);

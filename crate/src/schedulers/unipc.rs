@@ -48,7 +48,13 @@ impl UniPc {
 
     /// UniC: redoes the previous step from `last_sample`, now also using the newest x₀
     /// prediction `model_t` (at step `index`).
-    fn correct(&self, model_t: &Tensor<4>, last_sample: Tensor<4>, order: usize, index: usize) -> Tensor<4> {
+    fn correct(
+        &self,
+        model_t: &Tensor<4>,
+        last_sample: Tensor<4>,
+        order: usize,
+        index: usize,
+    ) -> Tensor<4> {
         let m0 = self.outputs[self.outputs.len() - 1].clone();
         let (alpha_t, sigma_t, lambda_t) = self.grid.alpha_sigma_lambda(index);
         let (_, sigma_s0, lambda_s0) = self.grid.alpha_sigma_lambda(index - 1);
@@ -101,7 +107,9 @@ impl Scheduler for UniPc {
         sample: Tensor<4>,
         _noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let x0 = self.grid.x0(self.prediction, model_output, sample.clone(), index);
+        let x0 = self
+            .grid
+            .x0(self.prediction, model_output, sample.clone(), index);
         let sample = match self.last.take() {
             Some((last_sample, order)) => self.correct(&x0, last_sample, order, index),
             None => sample,

@@ -1,0 +1,196 @@
+//! `webdiffusion generate`: a prompt (and optionally an init image) in, a PNG out.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::DType;
+
+use webdiffusion::error::{Error, Result};
+use webdiffusion::image;
+use webdiffusion::pipeline::{Request, StableDiffusion};
+
+use super::io::{self, Output};
+use super::{Common, open};
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Denoising steps (default: 20, or 4 for LCM).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less runs the UNet once per step.
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// diffusers' guidance_rescale (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    guidance_rescale: f64,
+    /// ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, heun, pndm, unipc, lcm, ddpm
+    /// (default: the model's own).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// DDIM's η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Random if not given; printed either way.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+    /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// img2img: the image to start from.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// img2img: how much to change the init image, in (0, 1].
+    #[arg(long)]
+    strength: Option<f64>,
+    /// img2img: safetensors with tensor `noise` [1,C,h,w] added to the init latents.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// The PNG to write (default: webdiffusion-SEED.png unless --out-tensor is given).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// safetensors with `image` (f32 [H,W,3] in [0,1]) and `latents` (final latents).
+    #[arg(long)]
+    out_tensor: Option<PathBuf>,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.init_image.is_none() {
+        for (flag, given) in [
+            ("--strength", args.strength.is_some()),
+            ("--noise", args.noise.is_some()),
+        ] {
+            if given {
+                return Err(Error::invalid(flag, "needs --init-image"));
+            }
+        }
+    }
+    let (files, device) = open(&args.common)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut request = Request::new(args.prompt.clone());
+    request.negative_prompt = args.negative_prompt.clone();
+    request.steps = args.steps;
+    request.guidance = args.guidance;
+    request.guidance_rescale = args.guidance_rescale;
+    request.scheduler = args.scheduler.clone();
+    request.eta = args.eta;
+    request.seed = seed;
+    request.width = args.width;
+    request.height = args.height;
+    request.clip_skip = args.clip_skip;
+    if let Some(path) = &args.latents {
+        request.latents = Some(io::read_tensor4(path, "latents", &device)?);
+    }
+    if let Some(path) = &args.init_image {
+        let png = image::read_png(path)?;
+        request.init_image = Some(image::image_to_tensor(&png, &device));
+        request.strength = args.strength.unwrap_or(0.8);
+    }
+    if let Some(path) = &args.noise {
+        request.noise = Some(io::read_tensor4(path, "noise", &device)?);
+    }
+
+    let pipe = StableDiffusion::load(&files, &device)?;
+    let scheduler = request
+        .scheduler
+        .clone()
+        .unwrap_or_else(|| pipe.default_scheduler().into());
+    let mut progress = Progress::new();
+    let generated = pipe.generate(&request, &mut |step, total, _| {
+        progress.update(step, total);
+        true
+    })?;
+    progress.finish();
+
+    if let Some(path) = &args.out_tensor {
+        io::write_safetensors(
+            path,
+            &[
+                Output::f32("image", generated.image.clone())?,
+                Output::f32("latents", generated.latents.clone().cast(DType::F32))?,
+            ],
+        )?;
+    }
+    let out = match (&args.out, &args.out_tensor) {
+        (Some(out), _) => Some(out.clone()),
+        (None, None) => Some(PathBuf::from(format!("webdiffusion-{seed}.png"))),
+        (None, Some(_)) => None,
+    };
+    if let Some(out) = out {
+        let [h, w, _] = generated.image.dims();
+        let parameters = format!(
+            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {scheduler}, CFG scale: {}, Seed: {seed}, Size: {w}x{h}, Model: {}",
+            args.prompt,
+            args.negative_prompt,
+            request.steps.map_or("default".into(), |s| s.to_string()),
+            args.guidance,
+            args.common.model.file_name().map_or_else(
+                || args.common.model.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            ),
+        );
+        let png = image::encode_png(
+            &image::tensor_to_image(generated.image)?,
+            &[("parameters", &parameters)],
+        )?;
+        io::write_atomic(&out, &png)?;
+        eprintln!("seed {seed}: wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (std::process::id() as u64) << 32
+}
+
+/// A one-line progress bar on a terminal; silent when stderr is not a TTY.
+struct Progress {
+    start: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, step: usize, total: usize) {
+        if !self.tty {
+            return;
+        }
+        let width = 30;
+        let done = width * step / total.max(1);
+        let rate = step as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r[{}{}] {step}/{total} {rate:.2} it/s",
+            "#".repeat(done),
+            ".".repeat(width - done)
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
