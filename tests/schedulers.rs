@@ -105,7 +105,8 @@ fn schedulers_match_diffusers() {
                 let coef = goldens.values(&format!("{p}coef")).to_vec();
                 let mut x = x0.clone() * s.init_noise_sigma();
                 let n = s.timesteps().len();
-                for i in 0..n {
+                assert_eq!(coef.len(), n, "{what}: one model coefficient per step");
+                for (i, &coef_i) in coef.iter().enumerate() {
                     let input = s.scale_model_input(x.clone(), i);
                     if i == 0 || i == n - 1 {
                         let err = rel_l2(
@@ -114,7 +115,7 @@ fn schedulers_match_diffusers() {
                         );
                         assert!(err < 1e-4, "{what}: scaled input {i}: {err:e}");
                     }
-                    let output = input * 0.5 + c.clone() * coef[i];
+                    let output = input * 0.5 + c.clone() * coef_i;
                     x = s.step(output, i, x, &mut noise);
                     let key = format!("{p}out.{i}");
                     if goldens.has(&key) {
