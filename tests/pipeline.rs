@@ -46,9 +46,9 @@ fn check(
     noise: Vec<Tensor<4>>,
     what: &str,
 ) {
-    let mut rng = Recorded(noise.into());
+    let rng = Box::new(Recorded(noise.into()));
     let out = pipe
-        .generate_with_noise(r, &mut rng, &mut |_, _, _| true)
+        .generate_with_noise(r, rng, &mut |_, _, _| true)
         .unwrap();
     let err = rel_l2(
         &to_f64(out.latents),

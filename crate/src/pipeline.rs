@@ -10,7 +10,7 @@ use crate::models::clip::ClipTextModel;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::noise::Generator;
-use crate::schedulers::{self, NoiseSource, SchedulerConfig};
+use crate::schedulers::{self, NoiseSource, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 
 pub struct StableDiffusion {
@@ -133,19 +133,44 @@ impl StableDiffusion {
         Ok(self.text_encoder.forward(ids, clip_skip))
     }
 
-    /// Runs `request`, drawing all noise from its seed.
+    /// Runs `request` to the end, drawing all noise from its seed (native: it reads the
+    /// latents back after each step to stop on non-finite values).
+    #[cfg(not(target_family = "wasm"))]
     pub fn generate(&self, request: &Request, on_step: &mut OnStep) -> Result<Generated> {
-        self.generate_with_noise(request, &mut Generator::new(request.seed), on_step)
+        self.generate_with_noise(request, Box::new(Generator::new(request.seed)), on_step)
     }
 
-    /// Runs `request` with noise from `rng` (initial latents unless given, img2img noise
-    /// unless given, then the stochastic schedulers' per-step noise, in that order).
+    /// Like [`generate`](Self::generate), with the noise drawn from `rng`.
+    #[cfg(not(target_family = "wasm"))]
     pub fn generate_with_noise(
         &self,
         request: &Request,
-        rng: &mut dyn NoiseSource,
+        rng: Box<dyn NoiseSource>,
         on_step: &mut OnStep,
     ) -> Result<Generated> {
+        let mut generation = self.start(request, rng)?;
+        while !generation.is_done() {
+            let (step, total) = generation.step();
+            let max = generation.max_abs().into_scalar::<f32>();
+            check_finite(max, step, total)?;
+            if !on_step(step, total, generation.latents()) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(generation.finish())
+    }
+
+    /// Prepares `request`: checks it, encodes the prompts and draws the starting latents.
+    /// The caller then runs [`Generation::step`] until done, free to yield, report progress
+    /// or cancel in between (the browser awaits its read-backs there).
+    ///
+    /// `rng` supplies all noise: the initial latents unless given, img2img's noise unless
+    /// given, then the stochastic schedulers' per-step noise, in that order.
+    pub fn start(
+        &self,
+        request: &Request,
+        mut rng: Box<dyn NoiseSource>,
+    ) -> Result<Generation<'_>> {
         let scheduler_name = request
             .scheduler
             .clone()
@@ -153,7 +178,7 @@ impl StableDiffusion {
         let steps = request
             .steps
             .unwrap_or(if scheduler_name == "lcm" { 4 } else { 20 });
-        let mut scheduler =
+        let scheduler =
             schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
         let (height, width) = self.check_size(request)?;
         if request.clip_skip >= self.text_encoder.num_layers() {
@@ -188,7 +213,7 @@ impl StableDiffusion {
         };
 
         // Where sampling starts: pure noise, or the init image noised to the start step.
-        let (mut latents, start) = match &request.init_image {
+        let (latents, start) = match &request.init_image {
             None => {
                 let noise = match &request.latents {
                     Some(l) => check_shape(l.clone(), shape, "latents")?,
@@ -222,48 +247,17 @@ impl StableDiffusion {
             }
         };
 
-        let timesteps = scheduler.timesteps().to_vec();
-        let total = timesteps.len() - start;
-        for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            let input = if guided {
-                Tensor::cat(vec![latents.clone(), latents.clone()], 0)
-            } else {
-                latents.clone()
-            };
-            let input = scheduler.scale_model_input(input, i);
-            let output = self.unet.forward(
-                input,
-                t as f32,
-                context.clone(),
-                timestep_cond.clone(),
-                None,
-            );
-            let output = if guided {
-                let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
-                let guided = uncond.clone() + (cond.clone() - uncond) * request.guidance;
-                rescale_guidance(guided, cond, request.guidance_rescale)
-            } else {
-                output
-            };
-            latents = scheduler.step(output, i, latents, rng);
-            let step = i - start + 1;
-            if !all_finite(&latents) {
-                return Err(Error::Backend(format!(
-                    "sampling diverged: non-finite latents after step {step} of {total}"
-                )));
-            }
-            if !on_step(step, total, &latents) {
-                return Err(Error::Cancelled);
-            }
-        }
-
-        let image = self
-            .vae
-            .decode(latents.clone() / self.vae_config.scaling_factor);
-        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
-        let [_, c, h, w] = image.dims();
-        let image = image.reshape([c, h, w]).permute([1, 2, 0]);
-        Ok(Generated { latents, image })
+        Ok(Generation {
+            pipe: self,
+            scheduler,
+            rng,
+            latents,
+            context,
+            timestep_cond,
+            guidance: guided.then_some((request.guidance, request.guidance_rescale)),
+            start,
+            index: start,
+        })
     }
 
     fn check_size(&self, request: &Request) -> Result<(usize, usize)> {
@@ -294,6 +288,95 @@ impl StableDiffusion {
     }
 }
 
+/// A generation in progress: the scheduler's state and the current latents.
+pub struct Generation<'a> {
+    pipe: &'a StableDiffusion,
+    scheduler: Box<dyn Scheduler>,
+    rng: Box<dyn NoiseSource>,
+    latents: Tensor<4>,
+    /// Text embeddings: `[negative, positive]` under classifier-free guidance.
+    context: Tensor<3>,
+    timestep_cond: Option<Tensor<2>>,
+    /// (scale, rescale) when running classifier-free guidance.
+    guidance: Option<(f64, f64)>,
+    start: usize,
+    index: usize,
+}
+
+impl Generation<'_> {
+    /// UNet calls in this generation.
+    pub fn total(&self) -> usize {
+        self.scheduler.timesteps().len() - self.start
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.index >= self.scheduler.timesteps().len()
+    }
+
+    pub fn latents(&self) -> &Tensor<4> {
+        &self.latents
+    }
+
+    /// The largest |latent|, to read back and check for divergence (NaN or ∞).
+    pub fn max_abs(&self) -> Tensor<1> {
+        self.latents.clone().abs().max()
+    }
+
+    /// One UNet call and scheduler step; returns (steps done, total).
+    pub fn step(&mut self) -> (usize, usize) {
+        let i = self.index;
+        let t = self.scheduler.timesteps()[i];
+        let latents = self.latents.clone();
+        let input = match self.guidance {
+            Some(_) => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+            None => latents.clone(),
+        };
+        let input = self.scheduler.scale_model_input(input, i);
+        let output = self.pipe.unet.forward(
+            input,
+            t as f32,
+            self.context.clone(),
+            self.timestep_cond.clone(),
+            None,
+        );
+        let output = match self.guidance {
+            Some((scale, rescale)) => {
+                let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
+                let guided = uncond.clone() + (cond.clone() - uncond) * scale;
+                rescale_guidance(guided, cond, rescale)
+            }
+            None => output,
+        };
+        self.latents = self.scheduler.step(output, i, latents, self.rng.as_mut());
+        self.index += 1;
+        (self.index - self.start, self.total())
+    }
+
+    /// Decodes the final latents.
+    pub fn finish(self) -> Generated {
+        let vae = &self.pipe.vae;
+        let image = vae.decode(self.latents.clone() / self.pipe.vae_config.scaling_factor);
+        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let [_, c, h, w] = image.dims();
+        let image = image.reshape([c, h, w]).permute([1, 2, 0]);
+        Generated {
+            latents: self.latents,
+            image,
+        }
+    }
+}
+
+/// Fails when sampling diverged: `max_abs` is the largest |latent| after `step`.
+pub fn check_finite(max_abs: f32, step: usize, total: usize) -> Result<()> {
+    if max_abs.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Backend(format!(
+            "sampling diverged: non-finite latents after step {step} of {total}"
+        )))
+    }
+}
+
 fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<4>> {
     if t.dims() == expected {
         Ok(t)
@@ -303,11 +386,6 @@ fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<
             format!("has shape {:?}, expected {expected:?}", t.dims()),
         ))
     }
-}
-
-fn all_finite(t: &Tensor<4>) -> bool {
-    let max = t.clone().abs().max().into_scalar::<f32>();
-    max.is_finite()
 }
 
 /// diffusers' `rescale_noise_cfg` (Lin et al. 2023, §3.4): pulls the guided prediction's
