@@ -1,6 +1,7 @@
 //! Choosing the burn device: the CPU backend (`flex`) or wgpu (Vulkan natively, WebGPU in
 //! the browser).
 
+#[cfg(not(target_family = "wasm"))]
 use burn::prelude::*;
 
 use crate::error::{Error, Result};

@@ -11,6 +11,8 @@ pub mod noise;
 pub mod pipeline;
 pub mod schedulers;
 pub mod tokenizer;
+#[cfg(target_family = "wasm")]
+pub mod web;
 pub mod weights;
 
 pub use error::{Error, Result};

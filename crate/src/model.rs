@@ -73,9 +73,47 @@ impl ModelFiles for DirFiles {
     }
 }
 
+/// A model whose files are already in memory (fetched in the browser), keyed by path.
+pub struct MemoryFiles {
+    /// Where the files came from, for messages (a URL or folder).
+    pub base: String,
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl ModelFiles for MemoryFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(path).cloned())
+    }
+
+    fn display(&self, path: &str) -> String {
+        format!("{}/{path}", self.base.trim_end_matches('/'))
+    }
+}
+
+/// Every file a diffusers folder may hold that loading reads, weights last. The browser
+/// fetches these (absent ones are skipped) before loading.
+pub const MODEL_FILES: &[&str] = &[
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+];
+
+/// The weight files of each component, in the order to try them.
+pub const WEIGHT_FILES: &[(&str, &str)] = &[
+    ("text_encoder", "model"),
+    ("unet", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+];
+
 /// Weight files of a component, preferred first: full precision, then the hub's fp16
 /// variant.
-fn weight_candidates(component: &str, stem: &str) -> [String; 2] {
+pub fn weight_candidates(component: &str, stem: &str) -> [String; 2] {
     [
         format!("{component}/{stem}.safetensors"),
         format!("{component}/{stem}.fp16.safetensors"),

@@ -9,6 +9,7 @@ use crate::model::{self, ModelFiles};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
+#[cfg(not(target_family = "wasm"))]
 use crate::noise::Generator;
 use crate::schedulers::{self, NoiseSource, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the npm package `webdiffusion` into pkg/: the crate compiled to WebAssembly for
+# WebGPU (wasm-pack, --target web, release), its JS glue and TypeScript declarations, and
+# the Web Worker script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webdiffusion/target}"
+
+wasm-pack build crate --target web --release --mode no-install \
+    --out-dir ../pkg --out-name webdiffusion -- --no-default-features
+cp crate/js/worker.js pkg/worker.js
+# Ship the worker with the package.
+node -e '
+const fs = require("fs");
+const p = JSON.parse(fs.readFileSync("pkg/package.json"));
+p.files = [...new Set([...(p.files ?? []), "worker.js", "snippets"])];
+fs.writeFileSync("pkg/package.json", JSON.stringify(p, null, 2) + "\n");
+'
+ls -l pkg/webdiffusion_bg.wasm | awk '{printf "webdiffusion_bg.wasm: %.1f MB\n", $5 / 1e6}'
+gzip -9c pkg/webdiffusion_bg.wasm | wc -c | awk '{printf "gzipped: %.1f MB\n", $1 / 1e6}'

@@ -1,0 +1,202 @@
+// The wasm package in headless Chromium (WebGPU on SwiftShader), loaded by a plain page as
+// a user's page would: same image as the native CLI for the same seed, IndexedDB caching
+// (no network on the second load, damaged chunks refetched, interrupted downloads resumed),
+// clear errors, and AbortSignal.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serve } from "./server.mjs";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+const cli = join(targetDir, "release", "webdiffusion");
+const MODEL = "/tests/fixtures/sd1-tiny";
+
+let server;
+let browser;
+let context;
+const consoleErrors = [];
+
+before(async () => {
+  server = await serve(root);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
+      "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+  });
+  context = await browser.newContext();
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+async function openPage() {
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error") consoleErrors.push(m.text());
+  });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await page.goto(`${server.base}/tests/web/page.html`);
+  await page.waitForFunction(() => window.ready);
+  return page;
+}
+
+function readSafetensors(path, name) {
+  const bytes = readFileSync(path);
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString());
+  const [start, end] = header[name].data_offsets;
+  const data = bytes.subarray(8 + headerLen + start, 8 + headerLen + end);
+  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+}
+
+function relL2(a, b) {
+  assert.equal(a.length, b.length);
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+const modelRequests = (from) => server.log.slice(from).filter((r) => r.path.includes("/fixtures/"));
+
+test("generates the same latents as the native CLI, with progress", async () => {
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url }) => {
+    const { Pipeline } = window.webdiffusion;
+    const progress = [];
+    const pipe = await Pipeline.load(url, { onProgress: (p) => progress.push(p) });
+    const steps = [];
+    const r = await pipe.generate({ prompt: "a red fox", steps: 4, seed: 7, scheduler: "ddim",
+      onStep: (s, t) => steps.push([s, t]) });
+    return { latents: Array.from(r.latents), width: r.width, height: r.height, steps,
+      pixels: r.pixels.length, seed: r.seed, files: new Set(progress.map((p) => p.file)).size };
+  }, { url: server.base + MODEL });
+  assert.deepEqual(out.steps, [[1, 4], [2, 4], [3, 4], [4, 4]]);
+  assert.equal(out.pixels, out.width * out.height * 4);
+  assert.equal(out.seed, 7);
+  assert.ok(out.files >= 5, "download progress reported per file");
+
+  const dir = mkdtempSync(join(tmpdir(), "webdiffusion-"));
+  const tensors = join(dir, "native.safetensors");
+  execFileSync(cli, ["generate", "--model", join(root, MODEL), "--prompt", "a red fox", "--steps", "4",
+    "--seed", "7", "--scheduler", "ddim", "--backend", "cpu", "--out-tensor", tensors]);
+  const native = readSafetensors(tensors, "latents");
+  const err = relL2(Float32Array.from(out.latents), native);
+  assert.ok(err <= 1e-3, `browser vs native latents rel-L2 ${err}`);
+  await page.close();
+});
+
+test("a second load comes from IndexedDB with no network request", async () => {
+  const page = await openPage();
+  const from = server.log.length;
+  await page.evaluate(async ({ url }) => {
+    await window.webdiffusion.Pipeline.load(url, {});
+  }, { url: server.base + MODEL });
+  assert.deepEqual(modelRequests(from), []);
+  const cached = await page.evaluate(() => window.webdiffusion.Pipeline.cached());
+  const unet = cached.find((c) => c.url.endsWith("sd1-tiny/unet/diffusion_pytorch_model.safetensors"));
+  assert.ok(unet?.complete && unet.bytes > 0, "cached() lists the UNet weights with their size");
+  await page.close();
+});
+
+test("a damaged chunk is detected and fetched again", async () => {
+  const page = await openPage();
+  const file = `${server.base}${MODEL}/unet/diffusion_pytorch_model.safetensors`;
+  await page.evaluate(async ({ key }) => {
+    const db = await new Promise((ok, err) => {
+      const r = indexedDB.open("webdiffusion");
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => err(r.error);
+    });
+    const tx = db.transaction("chunks", "readwrite");
+    const chunks = tx.objectStore("chunks");
+    const bytes = await new Promise((ok) => { const r = chunks.get(key); r.onsuccess = () => ok(r.result); });
+    const damaged = new Uint8Array(bytes);
+    damaged[1000] ^= 0xff;
+    chunks.put(damaged, key);
+    await new Promise((ok) => { tx.oncomplete = ok; });
+  }, { key: `${file}#0` });
+  const from = server.log.length;
+  await page.evaluate(async ({ url }) => {
+    await window.webdiffusion.Pipeline.load(url, {});
+  }, { url: server.base + MODEL });
+  const refetched = modelRequests(from).map((r) => r.path);
+  assert.deepEqual(refetched, [`${MODEL}/unet/diffusion_pytorch_model.safetensors`]);
+  await page.close();
+});
+
+test("an interrupted download resumes from the last stored chunk", async () => {
+  const page = await openPage();
+  const result = await page.evaluate(async ({ url }) => {
+    globalThis.__webdiffusionChunkBytes = 256 * 1024;
+    const errors = [];
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        await window.webdiffusion.Pipeline.load(url, {});
+        return { errors, ok: true };
+      } catch (e) {
+        errors.push(String(e.message ?? e));
+      }
+    }
+    return { errors, ok: false };
+  }, { url: `${server.base}/flaky${MODEL}` });
+  assert.ok(result.ok, `loads in the end: ${result.errors}`);
+  assert.ok(result.errors.length >= 1, "the cut-off download failed first");
+  const resumed = server.log.filter((r) => r.path.startsWith("/flaky/") && r.range && r.range !== "bytes=0-");
+  assert.ok(resumed.length >= 1, "a Range request resumed the download");
+  await page.close();
+});
+
+test("bad URLs reject with clear errors", async () => {
+  const page = await openPage();
+  const errors = await page.evaluate(async ({ missing, unreachable }) => {
+    const messages = [];
+    for (const url of [missing, unreachable]) {
+      try {
+        await window.webdiffusion.Pipeline.load(url, { cache: false });
+        messages.push("resolved");
+      } catch (e) {
+        messages.push(e.message);
+      }
+    }
+    return messages;
+  }, { missing: `${server.base}/no/such/model`, unreachable: "http://127.0.0.1:9/model" });
+  assert.match(errors[0], /no\/such\/model.*404/);
+  assert.match(errors[1], /127\.0\.0\.1:9.*download failed|download failed.*127\.0\.0\.1:9/);
+  await page.close();
+});
+
+test("AbortSignal stops a generation between steps", async () => {
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url }) => {
+    const pipe = await window.webdiffusion.Pipeline.load(url, {});
+    const controller = new AbortController();
+    const steps = [];
+    try {
+      await pipe.generate({ prompt: "x", steps: 6, scheduler: "ddim", signal: controller.signal,
+        onStep: (s) => { steps.push(s); if (s === 2) controller.abort(); } });
+      return { steps, error: null };
+    } catch (e) {
+      return { steps, error: e.name };
+    }
+  }, { url: server.base + MODEL });
+  assert.equal(out.error, "AbortError");
+  assert.deepEqual(out.steps, [1, 2]);
+  await page.close();
+});
+
+test("no shader or WebGPU error was logged", () => {
+  const bad = consoleErrors.filter((e) => /shader|subgroups|WebGPU|wgsl|unreachable/i.test(e));
+  assert.deepEqual(bad, []);
+});
