@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Every check: formatting, lints, then all tests (unit, parity with diffusers, CLI) in
-# release mode, since the numeric kernels are too slow unoptimised.
+# Every check: formatting, lints (native and wasm), all Rust tests (unit, parity with
+# diffusers, CLI) in release mode, then the npm package built and tested in headless
+# Chromium. Needs what .ci/run installs (wasm-pack, wasm-bindgen-cli, Chromium, npm deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webdiffusion/target}"
 
 cargo fmt --all --check
 cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --target wasm32-unknown-unknown --no-default-features --lib -- -D warnings
 cargo test --release
+
+scripts/build-pkg.sh
+npm test --prefix tests/web

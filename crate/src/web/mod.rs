@@ -131,7 +131,10 @@ impl Pipeline {
         let rgb = read_f32(out.image.reshape([height * width * 3])).await?;
         let mut rgba = Vec::with_capacity(width * height * 4);
         for px in rgb.chunks_exact(3) {
-            rgba.extend(px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8));
+            rgba.extend(
+                px.iter()
+                    .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8),
+            );
             rgba.push(255);
         }
         let latents = read_f32(out.latents.reshape([-1])).await?;

@@ -67,10 +67,16 @@ pub fn parse(options: &JsValue, pipe: &StableDiffusion) -> Result<(Request, Hook
         ];
         let values = array.to_vec();
         if values.len() != shape.iter().product::<usize>() {
-            let what = format!("a Float32Array of {shape:?} = {} values", shape.iter().product::<usize>());
+            let what = format!(
+                "a Float32Array of {shape:?} = {} values",
+                shape.iter().product::<usize>()
+            );
             return Err(bad("latents", &what));
         }
-        request.latents = Some(Tensor::from_data(TensorData::new(values, shape), &pipe.device));
+        request.latents = Some(Tensor::from_data(
+            TensorData::new(values, shape),
+            &pipe.device,
+        ));
     }
     let on_step = get("onStep");
     let hooks = Hooks {
