@@ -115,3 +115,24 @@ fn vae_matches_diffusers() {
         }
     }
 }
+
+#[test]
+fn weights_stream_in_small_pieces() {
+    // The browser feeds weights chunk by chunk; tensors then span pieces.
+    let device = burn::prelude::Device::flex();
+    let goldens = Goldens::load("sd1-tiny");
+    let dir = model_dir("sd1-tiny");
+    let config_text = std::fs::read_to_string(dir.join("vae/config.json")).unwrap();
+    let config: webdiffusion::models::vae::VaeConfig =
+        webdiffusion::config::parse("vae/config.json", &config_text).unwrap();
+    let vae = webdiffusion::models::vae::AutoencoderKL::new(&config, "vae", &device).unwrap();
+    let bytes = std::fs::read(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let mut loader = webdiffusion::weights::StreamingLoader::new(vae, "vae", DType::F32);
+    for piece in bytes.chunks(7777) {
+        loader.push(piece).unwrap();
+    }
+    let vae = loader.finish().unwrap();
+    let latents = goldens.tensor::<4>("vae.latents", &device);
+    let decoded = vae.decode(latents / config.scaling_factor);
+    assert_close(&goldens, "vae.decoded", decoded, TOL, "streamed VAE");
+}

@@ -11,7 +11,12 @@ use burn::store::{
     ApplyError, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
     SafetensorsStore,
 };
+use std::collections::HashSet;
+
 use burn::tensor::DType;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde::Deserialize;
 
 use crate::error::{Error, Result, Shape};
 
@@ -49,71 +54,230 @@ fn checkpoint_name(path: &str) -> String {
         .fold(path.to_string(), |name, (from, to)| name.replace(from, to))
 }
 
-/// Checks that `bytes` is a well-formed safetensors file, naming `file` if not.
-pub fn check_safetensors(bytes: &[u8], file: &str) -> Result<()> {
-    safetensors::SafeTensors::deserialize(bytes)
-        .map(|_| ())
-        .map_err(|e| Error::Safetensors {
-            file: file.into(),
-            message: e.to_string(),
-        })
-}
-
-/// Loads `bytes` (the safetensors file `file`) into `module`, every float tensor
+/// Loads the safetensors file `file` into `module` from `bytes`, every float tensor
 /// converted to `dtype`. Every parameter must be present with its exact shape, and every
 /// tensor in the file must belong to the model.
 pub fn load<M: Module + ModuleSnapshot>(
-    mut module: M,
+    module: M,
     bytes: Vec<u8>,
     file: &str,
     dtype: DType,
 ) -> Result<M> {
-    check_safetensors(&bytes, file)?;
-    let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype));
-    let mut store = SafetensorsStore::from_bytes(Some(bytes))
-        .with_from_adapter(adapter)
-        .skip_enum_variants(true)
-        .allow_partial(true)
-        .validate(false);
-    for (pattern, replacement) in KEY_REMAPPING {
-        store = store.with_key_remapping(*pattern, *replacement);
+    let mut loader = StreamingLoader::new(module, file, dtype);
+    // In pieces, so that no more than one piece's tensors are copied at a time.
+    for piece in bytes.chunks(PIECE) {
+        loader.push(piece)?;
     }
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| Error::Safetensors {
-            file: file.into(),
-            message: e.to_string(),
-        })?;
+    loader.finish()
+}
 
-    if let Some(error) = result.errors.first() {
-        return Err(match error {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => Error::ShapeMismatch {
-                file: file.into(),
+/// How much of a file is applied at once when it is all in memory.
+const PIECE: usize = 64 << 20;
+
+/// The largest safetensors header accepted (as the safetensors crate).
+const MAX_HEADER: usize = 100_000_000;
+
+#[derive(Deserialize)]
+struct TensorInfo {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+/// Loads a safetensors file that arrives in pieces (the browser's cached chunks), holding
+/// only the bytes not yet applied: at most one piece plus a tensor that spans pieces.
+pub struct StreamingLoader<M> {
+    module: M,
+    file: String,
+    dtype: DType,
+    /// Bytes received and not yet applied; `buffer[0]` is at file offset `offset`.
+    buffer: Vec<u8>,
+    offset: usize,
+    /// Once the header is read: where the data starts, and the tensors by data offset.
+    header: Option<(usize, Vec<(String, TensorInfo)>)>,
+    next: usize,
+    applied: HashSet<String>,
+    params: HashSet<String>,
+}
+
+impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
+    pub fn new(module: M, file: &str, dtype: DType) -> Self {
+        Self {
+            module,
+            file: file.into(),
+            dtype,
+            buffer: Vec::new(),
+            offset: 0,
+            header: None,
+            next: 0,
+            applied: HashSet::new(),
+            params: HashSet::new(),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::Safetensors {
+            file: self.file.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Takes the next piece of the file, applying every tensor it completes.
+    pub fn push(&mut self, piece: &[u8]) -> Result<()> {
+        self.buffer.extend_from_slice(piece);
+        if self.header.is_none() && !self.read_header()? {
+            return Ok(());
+        }
+        let (data_start, tensors) = self.header.as_ref().expect("header read");
+        let available = (self.offset + self.buffer.len()).saturating_sub(*data_start);
+        let ready = tensors[self.next..]
+            .iter()
+            .take_while(|(_, info)| info.data_offsets.1 <= available)
+            .count();
+        if ready == 0 {
+            return Ok(());
+        }
+        let batch = &tensors[self.next..self.next + ready];
+        let base = data_start - self.offset;
+        let views = batch
+            .iter()
+            .map(|(name, info)| {
+                let (a, b) = info.data_offsets;
+                TensorView::new(
+                    info.dtype,
+                    info.shape.clone(),
+                    &self.buffer[base + a..base + b],
+                )
+                .map(|view| (name.clone(), view))
+                .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| self.error(e.to_string()))?;
+        let end = data_start + batch[ready - 1].1.data_offsets.1;
+        self.next += ready;
+        self.apply(bytes)?;
+        self.buffer.drain(..end - self.offset);
+        self.offset = end;
+        Ok(())
+    }
+
+    /// Parses the header once its bytes are in; `false` while more are needed.
+    fn read_header(&mut self) -> Result<bool> {
+        let Some(len) = self.buffer.get(..8) else {
+            return Ok(false);
+        };
+        let n = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
+        if n > MAX_HEADER {
+            return Err(self.error(format!(
+                "header length {n} is larger than {MAX_HEADER} bytes"
+            )));
+        }
+        let Some(json) = self.buffer.get(8..8 + n) else {
+            return Ok(false);
+        };
+        let mut header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json)
+                .map_err(|e| self.error(format!("header is not valid JSON: {e}")))?;
+        header.remove("__metadata__");
+        let mut tensors = header
+            .into_iter()
+            .map(|(name, value)| {
+                let info: TensorInfo = serde_json::from_value(value)
+                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
+                let (a, b) = info.data_offsets;
+                let size = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
+                if a > b || b - a != size {
+                    return Err(self.error(format!(
+                        "tensor `{name}`: data offsets [{a}, {b}) do not hold {:?} {:?}",
+                        info.dtype, info.shape
+                    )));
+                }
+                Ok((name, info))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tensors.sort_by_key(|(_, info)| info.data_offsets);
+        let mut end = 0;
+        for (name, info) in &tensors {
+            if info.data_offsets.0 != end {
+                return Err(self.error(format!(
+                    "tensor `{name}` does not start where the previous ends"
+                )));
+            }
+            end = info.data_offsets.1;
+        }
+        self.header = Some((8 + n, tensors));
+        Ok(true)
+    }
+
+    /// Applies one batch of complete tensors (a small safetensors file) to the module.
+    fn apply(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(self.dtype));
+        let mut store = SafetensorsStore::from_bytes(Some(bytes))
+            .with_from_adapter(adapter)
+            .skip_enum_variants(true)
+            .allow_partial(true)
+            .validate(false);
+        for (pattern, replacement) in KEY_REMAPPING {
+            store = store.with_key_remapping(*pattern, *replacement);
+        }
+        let result = self
+            .module
+            .load_from(&mut store)
+            .map_err(|e| self.error(e.to_string()))?;
+        if let Some(error) = result.errors.first() {
+            return Err(match error {
+                ApplyError::ShapeMismatch {
+                    path,
+                    expected,
+                    found,
+                } => Error::ShapeMismatch {
+                    file: self.file.clone(),
+                    key: checkpoint_name(path),
+                    expected: Shape(expected.to_vec()),
+                    found: Shape(found.to_vec()),
+                },
+                other => self.error(other.to_string()),
+            });
+        }
+        if let Some(path) = result.unused.iter().find(|k| !is_buffer(k)) {
+            return Err(Error::UnexpectedTensor {
+                file: self.file.clone(),
                 key: checkpoint_name(path),
-                expected: Shape(expected.to_vec()),
-                found: Shape(found.to_vec()),
-            },
-            other => Error::Safetensors {
-                file: file.into(),
-                message: other.to_string(),
-            },
-        });
+            });
+        }
+        self.params
+            .extend(result.missing.into_iter().map(|(path, _)| path));
+        self.params.extend(result.applied.iter().cloned());
+        self.applied.extend(result.applied);
+        Ok(())
     }
-    if let Some((path, _)) = result.missing.first() {
-        return Err(Error::MissingTensor {
-            file: file.into(),
-            key: checkpoint_name(path),
-        });
+
+    /// Checks that the whole file arrived and every parameter was loaded.
+    pub fn finish(mut self) -> Result<M> {
+        if self.params.is_empty() && self.header.is_some() {
+            // No tensor at all: apply an empty file to learn what the model expected.
+            let empty = safetensors::serialize(Vec::<(String, TensorView)>::new(), None)
+                .map_err(|e| self.error(e.to_string()))?;
+            self.apply(empty)?;
+        }
+        let Some((data_start, tensors)) = &self.header else {
+            return Err(self.error("file ended before its header"));
+        };
+        let size = data_start + tensors.last().map_or(0, |(_, info)| info.data_offsets.1);
+        let received = self.offset + self.buffer.len();
+        if self.next < tensors.len() || received != size {
+            return Err(self.error(format!(
+                "file has {received} bytes, its header describes {size}"
+            )));
+        }
+        let mut missing: Vec<&String> = self.params.difference(&self.applied).collect();
+        missing.sort();
+        if let Some(path) = missing.first() {
+            return Err(Error::MissingTensor {
+                file: self.file.clone(),
+                key: checkpoint_name(path),
+            });
+        }
+        Ok(self.module)
     }
-    if let Some(path) = result.unused.iter().find(|k| !is_buffer(k)) {
-        return Err(Error::UnexpectedTensor {
-            file: file.into(),
-            key: checkpoint_name(path),
-        });
-    }
-    Ok(module)
 }
