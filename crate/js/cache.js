@@ -65,42 +65,66 @@ export function hasWebGpu() {
   return typeof navigator !== "undefined" && !!navigator.gpu;
 }
 
-/** The bytes at `url` (Uint8Array), or null on HTTP 404. */
-export async function fetchFile(url, cache, onProgress) {
+/**
+ * The bytes at `url` (Uint8Array), or null on HTTP 404. With `onChunk`, the bytes are
+ * handed to it chunk by chunk instead (and never held whole) and it resolves to true.
+ */
+export async function fetchFile(url, cache, onProgress, onChunk) {
   const report = (loaded, total) => {
     if (typeof onProgress === "function") onProgress({ loaded, total, file: url });
   };
-  if (!cache) return download(url, null, report);
+  const sink = new Sink(typeof onChunk === "function" ? onChunk : null);
+  if (!cache) return download(url, null, report, sink);
   if (navigator.storage?.persist) navigator.storage.persist().catch(() => {});
 
   let meta = await store("files", "readonly", (s) => request(s.get(url)));
   // An optional file the server does not have (e.g. no fp16 variant): remembered as
   // absent, so a cached model loads with no request at all.
   if (meta?.missing) return null;
-  const parts = [];
   if (meta) {
-    // Verify what is stored; keep the chunks before the first damaged or missing one.
-    for (let i = 0; i < meta.hashes.length; i++) {
-      const bytes = await store("chunks", "readonly", (s) => request(s.get(chunkKey(url, i))));
-      if (!bytes || (await sha256(bytes)) !== meta.hashes[i]) break;
-      parts.push(new Uint8Array(bytes));
+    // Verify what is stored; use the chunks before the first damaged or missing one.
+    let good = 0;
+    for (; good < meta.hashes.length; good++) {
+      const bytes = await store("chunks", "readonly", (s) => request(s.get(chunkKey(url, good))));
+      if (!bytes || (await sha256(bytes)) !== meta.hashes[good]) break;
+      sink.put(new Uint8Array(bytes));
     }
-    if (parts.length < meta.hashes.length) {
-      meta.hashes.length = parts.length;
+    if (good < meta.hashes.length) {
+      meta.hashes.length = good;
       meta.complete = false;
     }
     if (meta.complete) {
       report(meta.size, meta.size);
-      return concat(parts, meta.size);
+      return sink.result();
     }
   }
-  const stored = parts.reduce((n, p) => n + p.length, 0);
   meta = meta && meta.etag !== undefined ? meta : { url, hashes: [], size: null, etag: null };
-  meta.hashes.length = parts.length;
-  return download(url, { meta, parts, stored }, report);
+  meta.hashes.length = sink.chunks;
+  return download(url, { meta, stored: sink.bytes }, report, sink);
 }
 
-async function download(url, cached, report) {
+/** Where downloaded chunks go: to the caller one by one, or gathered into one array. */
+class Sink {
+  constructor(onChunk) {
+    this.onChunk = onChunk;
+    this.parts = [];
+    this.bytes = 0;
+    this.chunks = 0;
+  }
+
+  put(chunk) {
+    this.bytes += chunk.length;
+    this.chunks += 1;
+    if (this.onChunk) this.onChunk(chunk);
+    else this.parts.push(chunk);
+  }
+
+  result() {
+    return this.onChunk ? true : concat(this.parts, this.bytes);
+  }
+}
+
+async function download(url, cached, report, sink) {
   const start = cached?.stored ?? 0;
   let response;
   try {
@@ -117,13 +141,12 @@ async function download(url, cached, report) {
     return null;
   }
   if (!response.ok) throw new Error(`download failed for ${url}: HTTP ${response.status}`);
-  let { meta, parts } = cached ?? { meta: null, parts: [] };
+  const meta = cached?.meta ?? null;
   let offset = start;
   if (start > 0 && response.status !== 206) {
-    // The server ignored the range (or the file changed): start again.
-    parts = [];
-    offset = 0;
-    meta.hashes = [];
+    // The server ignored the range (or the file changed): what was handed over is stale.
+    await forget(url).catch(() => {});
+    throw new Error(`the server did not resume ${url}; load again to download it whole`);
   }
   const length = Number(response.headers.get("Content-Length"));
   const total = length > 0 ? offset + length : null;
@@ -140,7 +163,7 @@ async function download(url, cached, report) {
     const chunk = concat(pending, pendingBytes);
     pending = [];
     pendingBytes = 0;
-    parts.push(chunk);
+    sink.put(chunk);
     if (!meta) return;
     try {
       const i = meta.hashes.length;
@@ -169,8 +192,8 @@ async function download(url, cached, report) {
     offset += value.length;
     report(offset, total);
   }
-  if (pendingBytes > 0 || parts.length === 0) await flush();
-  const size = parts.reduce((n, p) => n + p.length, 0);
+  if (pendingBytes > 0 || sink.chunks === 0) await flush();
+  const size = sink.bytes;
   if (total !== null && size !== total) {
     throw new Error(`download of ${url} ended early: ${size} of ${total} bytes`);
   }
@@ -179,7 +202,7 @@ async function download(url, cached, report) {
     meta.complete = true;
     await store("files", "readwrite", (s) => request(s.put(meta)));
   }
-  return concat(parts, size);
+  return sink.result();
 }
 
 function concat(parts, size) {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights;
 
@@ -104,13 +105,6 @@ pub const MODEL_FILES: &[&str] = &[
     "vae/config.json",
 ];
 
-/// The weight files of each component, in the order to try them.
-pub const WEIGHT_FILES: &[(&str, &str)] = &[
-    ("text_encoder", "model"),
-    ("unet", "diffusion_pytorch_model"),
-    ("vae", "diffusion_pytorch_model"),
-];
-
 /// Weight files of a component, preferred first: full precision, then the hub's fp16
 /// variant.
 pub fn weight_candidates(component: &str, stem: &str) -> [String; 2] {
@@ -146,14 +140,42 @@ pub fn load_tokenizer(files: &dyn ModelFiles) -> Result<ClipTokenizer> {
     ClipTokenizer::new(&tokenizer_files, &files.display("tokenizer"))
 }
 
+/// The text encoder described by `text_encoder/config.json`, its weights not yet loaded.
+pub fn build_text_encoder(
+    files: &dyn ModelFiles,
+    device: &Device,
+) -> Result<(ClipTextConfig, ClipTextModel)> {
+    let path = "text_encoder/config.json";
+    let config: ClipTextConfig = parse(&files.display(path), &files.require_text(path)?)?;
+    let model = ClipTextModel::new(&config, &files.display(path), device)?;
+    Ok((config, model))
+}
+
+/// The UNet described by `unet/config.json`, its weights not yet loaded.
+pub fn build_unet(
+    files: &dyn ModelFiles,
+    device: &Device,
+) -> Result<(UNetConfig, UNet2DConditionModel)> {
+    let path = "unet/config.json";
+    let config: UNetConfig = parse(&files.display(path), &files.require_text(path)?)?;
+    let model = UNet2DConditionModel::new(&config, &files.display(path), device)?;
+    Ok((config, model))
+}
+
+/// The VAE described by `vae/config.json`, its weights not yet loaded.
+pub fn build_vae(files: &dyn ModelFiles, device: &Device) -> Result<(VaeConfig, AutoencoderKL)> {
+    let path = "vae/config.json";
+    let config: VaeConfig = parse(&files.display(path), &files.require_text(path)?)?;
+    let model = AutoencoderKL::new(&config, &files.display(path), device)?;
+    Ok((config, model))
+}
+
 pub fn load_text_encoder(
     files: &dyn ModelFiles,
     device: &Device,
     dtype: DType,
 ) -> Result<(ClipTextConfig, ClipTextModel)> {
-    let path = "text_encoder/config.json";
-    let config: ClipTextConfig = parse(&files.display(path), &files.require_text(path)?)?;
-    let model = ClipTextModel::new(&config, &files.display(path), device)?;
+    let (config, model) = build_text_encoder(files, device)?;
     let model = load_weights(files, model, "text_encoder", "model", dtype)?;
     Ok((config, model))
 }
@@ -163,9 +185,7 @@ pub fn load_unet(
     device: &Device,
     dtype: DType,
 ) -> Result<(UNetConfig, UNet2DConditionModel)> {
-    let path = "unet/config.json";
-    let config: UNetConfig = parse(&files.display(path), &files.require_text(path)?)?;
-    let model = UNet2DConditionModel::new(&config, &files.display(path), device)?;
+    let (config, model) = build_unet(files, device)?;
     let model = load_weights(files, model, "unet", "diffusion_pytorch_model", dtype)?;
     Ok((config, model))
 }
@@ -175,9 +195,13 @@ pub fn load_vae(
     device: &Device,
     dtype: DType,
 ) -> Result<(VaeConfig, AutoencoderKL)> {
-    let path = "vae/config.json";
-    let config: VaeConfig = parse(&files.display(path), &files.require_text(path)?)?;
-    let model = AutoencoderKL::new(&config, &files.display(path), device)?;
+    let (config, model) = build_vae(files, device)?;
     let model = load_weights(files, model, "vae", "diffusion_pytorch_model", dtype)?;
     Ok((config, model))
+}
+
+/// The scheduler config of a model folder.
+pub fn load_scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {
+    let path = "scheduler/scheduler_config.json";
+    SchedulerConfig::parse(&files.display(path), &files.require_text(path)?)
 }

@@ -92,9 +92,7 @@ impl StableDiffusion {
         let (_, text_encoder) = model::load_text_encoder(files, device, dtype)?;
         let (unet_config, unet) = model::load_unet(files, device, dtype)?;
         let (vae_config, vae) = model::load_vae(files, device, dtype)?;
-        let path = "scheduler/scheduler_config.json";
-        let scheduler_config =
-            SchedulerConfig::parse(&files.display(path), &files.require_text(path)?)?;
+        let scheduler_config = model::load_scheduler_config(files)?;
         Ok(Self {
             tokenizer,
             text_encoder,

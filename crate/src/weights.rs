@@ -122,6 +122,11 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
         }
     }
 
+    /// The module back, untouched if nothing was pushed.
+    pub fn into_module(self) -> M {
+        self.module
+    }
+
     /// Takes the next piece of the file, applying every tensor it completes.
     pub fn push(&mut self, piece: &[u8]) -> Result<()> {
         self.buffer.extend_from_slice(piece);

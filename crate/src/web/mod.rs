@@ -8,21 +8,30 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use burn::module::Module;
 use burn::prelude::*;
+use burn::store::ModuleSnapshot;
 use burn::tensor::DType;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
-use crate::model::{MODEL_FILES, MemoryFiles, WEIGHT_FILES, weight_candidates};
+use crate::model::{self, MODEL_FILES, MemoryFiles, weight_candidates};
 use crate::noise::Generator;
 use crate::pipeline::{StableDiffusion, check_finite};
+use crate::weights::StreamingLoader;
 
 #[wasm_bindgen(module = "/js/cache.js")]
 extern "C" {
     /// The bytes at `url`, or `null` on HTTP 404; rejects with a clear Error otherwise.
+    /// With `on_chunk`, the bytes are handed over chunk by chunk and it resolves to `true`.
     #[wasm_bindgen(js_name = fetchFile, catch)]
-    async fn fetch_file(url: &str, cache: bool, on_progress: &JsValue) -> Result<JsValue, JsValue>;
+    async fn fetch_file(
+        url: &str,
+        cache: bool,
+        on_progress: &JsValue,
+        on_chunk: &JsValue,
+    ) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(js_name = listCached, catch)]
     async fn list_cached() -> Result<JsValue, JsValue>;
     #[wasm_bindgen(js_name = deleteCached, catch)]
@@ -66,41 +75,72 @@ pub struct Pipeline {
 
 #[wasm_bindgen]
 impl Pipeline {
-    /// Loads the diffusers folder at `url`: `{ onProgress?, cache? }`.
+    /// Loads the diffusers folder at `url`: `{ onProgress?, cache? }`. Weights stream from
+    /// the network or IndexedDB into the GPU chunk by chunk, so wasm memory holds about one
+    /// chunk at a time.
     pub async fn load(url: String, options: JsValue) -> Result<Pipeline, JsValue> {
         console_error_panic_hook::set_once();
         let device = device().await?;
         let get = |key: &str| Reflect::get(&options, &key.into()).unwrap_or(JsValue::UNDEFINED);
-        let on_progress = get("onProgress");
-        let cache = get("cache").as_bool().unwrap_or(true);
-        let base = url.trim_end_matches('/').to_string();
-
-        let mut files = HashMap::new();
-        let mut fetch = async |path: &str| -> Result<bool, JsValue> {
-            let bytes = fetch_file(&format!("{base}/{path}"), cache, &on_progress).await?;
-            if bytes.is_null() {
-                return Ok(false);
-            }
-            files.insert(path.to_string(), Uint8Array::new(&bytes).to_vec());
-            Ok(true)
+        let source = Source {
+            base: url.trim_end_matches('/').to_string(),
+            cache: get("cache").as_bool().unwrap_or(true),
+            on_progress: get("onProgress"),
         };
-        for path in MODEL_FILES {
-            fetch(path).await?;
+
+        // model_index.json marks a diffusers folder: a wrong URL fails here, plainly.
+        let index = source.url("model_index.json");
+        let found = fetch_file(
+            &index,
+            source.cache,
+            &source.on_progress,
+            &JsValue::UNDEFINED,
+        )
+        .await?;
+        if found.is_null() {
+            return Err(js_sys::Error::new(&format!(
+                "{index}: not found (HTTP 404); the URL must point at a diffusers model folder"
+            ))
+            .into());
         }
-        for (component, stem) in WEIGHT_FILES {
-            // The fp16 variant first: half the download, converted while loading anyway.
-            let [full, half] = weight_candidates(component, stem);
-            if !fetch(&half).await? && !fetch(&full).await? {
-                return Err(js_sys::Error::new(&format!(
-                    "{base}/{full}: not found (HTTP 404), nor {half}"
-                ))
-                .into());
+        let mut files = HashMap::new();
+        for path in MODEL_FILES {
+            let bytes = fetch_file(
+                &source.url(path),
+                source.cache,
+                &source.on_progress,
+                &JsValue::UNDEFINED,
+            )
+            .await?;
+            if !bytes.is_null() {
+                files.insert(path.to_string(), Uint8Array::new(&bytes).to_vec());
             }
         }
-        let model = MemoryFiles { base, files };
-        let inner = StableDiffusion::load(&model, &device).map_err(js_error)?;
+        let configs = MemoryFiles {
+            base: source.base.clone(),
+            files,
+        };
+        let tokenizer = model::load_tokenizer(&configs).map_err(js_error)?;
+        let scheduler_config = model::load_scheduler_config(&configs).map_err(js_error)?;
+        let (_, text_encoder) = model::build_text_encoder(&configs, &device).map_err(js_error)?;
+        let text_encoder = source.stream(text_encoder, "text_encoder", "model").await?;
+        let (unet_config, unet) = model::build_unet(&configs, &device).map_err(js_error)?;
+        let unet = source
+            .stream(unet, "unet", "diffusion_pytorch_model")
+            .await?;
+        let (vae_config, vae) = model::build_vae(&configs, &device).map_err(js_error)?;
+        let vae = source.stream(vae, "vae", "diffusion_pytorch_model").await?;
         Ok(Pipeline {
-            inner: Rc::new(inner),
+            inner: Rc::new(StableDiffusion {
+                tokenizer,
+                text_encoder,
+                unet,
+                unet_config,
+                vae,
+                vae_config,
+                scheduler_config,
+                device,
+            }),
         })
     }
 
@@ -158,6 +198,57 @@ impl Pipeline {
     #[wasm_bindgen(js_name = deleteCached)]
     pub async fn delete_cached_model(url: String) -> Result<(), JsValue> {
         delete_cached(&url).await.map(|_| ())
+    }
+}
+
+/// Where a model's files are fetched from.
+struct Source {
+    base: String,
+    cache: bool,
+    on_progress: JsValue,
+}
+
+impl Source {
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// Streams a component's weights into `module`: the fp16 variant if the server has it
+    /// (half the download; converted while loading anyway), else the full file.
+    async fn stream<M>(&self, module: M, component: &str, stem: &str) -> Result<M, JsValue>
+    where
+        M: Module + ModuleSnapshot + 'static,
+    {
+        let [full, half] = weight_candidates(component, stem);
+        let loader = Rc::new(RefCell::new(None::<StreamingLoader<M>>));
+        let mut module = Some(module);
+        for path in [&half, &full] {
+            let url = self.url(path);
+            *loader.borrow_mut() = module
+                .take()
+                .map(|m| StreamingLoader::new(m, &url, DType::F32));
+            let sink = loader.clone();
+            let on_chunk = Closure::<dyn FnMut(Uint8Array) -> Result<(), JsValue>>::new(
+                move |chunk: Uint8Array| {
+                    let mut sink = sink.borrow_mut();
+                    let loader = sink.as_mut().expect("a loader per download");
+                    loader.push(&chunk.to_vec()).map_err(js_error)
+                },
+            );
+            let found = fetch_file(&url, self.cache, &self.on_progress, on_chunk.as_ref()).await?;
+            let current = loader.borrow_mut().take().expect("loader");
+            if found.is_null() {
+                // Nothing was pushed: take the module back and try the next file.
+                module = Some(current.into_module());
+                continue;
+            }
+            return current.finish().map_err(js_error);
+        }
+        Err(js_sys::Error::new(&format!(
+            "{}: not found (HTTP 404), nor {half}",
+            self.url(&full)
+        ))
+        .into())
     }
 }
 
