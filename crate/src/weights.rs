@@ -19,6 +19,7 @@ use safetensors::tensor::TensorView;
 use serde::Deserialize;
 
 use crate::error::{Error, Result, Shape};
+use crate::models::split_embedding::{ROWS, SPLIT_KEY};
 
 /// Checkpoint key patterns → field paths, applied in order.
 const KEY_REMAPPING: &[(&str, &str)] = &[
@@ -36,6 +37,10 @@ const KEY_REMAPPING: &[(&str, &str)] = &[
 
 /// Field paths → the checkpoint's names, to name keys in errors as the file does.
 const KEY_NAMES: &[(&str, &str)] = &[
+    (
+        ".token_embedding.parts.",
+        ".token_embedding.weight#rows-block-",
+    ),
     (".to_out.", ".to_out.0."),
     (".ff.geglu.", ".ff.net.0.proj."),
     (".ff.proj_out.", ".ff.net.2."),
@@ -69,6 +74,31 @@ pub fn load<M: Module + ModuleSnapshot>(
         loader.push(piece)?;
     }
     loader.finish()
+}
+
+/// The CLIP token embedding becomes blocks of rows (see `SplitEmbedding`); every other
+/// tensor passes through as (name, shape, byte range).
+fn split_rows(
+    name: &str,
+    shape: &[usize],
+    start: usize,
+    end: usize,
+) -> Vec<(String, Vec<usize>, (usize, usize))> {
+    let Some(prefix) = name.strip_suffix(SPLIT_KEY) else {
+        return vec![(name.to_string(), shape.to_vec(), (start, end))];
+    };
+    let (rows, row_bytes) = match shape {
+        [rows, _] if *rows > 0 => (*rows, (end - start) / rows),
+        _ => return vec![(name.to_string(), shape.to_vec(), (start, end))],
+    };
+    (0..rows.div_ceil(ROWS))
+        .map(|i| {
+            let n = ROWS.min(rows - i * ROWS);
+            let a = start + i * ROWS * row_bytes;
+            let key = format!("{prefix}token_embedding.parts.{i}");
+            (key, vec![n, shape[1]], (a, a + n * row_bytes))
+        })
+        .collect()
 }
 
 /// How much of a file is applied at once when it is all in memory.
@@ -144,19 +174,15 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
         }
         let batch = &tensors[self.next..self.next + ready];
         let base = data_start - self.offset;
-        let views = batch
-            .iter()
-            .map(|(name, info)| {
-                let (a, b) = info.data_offsets;
-                TensorView::new(
-                    info.dtype,
-                    info.shape.clone(),
-                    &self.buffer[base + a..base + b],
-                )
-                .map(|view| (name.clone(), view))
-                .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut views = Vec::with_capacity(batch.len());
+        for (name, info) in batch {
+            let (a, b) = info.data_offsets;
+            for (name, shape, (a, b)) in split_rows(name, &info.shape, base + a, base + b) {
+                let view = TensorView::new(info.dtype, shape, &self.buffer[a..b])
+                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
+                views.push((name, view));
+            }
+        }
         let bytes = safetensors::serialize(views, None).map_err(|e| self.error(e.to_string()))?;
         let end = data_start + batch[ready - 1].1.data_offsets.1;
         self.next += ready;

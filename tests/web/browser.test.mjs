@@ -6,14 +6,14 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { homedir, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serve } from "./server.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webdiffusion/target");
 const cli = join(targetDir, "release", "webdiffusion");
 const MODEL = "/tests/fixtures/sd1-tiny";
 

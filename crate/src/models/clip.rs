@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::attention::{merge_heads, scaled_dot_product, split_heads};
 use super::layers::{layer_norm, linear};
+use super::split_embedding::SplitEmbedding;
 use crate::config::expect_one_of;
 use crate::error::{Error, Result};
 
@@ -48,7 +49,7 @@ impl Default for ClipTextConfig {
 
 #[derive(Module, Debug)]
 pub struct ClipEmbeddings {
-    pub token_embedding: Embedding,
+    pub token_embedding: SplitEmbedding,
     pub position_embedding: Embedding,
 }
 
@@ -137,7 +138,7 @@ impl ClipTextModel {
         };
         Ok(Self {
             embeddings: ClipEmbeddings {
-                token_embedding: EmbeddingConfig::new(config.vocab_size, d).init(device),
+                token_embedding: SplitEmbedding::new(config.vocab_size, d, device),
                 position_embedding: EmbeddingConfig::new(config.max_position_embeddings, d)
                     .init(device),
             },

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod embeddings;
 pub mod layers;
 pub mod resnet;
+pub mod split_embedding;
 pub mod transformer;
 pub mod unet;
 pub mod vae;
