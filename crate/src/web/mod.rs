@@ -68,6 +68,47 @@ async fn device() -> Result<Device, JsValue> {
     Ok(device)
 }
 
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** Download progress of one file, in bytes (`total` is null when the server does not say). */
+export interface LoadProgress { loaded: number; total: number | null; file: string }
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep the files in IndexedDB (default true). */
+  cache?: boolean;
+}
+export type SchedulerName = "ddim" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras"
+  | "heun" | "pndm" | "unipc" | "lcm" | "ddpm";
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  /** Default: 20 (4 for LCM). */
+  steps?: number;
+  /** Classifier-free guidance scale (default 7.5); 1 or less runs the UNet once per step. */
+  guidance?: number;
+  /** Default: the model's own scheduler. */
+  scheduler?: SchedulerName;
+  /** Default: random (returned in the result). */
+  seed?: number;
+  width?: number;
+  height?: number;
+  /** The initial noise, [1, 4, height/8, width/8] for SD. */
+  latents?: Float32Array;
+  onStep?: (step: number, total: number) => void;
+  signal?: AbortSignal;
+}
+export interface GenerateResult {
+  width: number;
+  height: number;
+  /** RGBA, row-major, ready for `new ImageData(pixels, width, height)`. */
+  pixels: Uint8ClampedArray;
+  /** The final latents, before VAE decoding. */
+  latents: Float32Array;
+  seed: number;
+}
+export interface CachedFile { url: string; bytes: number | null; complete: boolean }
+"#;
+
 #[wasm_bindgen]
 pub struct Pipeline {
     inner: Rc<StableDiffusion>,
@@ -78,7 +119,11 @@ impl Pipeline {
     /// Loads the diffusers folder at `url`: `{ onProgress?, cache? }`. Weights stream from
     /// the network or IndexedDB into the GPU chunk by chunk, so wasm memory holds about one
     /// chunk at a time.
-    pub async fn load(url: String, options: JsValue) -> Result<Pipeline, JsValue> {
+    pub async fn load(
+        url: String,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
+    ) -> Result<Pipeline, JsValue> {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
         console_error_panic_hook::set_once();
         let device = device().await?;
         let get = |key: &str| Reflect::get(&options, &key.into()).unwrap_or(JsValue::UNDEFINED);
@@ -144,9 +189,13 @@ impl Pipeline {
         })
     }
 
-    /// Generates one image: see `options::GenerateOptions` for the fields. Resolves to
-    /// `{ width, height, pixels: Uint8ClampedArray (RGBA), latents: Float32Array, seed }`.
-    pub async fn generate(&self, options: JsValue) -> Result<JsValue, JsValue> {
+    /// Generates one image (see `GenerateOptions`); rejects with an `AbortError` when the
+    /// signal fires.
+    #[wasm_bindgen(unchecked_return_type = "GenerateResult")]
+    pub async fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
         let pipe = self.inner.clone();
         let (request, hooks) = options::parse(&options, &pipe)?;
         let mut generation = pipe
@@ -189,7 +238,8 @@ impl Pipeline {
         Ok(result.into())
     }
 
-    /// Cached models: `[{ url, bytes, complete }]`.
+    /// Cached files: `[{ url, bytes, complete }]`.
+    #[wasm_bindgen(unchecked_return_type = "CachedFile[]")]
     pub async fn cached() -> Result<JsValue, JsValue> {
         list_cached().await
     }
