@@ -1,10 +1,11 @@
 //! diffusers' `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`) and the scaled dot-product
 //! attention every network here uses.
 //!
-//! At 512×512, SD 1.5's first UNet level has 4096 tokens: a plain softmax(QKᵀ)V would need a
+//! At 512×512, SD 1.5's first UNet level has 4096 tokens: a plain softmax(QKᵀ)V needs a
 //! [batch·heads, 4096, 4096] score buffer (1 GiB in f32 for batch 2), more than WebGPU lets
-//! one binding hold. burn's fused `attention` streams over keys (flash-style) and never
-//! materialises it, so it is used everywhere, for self- and cross-attention alike.
+//! one buffer or binding hold. burn's fused `attention` is used everywhere, and the queries
+//! are split into blocks so that even where burn falls back to materialising the scores
+//! (as it does on wgpu without autotune) no block's scores exceed [`MAX_SCORE_BYTES`].
 
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
@@ -13,6 +14,10 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::layers::{group_norm, linear};
+
+/// The largest score matrix one attention call may need (f32), well inside WebGPU's
+/// default 128 MiB binding limit.
+pub const MAX_SCORE_BYTES: usize = 32 << 20;
 
 /// softmax(q·kᵀ / √d)·v over `[batch, heads, tokens, head_dim]`.
 ///
@@ -30,6 +35,22 @@ pub fn scaled_dot_product(
         softcap: None,
         is_causal: causal,
     };
+    let [b, h, n, _] = q.dims();
+    let m = k.dims()[2];
+    let rows = (MAX_SCORE_BYTES / (4 * b * h * m).max(1)).max(1);
+    // Causal masking is relative to the query's position: keep such calls whole (CLIP's
+    // 77 tokens are far below the limit).
+    if n > rows && !causal {
+        let blocks = (0..n)
+            .step_by(rows)
+            .map(|start| {
+                let end = (start + rows).min(n);
+                let q = q.clone().slice([0..b, 0..h, start..end]);
+                scaled_dot_product(q, k.clone(), v.clone(), causal, upcast)
+            })
+            .collect();
+        return Tensor::cat(blocks, 2);
+    }
     let dtype = q.dtype();
     if upcast && dtype != DType::F32 {
         let out = attention(
@@ -160,7 +181,13 @@ mod tests {
         let device = Device::flex();
         let rand =
             |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        for (n, m, causal) in [(64, 64, false), (77, 77, true), (256, 77, false)] {
+        // 8192 query tokens × 512 keys × 2·3 heads is 96 MiB of scores: split into blocks.
+        for (n, m, causal) in [
+            (64, 64, false),
+            (77, 77, true),
+            (256, 77, false),
+            (8192, 512, false),
+        ] {
             let (q, k, v) = (rand([2, 3, n, 8]), rand([2, 3, m, 8]), rand([2, 3, m, 8]));
             let fused = scaled_dot_product(q.clone(), k.clone(), v.clone(), causal, false);
             let plain = plain(q, k, v, causal);
