@@ -158,6 +158,30 @@ test("an interrupted download resumes from the last stored chunk", async () => {
   await page.close();
 });
 
+test("a full disk rejects clearly and leaves no half-written entry", async () => {
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url }) => {
+    const put = IDBObjectStore.prototype.put;
+    IDBObjectStore.prototype.put = function (value, key) {
+      if (value instanceof Uint8Array) throw new DOMException("the disk is full", "QuotaExceededError");
+      return put.call(this, value, key);
+    };
+    let message = null;
+    try {
+      await window.webdiffusion.Pipeline.load(url, {});
+    } catch (e) {
+      message = e.message;
+    } finally {
+      IDBObjectStore.prototype.put = put;
+    }
+    const cached = await window.webdiffusion.Pipeline.cached();
+    return { message, left: cached.filter((c) => c.url.startsWith(url)).map((c) => c.url) };
+  }, { url: `${server.base}/tests/fixtures/sd2-tiny` });
+  assert.match(out.message ?? "", /quota exceeded.*sd2-tiny/);
+  assert.deepEqual(out.left, [], "no partial entry stays in the cache");
+  await page.close();
+});
+
 test("bad URLs reject with clear errors", async () => {
   const page = await openPage();
   const errors = await page.evaluate(async ({ missing, unreachable }) => {
