@@ -101,9 +101,9 @@ export interface GenerateResult {
   width: number;
   height: number;
   /** RGBA, row-major, ready for `new ImageData(pixels, width, height)`. */
-  pixels: Uint8ClampedArray;
+  pixels: Uint8ClampedArray<ArrayBuffer>;
   /** The final latents, before VAE decoding. */
-  latents: Float32Array;
+  latents: Float32Array<ArrayBuffer>;
   seed: number;
 }
 export interface CachedFile { url: string; bytes: number | null; complete: boolean }
