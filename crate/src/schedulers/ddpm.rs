@@ -4,7 +4,7 @@ use burn::prelude::*;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
 use super::ddim::add_noise_alpha;
-use super::schedule::{alphas_cumprod, predict_x0_eps, spaced_timesteps};
+use super::schedule::{alphas_cumprod, clip_x0, predict_x0_eps, spaced_timesteps};
 use super::{NoiseSource, Scheduler};
 
 pub struct Ddpm {
@@ -46,10 +46,7 @@ impl Scheduler for Ddpm {
         let current_alpha = alpha / alpha_prev;
         let current_beta = 1.0 - current_alpha;
         let (x0, _) = predict_x0_eps(self.prediction, model_output, sample.clone(), alpha);
-        let x0 = match self.clip {
-            Some(r) => x0.clamp(-r, r),
-            None => x0,
-        };
+        let x0 = clip_x0(x0, self.clip);
         let x0_coeff = alpha_prev.sqrt() * current_beta / (1.0 - alpha);
         let sample_coeff = current_alpha.sqrt() * (1.0 - alpha_prev) / (1.0 - alpha);
         let mean = x0 * x0_coeff + sample.clone() * sample_coeff;

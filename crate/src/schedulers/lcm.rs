@@ -5,13 +5,12 @@ use burn::prelude::*;
 
 use super::config::{Prediction, SchedulerConfig};
 use super::ddim::add_noise_alpha;
-use super::schedule::{alphas_cumprod, predict_x0_eps};
+use super::schedule::{Alphas, clip_x0, predict_x0_eps};
 use super::{NoiseSource, Scheduler};
 
 pub struct Lcm {
     timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    final_alpha: f64,
+    alphas: Alphas,
     prediction: Prediction,
     clip: Option<f64>,
     timestep_scaling: f64,
@@ -27,15 +26,9 @@ impl Lcm {
         let timesteps = (0..steps)
             .map(|i| origin[(i * origin.len()) / steps] as f64)
             .collect();
-        let alphas_cumprod = alphas_cumprod(config);
         Self {
             timesteps,
-            final_alpha: if config.set_alpha_to_one.unwrap_or(true) {
-                1.0
-            } else {
-                alphas_cumprod[0]
-            },
-            alphas_cumprod,
+            alphas: Alphas::new(config, true),
             prediction: config.prediction(),
             clip: config.clip_range(false),
             timestep_scaling: config.timestep_scaling.unwrap_or(10.0),
@@ -57,22 +50,14 @@ impl Scheduler for Lcm {
     ) -> Tensor<4> {
         let t = self.timesteps[index];
         let t_prev = *self.timesteps.get(index + 1).unwrap_or(&t);
-        let alpha = self.alphas_cumprod[t as usize];
-        let alpha_prev = if t_prev >= 0.0 {
-            self.alphas_cumprod[t_prev as usize]
-        } else {
-            self.final_alpha
-        };
+        let (alpha, alpha_prev) = (self.alphas.at(t), self.alphas.at(t_prev));
         // Boundary condition: c_skip → 1, c_out → 0 as t → 0.
         let sigma_data = 0.5;
         let scaled = t * self.timestep_scaling;
         let c_skip = sigma_data * sigma_data / (scaled * scaled + sigma_data * sigma_data);
         let c_out = scaled / (scaled * scaled + sigma_data * sigma_data).sqrt();
         let (x0, _) = predict_x0_eps(self.prediction, model_output, sample.clone(), alpha);
-        let x0 = match self.clip {
-            Some(r) => x0.clamp(-r, r),
-            None => x0,
-        };
+        let x0 = clip_x0(x0, self.clip);
         let denoised = x0 * c_out + sample.clone() * c_skip;
         if index + 1 < self.timesteps.len() {
             let noise = noise.noise(sample.dims(), &sample.device());
@@ -83,10 +68,6 @@ impl Scheduler for Lcm {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Tensor<4> {
-        add_noise_alpha(
-            original,
-            noise,
-            self.alphas_cumprod[self.timesteps[index] as usize],
-        )
+        add_noise_alpha(original, noise, self.alphas.at(self.timesteps[index]))
     }
 }

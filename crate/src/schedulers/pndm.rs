@@ -5,13 +5,12 @@ use burn::prelude::*;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
 use super::ddim::add_noise_alpha;
-use super::schedule::{alphas_cumprod, spaced_timesteps};
+use super::schedule::{Alphas, spaced_timesteps};
 use super::{NoiseSource, Scheduler};
 
 pub struct Pndm {
     timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    final_alpha: f64,
+    alphas: Alphas,
     stride: i64,
     prediction: Prediction,
     /// Past noise predictions, newest last (at most four).
@@ -34,15 +33,9 @@ impl Pndm {
         }
         timesteps.push(ascending[n - 1]);
         timesteps.reverse();
-        let alphas_cumprod = alphas_cumprod(config);
         Self {
             timesteps,
-            final_alpha: if config.set_alpha_to_one.unwrap_or(false) {
-                1.0
-            } else {
-                alphas_cumprod[0]
-            },
-            alphas_cumprod,
+            alphas: Alphas::new(config, false),
             stride: (config.num_train_timesteps() / steps) as i64,
             prediction: config.prediction(),
             ets: Vec::new(),
@@ -52,11 +45,7 @@ impl Pndm {
     }
 
     fn alpha(&self, t: i64) -> f64 {
-        if t >= 0 {
-            self.alphas_cumprod[t as usize]
-        } else {
-            self.final_alpha
-        }
+        self.alphas.at(t as f64)
     }
 
     fn prev_sample(&self, sample: Tensor<4>, t: i64, t_prev: i64, eps: Tensor<4>) -> Tensor<4> {

@@ -46,6 +46,47 @@ pub fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f64> {
         .collect()
 }
 
+/// ᾱ by timestep for the ᾱ-parameterised samplers (DDIM, DDPM, PNDM, LCM), with the value
+/// "before" the first training step that their last step lands on.
+pub struct Alphas {
+    pub cumprod: Vec<f64>,
+    final_alpha: f64,
+}
+
+impl Alphas {
+    /// `set_alpha_to_one` (the scheduler's own default when the config lacks it) makes the
+    /// final ᾱ 1, else it is ᾱ₀.
+    pub fn new(config: &SchedulerConfig, set_alpha_to_one_default: bool) -> Self {
+        let cumprod = alphas_cumprod(config);
+        let final_alpha = if config.set_alpha_to_one.unwrap_or(set_alpha_to_one_default) {
+            1.0
+        } else {
+            cumprod[0]
+        };
+        Self {
+            cumprod,
+            final_alpha,
+        }
+    }
+
+    /// ᾱ_t, or the final ᾱ for t < 0.
+    pub fn at(&self, t: f64) -> f64 {
+        if t >= 0.0 {
+            self.cumprod[t as usize]
+        } else {
+            self.final_alpha
+        }
+    }
+}
+
+/// Clamps a predicted x₀ to `±range` (`clip_sample`).
+pub fn clip_x0(x0: Tensor<4>, range: Option<f64>) -> Tensor<4> {
+    match range {
+        Some(r) => x0.clamp(-r, r),
+        None => x0,
+    }
+}
+
 /// Rescales betas so the last timestep has zero signal (Lin et al. 2023, Algorithm 1).
 fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
     let mut product = 1.0;
