@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check: formatting, lints (native and wasm), all Rust tests (unit, parity with
 # diffusers, CLI) in release mode, then the npm package built and tested in headless
-# Chromium. Needs what .ci/run installs (wasm-pack, wasm-bindgen-cli, Chromium, npm deps).
+# Chromium, and the web app. Needs what .ci/run installs (wasm-pack, wasm-bindgen-cli, Chromium, npm deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -14,3 +14,7 @@ cargo test --release
 
 scripts/build-pkg.sh
 npm test --prefix tests/web
+
+# The web app: strict type-check, production build, unit tests, then the end-to-end test.
+npm ci --prefix www --no-audit --no-fund >/dev/null
+(cd www && npm run build && npm test)

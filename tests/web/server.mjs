@@ -6,7 +6,8 @@ import { createReadStream, statSync } from "node:fs";
 import { extname, join, normalize } from "node:path";
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript",
-  ".wasm": "application/wasm", ".json": "application/json" };
+  ".wasm": "application/wasm", ".json": "application/json", ".css": "text/css", ".png": "image/png",
+  ".svg": "image/svg+xml", ".txt": "text/plain" };
 
 export function serve(root) {
   const log = [];

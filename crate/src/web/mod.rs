@@ -94,7 +94,8 @@ export interface GenerateOptions {
   height?: number;
   /** The initial noise, [1, 4, height/8, width/8] for SD. */
   latents?: Float32Array;
-  onStep?: (step: number, total: number) => void;
+  /** After each step, with the current latents [1, 4, h, w] (for previews). */
+  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>) => void;
   signal?: AbortSignal;
 }
 export interface GenerateResult {
@@ -209,7 +210,10 @@ impl Pipeline {
             let max = read_f32(generation.max_abs().reshape([1])).await?[0];
             check_finite(max, step, total).map_err(js_error)?;
             if let Some(on_step) = &hooks.on_step {
-                on_step.call2(&JsValue::NULL, &step.into(), &total.into())?;
+                // The current latents go along for previews (a few KB to read back).
+                let latents = read_f32(generation.latents().clone().reshape([-1])).await?;
+                let latents = Float32Array::from(latents.as_slice());
+                on_step.call3(&JsValue::NULL, &step.into(), &total.into(), &latents)?;
             }
         }
         if hooks.aborted() {
