@@ -121,15 +121,8 @@ impl StableDiffusion {
     }
 
     fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<3>> {
-        let ids: Vec<i64> = self
-            .tokenizer
-            .encode(text)?
-            .into_iter()
-            .map(i64::from)
-            .collect();
-        let n = ids.len();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
-        Ok(self.text_encoder.forward(ids, clip_skip))
+        let ids = self.tokenizer.encode(text)?;
+        Ok(self.text_encoder.encode(&ids, clip_skip, &self.device))
     }
 
     /// Runs `request` to the end, drawing all noise from its seed (native: it reads the

@@ -97,10 +97,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let ids = tokenizer.encode(&prompt)?;
-            let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-            let input =
-                Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
-            let embeds = text_encoder.forward(input, clip_skip);
+            let embeds = text_encoder.encode(&ids, clip_skip, &device);
+            let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
             io::write_safetensors(
                 &out,
                 &[

@@ -153,6 +153,14 @@ impl ClipTextModel {
         self.encoder.layers.len()
     }
 
+    /// Text embeddings `[1, tokens, hidden]` of one tokenized prompt.
+    pub fn encode(&self, ids: &[u32], clip_skip: usize, device: &Device) -> Tensor<3> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let n = ids.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+        self.forward(ids, clip_skip)
+    }
+
     /// Text embeddings `[B, tokens, hidden]` for `input_ids` `[B, tokens]`.
     ///
     /// `clip_skip` as in diffusers: 0 is the last layer's output; `k` takes the output of
