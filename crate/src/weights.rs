@@ -7,13 +7,14 @@
 //! applied: the file's bytes plus one tensor in flight are all that is held at once.
 
 use burn::module::Module;
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    ApplyError, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-    SafetensorsStore,
+    ApplyError, ApplyResult, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot,
+    SafetensorsStore, bridge,
 };
 use std::collections::HashSet;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, TensorData};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde::Deserialize;
@@ -51,6 +52,54 @@ const KEY_NAMES: &[(&str, &str)] = &[
 /// Buffers some checkpoints carry that are not parameters (CLIP's `position_ids`).
 fn is_buffer(key: &str) -> bool {
     key.ends_with("position_ids")
+}
+
+/// PyTorch names a norm's affine parameters `weight`/`bias`, burn `gamma`/`beta`. Linear and
+/// convolution weights keep PyTorch's `[out, in]` layout here (see `layers`), so nothing is
+/// transposed.
+#[derive(Clone)]
+struct NormNames;
+
+impl ModuleAdapter for NormNames {
+    fn adapt(&self, tensor: PackTensor, _ctx: ModuleContext<'_>) -> PackTensor {
+        tensor
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
+        let norm = matches!(container_type, "Struct:GroupNorm" | "Struct:LayerNorm");
+        match param_name {
+            "gamma" if norm => Some("weight".into()),
+            "beta" if norm => Some("bias".into()),
+            _ => None,
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// A convolution weight `[c_out, c_in, k, k]` as the `[c_out, c_in·k·k]` matrix the
+/// layers keep; other shapes unchanged.
+pub fn matrix_shape(shape: &[usize]) -> Vec<usize> {
+    match shape {
+        [c_out, rest @ ..] if rest.len() == 3 => vec![*c_out, rest.iter().product()],
+        _ => shape.to_vec(),
+    }
+}
+
+/// The module path a checkpoint key is loaded into.
+pub fn field_path(key: &str) -> String {
+    static RULES: std::sync::OnceLock<Vec<(regex::Regex, &str)>> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        KEY_REMAPPING
+            .iter()
+            .map(|(p, r)| (regex::Regex::new(p).expect("valid pattern"), *r))
+            .collect()
+    });
+    rules.iter().fold(key.to_string(), |key, (pattern, replacement)| {
+        pattern.replace_all(&key, *replacement).into_owned()
+    })
 }
 
 fn checkpoint_name(path: &str) -> String {
@@ -177,7 +226,8 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
         let mut views = Vec::with_capacity(batch.len());
         for (name, info) in batch {
             let (a, b) = info.data_offsets;
-            for (name, shape, (a, b)) in split_rows(name, &info.shape, base + a, base + b) {
+            let shape = matrix_shape(&info.shape);
+            for (name, shape, (a, b)) in split_rows(name, &shape, base + a, base + b) {
                 let view = TensorView::new(info.dtype, shape, &self.buffer[a..b])
                     .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
                 views.push((name, view));
@@ -242,7 +292,7 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
 
     /// Applies one batch of complete tensors (a small safetensors file) to the module.
     fn apply(&mut self, bytes: Vec<u8>) -> Result<()> {
-        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(self.dtype));
+        let adapter = NormNames.chain(FloatCastAdapter::to(self.dtype));
         let mut store = SafetensorsStore::from_bytes(Some(bytes))
             .with_from_adapter(adapter)
             .skip_enum_variants(true)
@@ -255,6 +305,25 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
             .module
             .load_from(&mut store)
             .map_err(|e| self.error(e.to_string()))?;
+        self.record(result)
+    }
+
+    /// Applies tensors already decoded (a model pack's), named by checkpoint key. Float
+    /// tensors are converted to the compute dtype; quantized ones stay as they are.
+    pub fn apply_data(&mut self, tensors: Vec<(String, TensorData)>) -> Result<()> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(key, data)| bridge::from_data(data, field_path(&key), None))
+            .collect();
+        let adapter = NormNames.chain(FloatCastAdapter::to(self.dtype));
+        let result = self
+            .module
+            .apply(tensors, None, Some(Box::new(adapter)), true);
+        self.record(result)
+    }
+
+    /// Turns burn's report into errors naming the file and key, and records what was loaded.
+    fn record(&mut self, result: ApplyResult) -> Result<()> {
         if let Some(error) = result.errors.first() {
             return Err(match error {
                 ApplyError::ShapeMismatch {

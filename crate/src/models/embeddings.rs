@@ -1,11 +1,10 @@
 //! Timestep embeddings: the sinusoidal projection (`get_timestep_embedding`) and the
 //! two-layer `TimestepEmbedding` MLP of the UNet.
 
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::layers::linear;
+use super::layers::{Linear, linear};
 
 /// diffusers' `get_timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift)`:
 /// `[sin(t·f_i), cos(t·f_i)]` with `f_i = exp(-ln(10000)·i / (dim/2 - freq_shift))`, halves

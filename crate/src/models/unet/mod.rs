@@ -8,12 +8,11 @@ pub use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::UNetConfig;
 
 use burn::nn::GroupNorm;
-use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
-use super::layers::{conv2d, group_norm};
+use super::layers::{Conv2d, conv2d, group_norm};
 use super::resnet::{Downsample2D, ResnetConfig, Upsample2D};
 use super::transformer::Transformer2DConfig;
 use crate::error::Result;
