@@ -8,7 +8,9 @@ pub mod image;
 pub mod model;
 pub mod models;
 pub mod noise;
+pub mod pack;
 pub mod pipeline;
+pub mod quant;
 pub mod schedulers;
 pub mod tokenizer;
 #[cfg(target_family = "wasm")]

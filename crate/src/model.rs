@@ -41,6 +41,11 @@ pub trait ModelFiles {
             .ok_or_else(|| Error::io(self.display(path), "not found"))
     }
 
+    /// The manifest when these files are a model pack (see `pack`).
+    fn pack(&self) -> Option<&crate::pack::Manifest> {
+        None
+    }
+
     /// The first of `candidates` that exists, with its path.
     fn first_of(&self, candidates: &[&str]) -> Result<(String, Vec<u8>)> {
         for path in candidates {
@@ -72,6 +77,26 @@ impl ModelFiles for DirFiles {
     fn display(&self, path: &str) -> String {
         self.0.join(path).display().to_string()
     }
+}
+
+/// The model at `path`: a pack (a folder with `manifest.json`) or a diffusers folder.
+#[cfg(not(target_family = "wasm"))]
+pub fn open_dir(path: &std::path::Path) -> Result<Box<dyn ModelFiles>> {
+    if path.is_file() {
+        return Err(Error::io(
+            path.display(),
+            "is a file; give a diffusers folder or a pack (single-file checkpoints are \
+             converted with `webdiffusion convert`)",
+        ));
+    }
+    if !path.is_dir() {
+        return Err(Error::io(path.display(), "is not a model folder"));
+    }
+    let dir = DirFiles(path.to_path_buf());
+    Ok(match crate::pack::PackFiles::open(dir)? {
+        Some(pack) => Box::new(pack),
+        None => Box::new(DirFiles(path.to_path_buf())),
+    })
 }
 
 /// A model whose files are already in memory (fetched in the browser), keyed by path.
@@ -124,6 +149,9 @@ fn load_weights<M>(
 where
     M: burn::module::Module + burn::store::ModuleSnapshot,
 {
+    if let Some(manifest) = files.pack() {
+        return crate::pack::load_component(files, manifest, component, module, dtype);
+    }
     let candidates = weight_candidates(component, stem);
     let (path, bytes) = files.first_of(&[&candidates[0], &candidates[1]])?;
     weights::load(module, bytes, &files.display(&path), dtype)

@@ -49,7 +49,7 @@ impl std::str::FromStr for Precision {
             "q8" => Ok(Precision::Q8),
             "q4" => Ok(Precision::Q4),
             other => Err(Error::invalid(
-                "quant",
+                "--quant",
                 format!(
                     "unknown value {other:?} (expected one of {})",
                     Self::NAMES.join(", ")

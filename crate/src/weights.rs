@@ -97,9 +97,11 @@ pub fn field_path(key: &str) -> String {
             .map(|(p, r)| (regex::Regex::new(p).expect("valid pattern"), *r))
             .collect()
     });
-    rules.iter().fold(key.to_string(), |key, (pattern, replacement)| {
-        pattern.replace_all(&key, *replacement).into_owned()
-    })
+    rules
+        .iter()
+        .fold(key.to_string(), |key, (pattern, replacement)| {
+            pattern.replace_all(&key, *replacement).into_owned()
+        })
 }
 
 fn checkpoint_name(path: &str) -> String {
@@ -127,7 +129,7 @@ pub fn load<M: Module + ModuleSnapshot>(
 
 /// The CLIP token embedding becomes blocks of rows (see `SplitEmbedding`); every other
 /// tensor passes through as (name, shape, byte range).
-fn split_rows(
+pub fn split_rows(
     name: &str,
     shape: &[usize],
     start: usize,
@@ -163,35 +165,30 @@ struct TensorInfo {
     data_offsets: (usize, usize),
 }
 
-/// Loads a safetensors file that arrives in pieces (the browser's cached chunks), holding
-/// only the bytes not yet applied: at most one piece plus a tensor that spans pieces.
-pub struct StreamingLoader<M> {
+/// A module whose parameters are filled in batches of tensors, checking that each
+/// tensor belongs to it and, at the end, that none is missing.
+pub struct ModuleLoader<M> {
     module: M,
     file: String,
     dtype: DType,
-    /// Bytes received and not yet applied; `buffer[0]` is at file offset `offset`.
-    buffer: Vec<u8>,
-    offset: usize,
-    /// Once the header is read: where the data starts, and the tensors by data offset.
-    header: Option<(usize, Vec<(String, TensorInfo)>)>,
-    next: usize,
     applied: HashSet<String>,
     params: HashSet<String>,
 }
 
-impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
+impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
+    /// `file` names the source in errors; float tensors are converted to `dtype`.
     pub fn new(module: M, file: &str, dtype: DType) -> Self {
         Self {
             module,
             file: file.into(),
             dtype,
-            buffer: Vec::new(),
-            offset: 0,
-            header: None,
-            next: 0,
             applied: HashSet::new(),
             params: HashSet::new(),
         }
+    }
+
+    pub fn file(&self) -> &str {
+        &self.file
     }
 
     fn error(&self, message: impl Into<String>) -> Error {
@@ -201,97 +198,13 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
         }
     }
 
-    /// The module back, untouched if nothing was pushed.
+    /// The module back, as loaded so far.
     pub fn into_module(self) -> M {
         self.module
     }
 
-    /// Takes the next piece of the file, applying every tensor it completes.
-    pub fn push(&mut self, piece: &[u8]) -> Result<()> {
-        self.buffer.extend_from_slice(piece);
-        if self.header.is_none() && !self.read_header()? {
-            return Ok(());
-        }
-        let (data_start, tensors) = self.header.as_ref().expect("header read");
-        let available = (self.offset + self.buffer.len()).saturating_sub(*data_start);
-        let ready = tensors[self.next..]
-            .iter()
-            .take_while(|(_, info)| info.data_offsets.1 <= available)
-            .count();
-        if ready == 0 {
-            return Ok(());
-        }
-        let batch = &tensors[self.next..self.next + ready];
-        let base = data_start - self.offset;
-        let mut views = Vec::with_capacity(batch.len());
-        for (name, info) in batch {
-            let (a, b) = info.data_offsets;
-            let shape = matrix_shape(&info.shape);
-            for (name, shape, (a, b)) in split_rows(name, &shape, base + a, base + b) {
-                let view = TensorView::new(info.dtype, shape, &self.buffer[a..b])
-                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
-                views.push((name, view));
-            }
-        }
-        let bytes = safetensors::serialize(views, None).map_err(|e| self.error(e.to_string()))?;
-        let end = data_start + batch[ready - 1].1.data_offsets.1;
-        self.next += ready;
-        self.apply(bytes)?;
-        self.buffer.drain(..end - self.offset);
-        self.offset = end;
-        Ok(())
-    }
-
-    /// Parses the header once its bytes are in; `false` while more are needed.
-    fn read_header(&mut self) -> Result<bool> {
-        let Some(len) = self.buffer.get(..8) else {
-            return Ok(false);
-        };
-        let n = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
-        if n > MAX_HEADER {
-            return Err(self.error(format!(
-                "header length {n} is larger than {MAX_HEADER} bytes"
-            )));
-        }
-        let Some(json) = self.buffer.get(8..8 + n) else {
-            return Ok(false);
-        };
-        let mut header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(json)
-                .map_err(|e| self.error(format!("header is not valid JSON: {e}")))?;
-        header.remove("__metadata__");
-        let mut tensors = header
-            .into_iter()
-            .map(|(name, value)| {
-                let info: TensorInfo = serde_json::from_value(value)
-                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
-                let (a, b) = info.data_offsets;
-                let size = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
-                if a > b || b - a != size {
-                    return Err(self.error(format!(
-                        "tensor `{name}`: data offsets [{a}, {b}) do not hold {:?} {:?}",
-                        info.dtype, info.shape
-                    )));
-                }
-                Ok((name, info))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        tensors.sort_by_key(|(_, info)| info.data_offsets);
-        let mut end = 0;
-        for (name, info) in &tensors {
-            if info.data_offsets.0 != end {
-                return Err(self.error(format!(
-                    "tensor `{name}` does not start where the previous ends"
-                )));
-            }
-            end = info.data_offsets.1;
-        }
-        self.header = Some((8 + n, tensors));
-        Ok(true)
-    }
-
     /// Applies one batch of complete tensors (a small safetensors file) to the module.
-    fn apply(&mut self, bytes: Vec<u8>) -> Result<()> {
+    fn apply_safetensors(&mut self, bytes: Vec<u8>) -> Result<()> {
         let adapter = NormNames.chain(FloatCastAdapter::to(self.dtype));
         let mut store = SafetensorsStore::from_bytes(Some(bytes))
             .with_from_adapter(adapter)
@@ -352,23 +265,11 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
         Ok(())
     }
 
-    /// Checks that the whole file arrived and every parameter was loaded.
+    /// Checks that every parameter was loaded.
     pub fn finish(mut self) -> Result<M> {
-        if self.params.is_empty() && self.header.is_some() {
+        if self.params.is_empty() {
             // No tensor at all: apply an empty file to learn what the model expected.
-            let empty = safetensors::serialize(Vec::<(String, TensorView)>::new(), None)
-                .map_err(|e| self.error(e.to_string()))?;
-            self.apply(empty)?;
-        }
-        let Some((data_start, tensors)) = &self.header else {
-            return Err(self.error("file ended before its header"));
-        };
-        let size = data_start + tensors.last().map_or(0, |(_, info)| info.data_offsets.1);
-        let received = self.offset + self.buffer.len();
-        if self.next < tensors.len() || received != size {
-            return Err(self.error(format!(
-                "file has {received} bytes, its header describes {size}"
-            )));
+            self.apply_data(Vec::new())?;
         }
         let mut missing: Vec<&String> = self.params.difference(&self.applied).collect();
         missing.sort();
@@ -379,5 +280,137 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
             });
         }
         Ok(self.module)
+    }
+}
+
+/// Loads a safetensors file that arrives in pieces (the browser's cached chunks), holding
+/// only the bytes not yet applied: at most one piece plus a tensor that spans pieces.
+pub struct StreamingLoader<M> {
+    loader: ModuleLoader<M>,
+    /// Bytes received and not yet applied; `buffer[0]` is at file offset `offset`.
+    buffer: Vec<u8>,
+    offset: usize,
+    /// Once the header is read: where the data starts, and the tensors by data offset.
+    header: Option<(usize, Vec<(String, TensorInfo)>)>,
+    next: usize,
+}
+
+impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
+    pub fn new(module: M, file: &str, dtype: DType) -> Self {
+        Self {
+            loader: ModuleLoader::new(module, file, dtype),
+            buffer: Vec::new(),
+            offset: 0,
+            header: None,
+            next: 0,
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        self.loader.error(message)
+    }
+
+    /// The module back, untouched if nothing was pushed.
+    pub fn into_module(self) -> M {
+        self.loader.into_module()
+    }
+
+    /// Takes the next piece of the file, applying every tensor it completes.
+    pub fn push(&mut self, piece: &[u8]) -> Result<()> {
+        self.buffer.extend_from_slice(piece);
+        if self.header.is_none() && !self.read_header()? {
+            return Ok(());
+        }
+        let (data_start, tensors) = self.header.as_ref().expect("header read");
+        let available = (self.offset + self.buffer.len()).saturating_sub(*data_start);
+        let ready = tensors[self.next..]
+            .iter()
+            .take_while(|(_, info)| info.data_offsets.1 <= available)
+            .count();
+        if ready == 0 {
+            return Ok(());
+        }
+        let batch = &tensors[self.next..self.next + ready];
+        let base = data_start - self.offset;
+        let mut views = Vec::with_capacity(batch.len());
+        for (name, info) in batch {
+            let (a, b) = info.data_offsets;
+            let shape = matrix_shape(&info.shape);
+            for (name, shape, (a, b)) in split_rows(name, &shape, base + a, base + b) {
+                let view = TensorView::new(info.dtype, shape, &self.buffer[a..b])
+                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
+                views.push((name, view));
+            }
+        }
+        let bytes = safetensors::serialize(views, None).map_err(|e| self.error(e.to_string()))?;
+        let end = data_start + batch[ready - 1].1.data_offsets.1;
+        self.next += ready;
+        self.loader.apply_safetensors(bytes)?;
+        self.buffer.drain(..end - self.offset);
+        self.offset = end;
+        Ok(())
+    }
+
+    /// Parses the header once its bytes are in; `false` while more are needed.
+    fn read_header(&mut self) -> Result<bool> {
+        let Some(len) = self.buffer.get(..8) else {
+            return Ok(false);
+        };
+        let n = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
+        if n > MAX_HEADER {
+            return Err(self.error(format!(
+                "header length {n} is larger than {MAX_HEADER} bytes"
+            )));
+        }
+        let Some(json) = self.buffer.get(8..8 + n) else {
+            return Ok(false);
+        };
+        let mut header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json)
+                .map_err(|e| self.error(format!("header is not valid JSON: {e}")))?;
+        header.remove("__metadata__");
+        let mut tensors = header
+            .into_iter()
+            .map(|(name, value)| {
+                let info: TensorInfo = serde_json::from_value(value)
+                    .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
+                let (a, b) = info.data_offsets;
+                let size = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
+                if a > b || b - a != size {
+                    return Err(self.error(format!(
+                        "tensor `{name}`: data offsets [{a}, {b}) do not hold {:?} {:?}",
+                        info.dtype, info.shape
+                    )));
+                }
+                Ok((name, info))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tensors.sort_by_key(|(_, info)| info.data_offsets);
+        let mut end = 0;
+        for (name, info) in &tensors {
+            if info.data_offsets.0 != end {
+                return Err(self.error(format!(
+                    "tensor `{name}` does not start where the previous ends"
+                )));
+            }
+            end = info.data_offsets.1;
+        }
+        self.header = Some((8 + n, tensors));
+        Ok(true)
+    }
+
+    /// Checks that the whole file arrived and every parameter was loaded.
+    pub fn finish(self) -> Result<M> {
+        let Some((data_start, tensors)) = &self.header else {
+            return Err(self.error("file ended before its header"));
+        };
+        let size = data_start + tensors.last().map_or(0, |(_, info)| info.data_offsets.1);
+        let received = self.offset + self.buffer.len();
+        if self.next < tensors.len() || received != size {
+            return Err(self.error(format!(
+                "file has {received} bytes, its header describes {size}"
+            )));
+        }
+        self.loader.finish()
     }
 }

@@ -102,7 +102,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         request.noise = Some(io::read_tensor4(path, "noise", &device)?);
     }
 
-    let pipe = StableDiffusion::load(&files, &device)?;
+    let pipe = StableDiffusion::load(&*files, &device)?;
     let scheduler = request
         .scheduler
         .clone()

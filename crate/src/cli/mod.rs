@@ -2,6 +2,7 @@
 //! write files; the maths lives in the library.
 
 mod bench;
+mod convert;
 mod generate;
 mod io;
 
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use webdiffusion::device::{self, Backend};
 use webdiffusion::error::{Error, Result};
 use webdiffusion::image;
-use webdiffusion::model::{self, DirFiles};
+use webdiffusion::model::{self, ModelFiles};
 
 use io::Output;
 
@@ -27,7 +28,8 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 pub struct Common {
-    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/).
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/)
+    /// or a pack written by `convert`.
     #[arg(long)]
     model: PathBuf,
     /// cpu or wgpu (default: wgpu when an adapter exists, else cpu).
@@ -61,6 +63,8 @@ enum Command {
     },
     /// Generate an image from a prompt (txt2img), or from a prompt and an image (img2img).
     Generate(Box<generate::GenerateArgs>),
+    /// Convert a diffusers folder into a pack of f16, q8 or q4 weights.
+    Convert(convert::ConvertArgs),
     /// Time the full-size SD 1.5 networks (random weights) on a backend.
     Bench(bench::BenchArgs),
     /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor).
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::EncodePrompt {
             common,
             prompt,
@@ -85,8 +90,8 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             let (files, device) = open(&common)?;
-            let tokenizer = model::load_tokenizer(&files)?;
-            let (_, text_encoder) = model::load_text_encoder(&files, &device, DType::F32)?;
+            let tokenizer = model::load_tokenizer(&*files)?;
+            let (_, text_encoder) = model::load_text_encoder(&*files, &device, DType::F32)?;
             if clip_skip >= text_encoder.num_layers() {
                 return Err(Error::invalid(
                     "--clip-skip",
@@ -114,7 +119,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let (files, device) = open(&common)?;
             let latents = io::read_tensor4(&latents, "latents", &device)?;
-            let (config, vae) = model::load_vae(&files, &device, DType::F32)?;
+            let (config, vae) = model::load_vae(&*files, &device, DType::F32)?;
             let [_, c, _, _] = latents.dims();
             if c != config.latent_channels {
                 return Err(Error::invalid(
@@ -131,7 +136,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::VaeEncode { common, image, out } => {
             let (files, device) = open(&common)?;
             let png = image::read_png(&image)?;
-            let (config, vae) = model::load_vae(&files, &device, DType::F32)?;
+            let (config, vae) = model::load_vae(&*files, &device, DType::F32)?;
             let f = config.scale_factor();
             if png.width % f != 0 || png.height % f != 0 {
                 return Err(Error::invalid(
@@ -150,10 +155,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-pub fn open(common: &Common) -> Result<(DirFiles, Device)> {
-    if !common.model.is_dir() {
-        return Err(Error::io(common.model.display(), "is not a model folder"));
-    }
+pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device)> {
+    let files = model::open_dir(&common.model)?;
     let (_, device) = device::open(common.backend)?;
-    Ok((DirFiles(common.model.clone()), device))
+    Ok((files, device))
 }

@@ -38,7 +38,17 @@ impl Linear {
         let rows = dims[..D - 1].iter().product::<usize>();
         let w = self.weight.val();
         let d_out = w.dims()[0];
-        // Quantized weights go to the matmul as they are: its kernel dequantizes on load.
+        // On the GPU a quantized weight goes to the matmul as it is: the kernel dequantizes
+        // as it loads it.
+        #[cfg(not(target_family = "wasm"))]
+        let w = if w.device() == Device::flex() {
+            // burn's CPU backend re-quantizes a block-quantized tensor when transposing it
+            // (with its own scales along the other axis): dequantize first there, which is
+            // also faster on the CPU.
+            float_weight(w, x.dtype())
+        } else {
+            w
+        };
         let y = x.reshape([rows, d_in]).matmul(w.transpose());
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),

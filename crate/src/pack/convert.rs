@@ -1,0 +1,337 @@
+//! Writing a pack from a diffusers folder (`webdiffusion convert`).
+//!
+//! Policy: weight matrices of convolutions and linear layers are block-quantized along
+//! their input dimension (q8: blocks of 32; q4: blocks of 64 where rows divide into
+//! them, else 32, for ≈ 4.25 bits a weight). Kept in f16: norms, biases, the CLIP token
+//! and position embeddings, and the first and last convolution of the UNet and VAE
+//! (tiny, and every output pixel passes through them). Tensors are written sorted by name,
+//! so converting the same model twice gives identical bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use super::{
+    COMPONENTS, Component, FORMAT, MANIFEST, Manifest, QuantEntry, SHARD_BYTES, Shard, TensorEntry,
+    VERSION, matrix, sha256_hex,
+};
+use crate::error::{Error, Result};
+use crate::model::{self, ModelFiles};
+use crate::quant::{BlockFormat, Precision, Scales};
+
+/// Config files a pack carries, when the source has them.
+const CONFIGS: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+];
+const REQUIRED: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+];
+const TOKENIZER: &[&str] = &[
+    "tokenizer/tokenizer.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
+
+/// What one component became.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentReport {
+    pub component: String,
+    pub tensors: usize,
+    pub quantized: usize,
+    pub params: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// How a tensor is stored.
+pub enum Storage {
+    F16,
+    Quant(BlockFormat),
+}
+
+/// The storage `convert --quant precision` gives tensor `name` of `shape`.
+pub fn storage(name: &str, shape: &[usize], precision: Precision) -> Storage {
+    let bits = match precision {
+        Precision::F16 => return Storage::F16,
+        Precision::Q8 => 8,
+        Precision::Q4 => 4,
+    };
+    let matrix_weight = name.ends_with(".weight") && matches!(shape.len(), 2 | 4);
+    let kept = name.contains("embedding")
+        || name.ends_with("conv_in.weight")
+        || name.ends_with("conv_out.weight");
+    if !matrix_weight || kept {
+        return Storage::F16;
+    }
+    let cols = matrix(shape)[1];
+    let blocks: &[usize] = if bits == 8 { &[32] } else { &[64, 32] };
+    blocks
+        .iter()
+        .map(|&b| BlockFormat::new(bits, b))
+        .find(|f| f.fits(cols))
+        .map_or(Storage::F16, Storage::Quant)
+}
+
+/// Converts the diffusers folder `src` into a pack at `out`, which must not exist. The
+/// pack is written beside it under a temporary name and renamed when complete.
+pub fn convert(
+    src: &dyn ModelFiles,
+    precision: Precision,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    if out.exists() {
+        return Err(Error::invalid(
+            "out",
+            format!("{} already exists; give a new folder", out.display()),
+        ));
+    }
+    let manifest_base = read_configs(src, precision)?;
+    let tmp = temporary(out);
+    let result = write(src, precision, manifest_base, &tmp);
+    match result {
+        Ok(reports) => {
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
+            Ok(reports)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn temporary(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or("pack".into(), |n| n.to_string_lossy());
+    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// The manifest without components, after checking that the configs and tokenizer load.
+fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<Manifest> {
+    let mut configs = BTreeMap::new();
+    for path in CONFIGS {
+        let Some(text) = src.read_text(path)? else {
+            if REQUIRED.contains(path) {
+                return Err(Error::io(src.display(path), "not found"));
+            }
+            continue;
+        };
+        let value: serde_json::Value = crate::config::parse(&src.display(path), &text)?;
+        configs.insert(path.to_string(), value);
+    }
+    let mut tokenizer = BTreeMap::new();
+    for path in TOKENIZER {
+        if let Some(text) = src.read_text(path)? {
+            tokenizer.insert(path.to_string(), text);
+        }
+    }
+    // Everything a loader will check, checked now: the tokenizer builds, the configs
+    // describe networks this crate runs.
+    model::load_tokenizer(src)?;
+    let device = burn::prelude::Device::flex();
+    model::build_text_encoder(src, &device)?;
+    model::build_unet(src, &device)?;
+    model::build_vae(src, &device)?;
+    model::load_scheduler_config(src)?;
+    Ok(Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        quant: precision.name().into(),
+        configs,
+        tokenizer,
+        components: BTreeMap::new(),
+    })
+}
+
+fn write(
+    src: &dyn ModelFiles,
+    precision: Precision,
+    mut manifest: Manifest,
+    dir: &Path,
+) -> Result<Vec<ComponentReport>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let mut reports = Vec::new();
+    for component in COMPONENTS {
+        let stem = if *component == "text_encoder" {
+            "model"
+        } else {
+            "diffusion_pytorch_model"
+        };
+        let candidates = model::weight_candidates(component, stem);
+        let (path, bytes) = src.first_of(&[&candidates[0], &candidates[1]])?;
+        let file = src.display(&path);
+        let (entry, report) = write_component(&bytes, &file, component, precision, dir)?;
+        manifest.components.insert(component.to_string(), entry);
+        reports.push(report);
+    }
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    let path = dir.join(MANIFEST);
+    std::fs::write(&path, json).map_err(|e| Error::io(path.display(), e))?;
+    Ok(reports)
+}
+
+fn write_component(
+    bytes: &[u8],
+    file: &str,
+    component: &str,
+    precision: Precision,
+    dir: &Path,
+) -> Result<(Component, ComponentReport)> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut shards = ShardWriter::new(dir, component);
+    let mut tensors = Vec::new();
+    let mut report = ComponentReport {
+        component: component.into(),
+        ..Default::default()
+    };
+    for name in names {
+        let view = st.tensor(&name).expect("listed tensor");
+        if name.ends_with("position_ids") {
+            continue; // a buffer, not a parameter
+        }
+        let values = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Safetensors {
+            file: file.into(),
+            message: format!(
+                "tensor `{name}` is {:?}; expected F32, F16 or BF16",
+                view.dtype()
+            ),
+        })?;
+        let shape = view.shape().to_vec();
+        let (dtype, quant, data) = match storage(&name, &shape, precision) {
+            Storage::F16 => {
+                let data: Vec<u8> = values
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                ("f16".to_string(), None, data)
+            }
+            Storage::Quant(format) => {
+                let [rows, cols] = matrix(&shape);
+                let data = format.quantize(&values, rows, cols, Scales::Search);
+                report.quantized += 1;
+                let quant = QuantEntry {
+                    bits: format.bits,
+                    block: format.block,
+                    scale: "f16".into(),
+                };
+                (format!("q{}", format.bits), Some(quant), data)
+            }
+        };
+        let (shard, offset) = shards.add(&data)?;
+        report.tensors += 1;
+        report.params += values.len() as u64;
+        report.bytes_before += view.data().len() as u64;
+        report.bytes_after += data.len() as u64;
+        tensors.push(TensorEntry {
+            name,
+            shape,
+            dtype,
+            quant,
+            shard,
+            offset: offset as u64,
+            length: data.len() as u64,
+        });
+    }
+    let shards = shards.finish()?;
+    Ok((Component { shards, tensors }, report))
+}
+
+fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Cuts a component's tensors into shard files of at most `SHARD_BYTES`. A tensor starts
+/// a new shard when it does not fit in the current one; one larger than a shard spans
+/// several.
+struct ShardWriter<'a> {
+    dir: &'a Path,
+    component: &'a str,
+    shards: Vec<Shard>,
+    current: Vec<u8>,
+}
+
+impl<'a> ShardWriter<'a> {
+    fn new(dir: &'a Path, component: &'a str) -> Self {
+        Self {
+            dir,
+            component,
+            shards: Vec::new(),
+            current: Vec::new(),
+        }
+    }
+
+    /// Appends `bytes` 4-byte aligned; returns the shard and offset it starts at.
+    fn add(&mut self, bytes: &[u8]) -> Result<(usize, usize)> {
+        self.current
+            .resize(self.current.len().next_multiple_of(4), 0);
+        if !self.current.is_empty() && self.current.len() + bytes.len() > SHARD_BYTES {
+            self.flush()?;
+        }
+        let start = (self.shards.len(), self.current.len());
+        let mut rest = bytes;
+        loop {
+            let take = rest.len().min(SHARD_BYTES - self.current.len());
+            self.current.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if rest.is_empty() {
+                return Ok(start);
+            }
+            self.flush()?;
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let file = format!("{}/shard-{:05}.bin", self.component, self.shards.len());
+        let path = self.dir.join(&file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+        }
+        std::fs::write(&path, &self.current).map_err(|e| Error::io(path.display(), e))?;
+        self.shards.push(Shard {
+            file,
+            bytes: self.current.len() as u64,
+            sha256: sha256_hex(&self.current),
+        });
+        self.current.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Shard>> {
+        if !self.current.is_empty() {
+            self.flush()?;
+        }
+        Ok(self.shards)
+    }
+}
