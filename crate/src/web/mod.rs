@@ -16,8 +16,9 @@ use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array, Uint8ClampedAr
 use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
-use crate::model::{self, MODEL_FILES, MemoryFiles, weight_candidates};
+use crate::model::{self, MODEL_FILES, MemoryFiles, ModelFiles, weight_candidates};
 use crate::noise::Generator;
+use crate::pack::{MANIFEST, Manifest, PackFiles, PackLoader};
 use crate::pipeline::{StableDiffusion, check_finite};
 use crate::weights::StreamingLoader;
 
@@ -117,9 +118,10 @@ pub struct Pipeline {
 
 #[wasm_bindgen]
 impl Pipeline {
-    /// Loads the diffusers folder at `url`: `{ onProgress?, cache? }`. Weights stream from
-    /// the network or IndexedDB into the GPU chunk by chunk, so wasm memory holds about one
-    /// chunk at a time.
+    /// Loads the pack (see `webdiffusion convert`) or diffusers folder at `url`:
+    /// `{ onProgress?, cache? }`. Weights stream from the network or IndexedDB into the GPU
+    /// chunk by chunk (a pack's shard by shard, each checked against its sha256), so wasm
+    /// memory holds about one chunk at a time. Quantized weights stay quantized on the GPU.
     pub async fn load(
         url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
@@ -134,48 +136,37 @@ impl Pipeline {
             on_progress: get("onProgress"),
         };
 
-        // model_index.json marks a diffusers folder: a wrong URL fails here, plainly.
-        let index = source.url("model_index.json");
-        let found = fetch_file(
-            &index,
-            source.cache,
-            &source.on_progress,
-            &JsValue::UNDEFINED,
-        )
-        .await?;
-        if found.is_null() {
-            return Err(js_sys::Error::new(&format!(
-                "{index}: not found (HTTP 404); the URL must point at a diffusers model folder"
-            ))
-            .into());
-        }
-        let mut files = HashMap::new();
-        for path in MODEL_FILES {
-            let bytes = fetch_file(
-                &source.url(path),
-                source.cache,
-                &source.on_progress,
-                &JsValue::UNDEFINED,
-            )
-            .await?;
-            if !bytes.is_null() {
-                files.insert(path.to_string(), Uint8Array::new(&bytes).to_vec());
+        // manifest.json marks a pack, model_index.json a diffusers folder: a wrong URL
+        // fails here, plainly.
+        let files: Box<dyn ModelFiles> = match source.fetch(MANIFEST).await? {
+            Some(bytes) => {
+                let url = source.url(MANIFEST);
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| js_sys::Error::new(&format!("{url}: is not UTF-8 text")))?;
+                let manifest = Manifest::parse(&url, &text).map_err(js_error)?;
+                let inner = MemoryFiles {
+                    base: source.base.clone(),
+                    files: HashMap::new(),
+                };
+                Box::new(PackFiles { inner, manifest })
             }
-        }
-        let configs = MemoryFiles {
-            base: source.base.clone(),
-            files,
+            None => Box::new(source.diffusers_configs().await?),
         };
-        let tokenizer = model::load_tokenizer(&configs).map_err(js_error)?;
-        let scheduler_config = model::load_scheduler_config(&configs).map_err(js_error)?;
-        let (_, text_encoder) = model::build_text_encoder(&configs, &device).map_err(js_error)?;
-        let text_encoder = source.stream(text_encoder, "text_encoder", "model").await?;
-        let (unet_config, unet) = model::build_unet(&configs, &device).map_err(js_error)?;
-        let unet = source
-            .stream(unet, "unet", "diffusion_pytorch_model")
+        let files = &*files;
+        let tokenizer = model::load_tokenizer(files).map_err(js_error)?;
+        let scheduler_config = model::load_scheduler_config(files).map_err(js_error)?;
+        let (_, text_encoder) = model::build_text_encoder(files, &device).map_err(js_error)?;
+        let text_encoder = source
+            .stream(text_encoder, files, "text_encoder", "model")
             .await?;
-        let (vae_config, vae) = model::build_vae(&configs, &device).map_err(js_error)?;
-        let vae = source.stream(vae, "vae", "diffusion_pytorch_model").await?;
+        let (unet_config, unet) = model::build_unet(files, &device).map_err(js_error)?;
+        let unet = source
+            .stream(unet, files, "unet", "diffusion_pytorch_model")
+            .await?;
+        let (vae_config, vae) = model::build_vae(files, &device).map_err(js_error)?;
+        let vae = source
+            .stream(vae, files, "vae", "diffusion_pytorch_model")
+            .await?;
         Ok(Pipeline {
             inner: Rc::new(StableDiffusion {
                 tokenizer,
@@ -267,9 +258,108 @@ impl Source {
         format!("{}/{path}", self.base)
     }
 
-    /// Streams a component's weights into `module`: the fp16 variant if the server has it
-    /// (half the download; converted while loading anyway), else the full file.
-    async fn stream<M>(&self, module: M, component: &str, stem: &str) -> Result<M, JsValue>
+    /// The file at `path`, `None` on HTTP 404.
+    async fn fetch(&self, path: &str) -> Result<Option<Vec<u8>>, JsValue> {
+        let bytes = fetch_file(
+            &self.url(path),
+            self.cache,
+            &self.on_progress,
+            &JsValue::UNDEFINED,
+        )
+        .await?;
+        Ok((!bytes.is_null()).then(|| Uint8Array::new(&bytes).to_vec()))
+    }
+
+    /// The configs and tokenizer files of a diffusers folder.
+    async fn diffusers_configs(&self) -> Result<MemoryFiles, JsValue> {
+        if self.fetch("model_index.json").await?.is_none() {
+            return Err(js_sys::Error::new(&format!(
+                "{}: not found (HTTP 404), nor {MANIFEST}; the URL must point at a diffusers \
+                 model folder or a pack",
+                self.url("model_index.json")
+            ))
+            .into());
+        }
+        let mut files = HashMap::new();
+        for path in MODEL_FILES {
+            if let Some(bytes) = self.fetch(path).await? {
+                files.insert(path.to_string(), bytes);
+            }
+        }
+        Ok(MemoryFiles {
+            base: self.base.clone(),
+            files,
+        })
+    }
+
+    /// Streams a component's weights into `module`, from a pack's shards or a diffusers
+    /// folder's safetensors.
+    async fn stream<M>(
+        &self,
+        module: M,
+        files: &dyn ModelFiles,
+        component: &str,
+        stem: &str,
+    ) -> Result<M, JsValue>
+    where
+        M: Module + ModuleSnapshot + 'static,
+    {
+        match files.pack() {
+            Some(manifest) => self.stream_pack(module, files, manifest, component).await,
+            None => self.stream_safetensors(module, component, stem).await,
+        }
+    }
+
+    /// Streams a pack component's shards into `module`. A shard that does not match the
+    /// manifest is dropped from the cache, so that the next load fetches it again.
+    async fn stream_pack<M>(
+        &self,
+        module: M,
+        files: &dyn ModelFiles,
+        manifest: &Manifest,
+        component: &str,
+    ) -> Result<M, JsValue>
+    where
+        M: Module + ModuleSnapshot + 'static,
+    {
+        let loader =
+            PackLoader::new(module, files, manifest, component, DType::F32).map_err(js_error)?;
+        let shards = loader.shard_files();
+        let loader = Rc::new(RefCell::new(loader));
+        for shard in shards {
+            let url = self.url(&shard);
+            let sink = loader.clone();
+            let on_chunk = Closure::<dyn FnMut(Uint8Array) -> Result<(), JsValue>>::new(
+                move |chunk: Uint8Array| sink.borrow_mut().push(&chunk.to_vec()).map_err(js_error),
+            );
+            let found = fetch_file(&url, self.cache, &self.on_progress, on_chunk.as_ref()).await;
+            let checked = match found {
+                Ok(found) if found.is_null() => Err(js_sys::Error::new(&format!(
+                    "{url}: not found (HTTP 404); the pack is incomplete"
+                ))
+                .into()),
+                Ok(_) => loader.borrow_mut().end_shard().map_err(js_error),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                let _ = delete_cached(&url).await;
+                return Err(e);
+            }
+        }
+        let loader = Rc::try_unwrap(loader)
+            .map_err(|_| js_sys::Error::new("a shard download is still running"))?
+            .into_inner();
+        loader.finish().map_err(js_error)
+    }
+
+    /// Streams a component's safetensors into `module`: the fp16 variant if the server has
+    /// it (half the download; converted while loading anyway), else the full file.
+    async fn stream_safetensors<M>(
+        &self,
+        module: M,
+        component: &str,
+        stem: &str,
+    ) -> Result<M, JsValue>
     where
         M: Module + ModuleSnapshot + 'static,
     {
