@@ -114,9 +114,12 @@ fn quantizer_matches_burn_and_devices_read_its_bytes() {
             let data = TensorData::from_bytes_vec(
                 searched.clone(),
                 [rows, cols],
-                DType::QFloat(format.scheme()),
+                DType::QFloat(format.scheme(ScaleDtype::F16)),
             );
-            let wq = Tensor::<2>::from_data(data, (&device, DType::QFloat(format.scheme())));
+            let wq = Tensor::<2>::from_data(
+                data,
+                (&device, DType::QFloat(format.scheme(ScaleDtype::F16))),
+            );
             let on_device = wq
                 .clone()
                 .dequantize()

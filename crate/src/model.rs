@@ -144,13 +144,14 @@ fn load_weights<M>(
     module: M,
     component: &str,
     stem: &str,
+    device: &Device,
     dtype: DType,
 ) -> Result<M>
 where
     M: burn::module::Module + burn::store::ModuleSnapshot,
 {
     if let Some(manifest) = files.pack() {
-        return crate::pack::load_component(files, manifest, component, module, dtype);
+        return crate::pack::load_component(files, manifest, component, module, device, dtype);
     }
     let candidates = weight_candidates(component, stem);
     let (path, bytes) = files.first_of(&[&candidates[0], &candidates[1]])?;
@@ -204,7 +205,7 @@ pub fn load_text_encoder(
     dtype: DType,
 ) -> Result<(ClipTextConfig, ClipTextModel)> {
     let (config, model) = build_text_encoder(files, device)?;
-    let model = load_weights(files, model, "text_encoder", "model", dtype)?;
+    let model = load_weights(files, model, "text_encoder", "model", device, dtype)?;
     Ok((config, model))
 }
 
@@ -214,7 +215,14 @@ pub fn load_unet(
     dtype: DType,
 ) -> Result<(UNetConfig, UNet2DConditionModel)> {
     let (config, model) = build_unet(files, device)?;
-    let model = load_weights(files, model, "unet", "diffusion_pytorch_model", dtype)?;
+    let model = load_weights(
+        files,
+        model,
+        "unet",
+        "diffusion_pytorch_model",
+        device,
+        dtype,
+    )?;
     Ok((config, model))
 }
 
@@ -224,7 +232,14 @@ pub fn load_vae(
     dtype: DType,
 ) -> Result<(VaeConfig, AutoencoderKL)> {
     let (config, model) = build_vae(files, device)?;
-    let model = load_weights(files, model, "vae", "diffusion_pytorch_model", dtype)?;
+    let model = load_weights(
+        files,
+        model,
+        "vae",
+        "diffusion_pytorch_model",
+        device,
+        dtype,
+    )?;
     Ok((config, model))
 }
 

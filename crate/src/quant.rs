@@ -99,9 +99,10 @@ impl BlockFormat {
         self.value_bytes(rows, cols) + rows * (cols / self.block) * 2
     }
 
-    /// burn's description of the same bytes. Full range (`Q8F`/`Q4F`): the search may
-    /// use −2^(bits−1).
-    pub fn scheme(self) -> QuantScheme {
+    /// burn's description of the same bytes, with the scales as `scale` (F16 as stored, or
+    /// F32 after [`widen_scales`](Self::widen_scales)). Full range (`Q8F`/`Q4F`): the
+    /// search may use −2^(bits−1).
+    pub fn scheme(self, scale: ScaleDtype) -> QuantScheme {
         let value = if self.bits == 8 {
             QuantValue::Q8F
         } else {
@@ -110,7 +111,19 @@ impl BlockFormat {
         QuantScheme::default()
             .with_value(value)
             .with_store(QuantStore::PackedU32(0))
-            .per_block([1u8, self.block as u8], ScaleDtype::F16)
+            .per_block([1u8, self.block as u8], scale)
+    }
+
+    /// The same matrix with its scales as f32: for GPUs whose shaders cannot read f16
+    /// (WebGPU without `shader-f16`), at 4 more bits per block.
+    pub fn widen_scales(self, bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+        let (values, scales) = bytes.split_at(self.value_bytes(rows, cols));
+        let mut out = Vec::with_capacity(values.len() + scales.len() * 2);
+        out.extend_from_slice(values);
+        for s in scales.chunks_exact(2) {
+            out.extend_from_slice(&f16::from_le_bytes([s[0], s[1]]).to_f32().to_le_bytes());
+        }
+        out
     }
 
     /// Whether rows of `cols` values can be cut into whole blocks.
@@ -118,16 +131,48 @@ impl BlockFormat {
         cols > 0 && cols.is_multiple_of(self.block)
     }
 
-    /// Quantizes the row-major matrix `w` of `rows × cols` (`cols` a multiple of `block`).
+    /// Quantizes the row-major matrix `w` of `rows × cols` (`cols` a multiple of `block`),
+    /// rows shared out among the CPU's threads.
     pub fn quantize(self, w: &[f32], rows: usize, cols: usize, scales: Scales) -> Vec<u8> {
         assert!(self.fits(cols) && w.len() == rows * cols);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rows_per_part = rows.div_ceil(threads).max(1);
+        if rows_per_part >= rows {
+            let (mut values, scale_bytes) = self.quantize_rows(w, cols, scales);
+            values.extend_from_slice(&scale_bytes);
+            return values;
+        }
+        let parts: Vec<(Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = w
+                .chunks(rows_per_part * cols)
+                .map(|part| scope.spawn(move || self.quantize_rows(part, cols, scales)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("quantizer thread"))
+                .collect()
+        });
+        let mut bytes = Vec::with_capacity(self.bytes(rows, cols));
+        for (values, _) in &parts {
+            bytes.extend_from_slice(values);
+        }
+        for (_, scale_bytes) in &parts {
+            bytes.extend_from_slice(scale_bytes);
+        }
+        bytes
+    }
+
+    /// Packed values and f16 scales of whole rows.
+    fn quantize_rows(self, w: &[f32], cols: usize, scales: Scales) -> (Vec<u8>, Vec<u8>) {
+        let rows = w.len() / cols;
         let per_word = 32 / self.bits as usize;
         let mask = (1u32 << self.bits) - 1;
         let mut values = Vec::with_capacity(self.value_bytes(rows, cols));
         let mut scale_bytes = Vec::with_capacity(rows * cols / self.block * 2);
         let mut q = vec![0i32; self.block];
+        let mut row_q = Vec::with_capacity(cols);
         for row in w.chunks_exact(cols) {
-            let mut row_q = Vec::with_capacity(cols);
+            row_q.clear();
             for block in row.chunks_exact(self.block) {
                 let s = self.choose_scale(block, scales);
                 self.round(block, s, &mut q);
@@ -141,8 +186,7 @@ impl BlockFormat {
                 values.extend_from_slice(&packed.to_le_bytes());
             }
         }
-        values.extend_from_slice(&scale_bytes);
-        values
+        (values, scale_bytes)
     }
 
     /// The matrix back as f32, from the bytes `quantize` writes.

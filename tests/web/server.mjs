@@ -1,6 +1,6 @@
-// A static file server for the browser tests: serves the repository with Range requests
-// and ETags, logs every request, and under /flaky/ cuts each file's first download off
-// halfway (to test resuming).
+// A static file server for the browser tests: serves the repository (and `mounts`, URL
+// prefix → folder) with Range requests and ETags, logs every request, and under /flaky/
+// cuts each file's first download off halfway (to test resuming).
 import { createServer } from "node:http";
 import { createReadStream, statSync } from "node:fs";
 import { extname, join, normalize } from "node:path";
@@ -9,7 +9,7 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
   ".wasm": "application/wasm", ".json": "application/json", ".css": "text/css", ".png": "image/png",
   ".svg": "image/svg+xml", ".txt": "text/plain" };
 
-export function serve(root) {
+export function serve(root, mounts = {}) {
   const log = [];
   const cut = new Set();
   const server = createServer((req, res) => {
@@ -18,7 +18,10 @@ export function serve(root) {
     log.push({ path, range: req.headers.range ?? null });
     const flaky = path.startsWith("/flaky/");
     if (flaky) path = path.slice("/flaky".length);
-    const file = join(root, normalize(path));
+    const mount = Object.keys(mounts).find((prefix) => path.startsWith(prefix));
+    const file = mount
+      ? join(mounts[mount], normalize(path.slice(mount.length)))
+      : join(root, normalize(path));
     let stat;
     try {
       stat = statSync(file);

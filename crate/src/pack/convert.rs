@@ -61,22 +61,43 @@ pub enum Storage {
     Quant(BlockFormat),
 }
 
+/// Which weights are quantized, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// What `convert` does (see the module's comment).
+    Pack,
+    /// Every conv and linear weight in blocks of 32 with `max|w| / qmax` scales: the plain
+    /// scheme the benchmark compares against.
+    PlainAbsMax32,
+}
+
+impl Policy {
+    pub fn scales(self) -> Scales {
+        match self {
+            Policy::Pack => Scales::Search,
+            Policy::PlainAbsMax32 => Scales::AbsMax,
+        }
+    }
+}
+
 /// The storage `convert --quant precision` gives tensor `name` of `shape`.
-pub fn storage(name: &str, shape: &[usize], precision: Precision) -> Storage {
+pub fn storage(name: &str, shape: &[usize], precision: Precision, policy: Policy) -> Storage {
     let bits = match precision {
         Precision::F16 => return Storage::F16,
         Precision::Q8 => 8,
         Precision::Q4 => 4,
     };
-    let matrix_weight = name.ends_with(".weight") && matches!(shape.len(), 2 | 4);
-    let kept = name.contains("embedding")
-        || name.ends_with("conv_in.weight")
-        || name.ends_with("conv_out.weight");
-    if !matrix_weight || kept {
+    let matrix_weight =
+        name.ends_with(".weight") && matches!(shape.len(), 2 | 4) && !name.contains("embedding");
+    let ends = name.ends_with("conv_in.weight") || name.ends_with("conv_out.weight");
+    if !matrix_weight || (ends && policy == Policy::Pack) {
         return Storage::F16;
     }
     let cols = matrix(shape)[1];
-    let blocks: &[usize] = if bits == 8 { &[32] } else { &[64, 32] };
+    let blocks: &[usize] = match (bits, policy) {
+        (4, Policy::Pack) => &[64, 32],
+        _ => &[32],
+    };
     blocks
         .iter()
         .map(|&b| BlockFormat::new(bits, b))
@@ -91,6 +112,16 @@ pub fn convert(
     precision: Precision,
     out: &Path,
 ) -> Result<Vec<ComponentReport>> {
+    convert_with(src, precision, Policy::Pack, out)
+}
+
+/// [`convert`] with another quantization policy.
+pub fn convert_with(
+    src: &dyn ModelFiles,
+    precision: Precision,
+    policy: Policy,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
     if out.exists() {
         return Err(Error::invalid(
             "out",
@@ -99,7 +130,7 @@ pub fn convert(
     }
     let manifest_base = read_configs(src, precision)?;
     let tmp = temporary(out);
-    let result = write(src, precision, manifest_base, &tmp);
+    let result = write(src, precision, policy, manifest_base, &tmp);
     match result {
         Ok(reports) => {
             std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
@@ -159,6 +190,7 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<Manifest> 
 fn write(
     src: &dyn ModelFiles,
     precision: Precision,
+    policy: Policy,
     mut manifest: Manifest,
     dir: &Path,
 ) -> Result<Vec<ComponentReport>> {
@@ -173,7 +205,7 @@ fn write(
         let candidates = model::weight_candidates(component, stem);
         let (path, bytes) = src.first_of(&[&candidates[0], &candidates[1]])?;
         let file = src.display(&path);
-        let (entry, report) = write_component(&bytes, &file, component, precision, dir)?;
+        let (entry, report) = write_component(&bytes, &file, component, (precision, policy), dir)?;
         manifest.components.insert(component.to_string(), entry);
         reports.push(report);
     }
@@ -187,7 +219,7 @@ fn write_component(
     bytes: &[u8],
     file: &str,
     component: &str,
-    precision: Precision,
+    (precision, policy): (Precision, Policy),
     dir: &Path,
 ) -> Result<(Component, ComponentReport)> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
@@ -215,7 +247,7 @@ fn write_component(
             ),
         })?;
         let shape = view.shape().to_vec();
-        let (dtype, quant, data) = match storage(&name, &shape, precision) {
+        let (dtype, quant, data) = match storage(&name, &shape, precision, policy) {
             Storage::F16 => {
                 let data: Vec<u8> = values
                     .iter()
@@ -225,7 +257,7 @@ fn write_component(
             }
             Storage::Quant(format) => {
                 let [rows, cols] = matrix(&shape);
-                let data = format.quantize(&values, rows, cols, Scales::Search);
+                let data = format.quantize(&values, rows, cols, policy.scales());
                 report.quantized += 1;
                 let quant = QuantEntry {
                     bits: format.bits,

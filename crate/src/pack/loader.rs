@@ -1,7 +1,9 @@
 //! Loading one component of a pack from its shards, as they arrive.
 
 use burn::module::Module;
+use burn::prelude::Device;
 use burn::store::ModuleSnapshot;
+use burn::tensor::quantization::ScaleDtype;
 use burn::tensor::{DType, TensorData};
 use sha2::{Digest, Sha256};
 
@@ -28,6 +30,8 @@ pub struct PackLoader<M> {
     /// Checked bytes not yet applied; `checked[0]` is at stream offset `offset`.
     checked: Vec<u8>,
     offset: u64,
+    /// Whether the device's shaders read f16 quantization scales.
+    f16_scales: bool,
 }
 
 impl<M: Module + ModuleSnapshot> PackLoader<M> {
@@ -36,6 +40,7 @@ impl<M: Module + ModuleSnapshot> PackLoader<M> {
         files: &dyn ModelFiles,
         manifest: &Manifest,
         component: &str,
+        device: &Device,
         dtype: DType,
     ) -> Result<Self> {
         let component = manifest.components.get(component).cloned().ok_or_else(|| {
@@ -76,6 +81,7 @@ impl<M: Module + ModuleSnapshot> PackLoader<M> {
             hasher: Sha256::new(),
             checked: Vec::new(),
             offset: 0,
+            f16_scales: device.supports_dtype(DType::F16),
         })
     }
 
@@ -150,7 +156,7 @@ impl<M: Module + ModuleSnapshot> PackLoader<M> {
             }
             let a = (start - self.offset) as usize;
             let bytes = &self.checked[a..a + entry.length as usize];
-            batch.extend(decode(entry, bytes)?);
+            batch.extend(decode(entry, bytes, self.f16_scales)?);
             consumed = start + entry.length;
             self.next += 1;
         }
@@ -179,17 +185,28 @@ impl<M: Module + ModuleSnapshot> PackLoader<M> {
 }
 
 /// A tensor's bytes as burn tensor data (the CLIP token embedding as blocks of rows).
-fn decode(entry: &TensorEntry, bytes: &[u8]) -> Result<Vec<(String, TensorData)>> {
-    let dtype = match (&entry.quant, entry.dtype.as_str()) {
-        (Some(q), _) => DType::QFloat(q.format().scheme()),
-        (None, "f32") => DType::F32,
-        (None, _) => DType::F16,
-    };
-    if entry.quant.is_some() {
+fn decode(
+    entry: &TensorEntry,
+    bytes: &[u8],
+    f16_scales: bool,
+) -> Result<Vec<(String, TensorData)>> {
+    if let Some(quant) = &entry.quant {
+        let format = quant.format();
         let [rows, cols] = matrix(&entry.shape);
-        let data = TensorData::from_bytes_vec(bytes.to_vec(), [rows, cols], dtype);
+        let (bytes, scale) = if f16_scales {
+            (bytes.to_vec(), ScaleDtype::F16)
+        } else {
+            (format.widen_scales(bytes, rows, cols), ScaleDtype::F32)
+        };
+        let dtype = DType::QFloat(format.scheme(scale));
+        let data = TensorData::from_bytes_vec(bytes, [rows, cols], dtype);
         return Ok(vec![(entry.name.clone(), data)]);
     }
+    let dtype = if entry.dtype == "f32" {
+        DType::F32
+    } else {
+        DType::F16
+    };
     let shape = crate::weights::matrix_shape(&entry.shape);
     Ok(split_rows(&entry.name, &shape, 0, bytes.len())
         .into_iter()
@@ -210,9 +227,10 @@ pub fn load_component<M: Module + ModuleSnapshot>(
     manifest: &Manifest,
     component: &str,
     module: M,
+    device: &Device,
     dtype: DType,
 ) -> Result<M> {
-    let mut loader = PackLoader::new(module, files, manifest, component, dtype)?;
+    let mut loader = PackLoader::new(module, files, manifest, component, device, dtype)?;
     for file in loader.shard_files() {
         let bytes = files.require(&file)?;
         loader.push(&bytes)?;

@@ -157,15 +157,15 @@ impl Pipeline {
         let scheduler_config = model::load_scheduler_config(files).map_err(js_error)?;
         let (_, text_encoder) = model::build_text_encoder(files, &device).map_err(js_error)?;
         let text_encoder = source
-            .stream(text_encoder, files, "text_encoder", "model")
+            .stream(text_encoder, files, "text_encoder", "model", &device)
             .await?;
         let (unet_config, unet) = model::build_unet(files, &device).map_err(js_error)?;
         let unet = source
-            .stream(unet, files, "unet", "diffusion_pytorch_model")
+            .stream(unet, files, "unet", "diffusion_pytorch_model", &device)
             .await?;
         let (vae_config, vae) = model::build_vae(files, &device).map_err(js_error)?;
         let vae = source
-            .stream(vae, files, "vae", "diffusion_pytorch_model")
+            .stream(vae, files, "vae", "diffusion_pytorch_model", &device)
             .await?;
         Ok(Pipeline {
             inner: Rc::new(StableDiffusion {
@@ -300,12 +300,16 @@ impl Source {
         files: &dyn ModelFiles,
         component: &str,
         stem: &str,
+        device: &Device,
     ) -> Result<M, JsValue>
     where
         M: Module + ModuleSnapshot + 'static,
     {
         match files.pack() {
-            Some(manifest) => self.stream_pack(module, files, manifest, component).await,
+            Some(manifest) => {
+                self.stream_pack(module, files, manifest, component, device)
+                    .await
+            }
             None => self.stream_safetensors(module, component, stem).await,
         }
     }
@@ -318,12 +322,13 @@ impl Source {
         files: &dyn ModelFiles,
         manifest: &Manifest,
         component: &str,
+        device: &Device,
     ) -> Result<M, JsValue>
     where
         M: Module + ModuleSnapshot + 'static,
     {
-        let loader =
-            PackLoader::new(module, files, manifest, component, DType::F32).map_err(js_error)?;
+        let loader = PackLoader::new(module, files, manifest, component, device, DType::F32)
+            .map_err(js_error)?;
         let shards = loader.shard_files();
         let loader = Rc::new(RefCell::new(loader));
         for shard in shards {

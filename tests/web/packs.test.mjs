@@ -1,0 +1,139 @@
+// Model packs in headless Chromium: a q4 pack of each tiny fixture, written by the native
+// `webdiffusion convert`, generates diffusers' 8-step DDIM image within the q4 error limit
+// (and the same latents as the native CLI on the same pack); a damaged shard is refused
+// by name and not kept in the cache.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serve } from "./server.mjs";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webdiffusion/target");
+const cli = join(targetDir, "release", "webdiffusion");
+const MODELS = ["sd1-tiny", "sd2-tiny"];
+const Q4_LIMIT = 8e-2;
+
+const packs = mkdtempSync(join(tmpdir(), "webdiffusion-packs-"));
+let server;
+let browser;
+const consoleErrors = [];
+
+before(async () => {
+  for (const model of MODELS) {
+    execFileSync(cli, ["convert", "--model", join(root, "tests/fixtures", model), "--quant", "q4",
+      "--out", join(packs, `${model}-q4`)]);
+  }
+  server = await serve(root, { "/packs/": packs });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
+      "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+async function openPage() {
+  const page = await (await browser.newContext()).newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error") consoleErrors.push(m.text());
+  });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await page.goto(`${server.base}/tests/web/page.html`);
+  await page.waitForFunction(() => window.ready);
+  return page;
+}
+
+function readSafetensors(path, name) {
+  const bytes = readFileSync(path);
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString());
+  const [start, end] = header[name].data_offsets;
+  const data = bytes.subarray(8 + headerLen + start, 8 + headerLen + end);
+  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+}
+
+function relL2(a, b) {
+  assert.equal(a.length, b.length);
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+const PROMPT = "a photograph of an astronaut riding a horse";
+const NEGATIVE = "blurry, low quality";
+
+for (const model of MODELS) {
+  test(`a q4 pack of ${model} generates diffusers' DDIM image within the q4 limit`, async (t) => {
+    const goldens = join(root, "tests/fixtures/goldens", `pipeline-${model}.safetensors`);
+    const latents = readSafetensors(goldens, "latents");
+    const page = await openPage();
+    const from = server.log.length;
+    const out = await page.evaluate(async ({ url, latents, prompt, negative }) => {
+      const pipe = await window.webdiffusion.Pipeline.load(url, {});
+      const r = await pipe.generate({ prompt, negativePrompt: negative, steps: 8, guidance: 7.5,
+        scheduler: "ddim", latents: Float32Array.from(latents) });
+      return { pixels: Array.from(r.pixels), latents: Array.from(r.latents) };
+    }, { url: `${server.base}/packs/${model}-q4`, latents: Array.from(latents), prompt: PROMPT,
+      negative: NEGATIVE });
+    const fetched = server.log.slice(from).map((r) => r.path);
+    assert.ok(fetched.includes(`/packs/${model}-q4/manifest.json`), "the manifest was fetched");
+    assert.ok(fetched.includes(`/packs/${model}-q4/unet/shard-00000.bin`), "the shards were fetched");
+    assert.ok(!fetched.some((p) => p.endsWith(".safetensors")), "no safetensors were asked for");
+
+    const rgb = out.pixels.filter((_, i) => i % 4 !== 3).map((v) => v / 255);
+    const err = relL2(Float32Array.from(rgb), readSafetensors(goldens, "ddim.image"));
+    t.diagnostic(`${model} q4 in the browser: image rel-L2 ${err.toExponential(2)}`);
+    assert.ok(err <= Q4_LIMIT, `${model} q4 in the browser: image rel-L2 ${err}`);
+
+    const dir = mkdtempSync(join(tmpdir(), "webdiffusion-"));
+    const tensors = join(dir, "native.safetensors");
+    execFileSync(cli, ["generate", "--model", join(packs, `${model}-q4`), "--prompt", PROMPT,
+      "--negative-prompt", NEGATIVE, "--steps", "8", "--guidance", "7.5", "--scheduler", "ddim",
+      "--latents", goldens, "--backend", "cpu", "--out-tensor", tensors]);
+    const native = relL2(Float32Array.from(out.latents), readSafetensors(tensors, "latents"));
+    assert.ok(native <= 1e-3, `${model} q4: browser vs native latents rel-L2 ${native}`);
+    await page.close();
+  });
+}
+
+test("a damaged shard is refused by name and not kept in the cache", async () => {
+  const damaged = join(packs, "damaged");
+  cpSync(join(packs, "sd1-tiny-q4"), damaged, { recursive: true });
+  const shard = join(damaged, "unet/shard-00000.bin");
+  const bytes = readFileSync(shard);
+  bytes[100] ^= 0x40;
+  writeFileSync(shard, bytes);
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url }) => {
+    let message = null;
+    try {
+      await window.webdiffusion.Pipeline.load(url, {});
+    } catch (e) {
+      message = e.message;
+    }
+    const cached = await window.webdiffusion.Pipeline.cached();
+    return { message, cached: cached.map((c) => c.url) };
+  }, { url: `${server.base}/packs/damaged` });
+  assert.match(out.message ?? "", /damaged\/unet\/shard-00000\.bin.*sha256/);
+  assert.ok(!out.cached.some((u) => u.endsWith("damaged/unet/shard-00000.bin")), "dropped from the cache");
+  assert.ok(out.cached.some((u) => u.endsWith("damaged/manifest.json")), "the rest stays cached");
+  await page.close();
+});
+
+test("no shader or WebGPU error was logged", () => {
+  const bad = consoleErrors.filter((e) => /shader|subgroups|WebGPU|wgsl|unreachable/i.test(e));
+  assert.deepEqual(bad, []);
+});
