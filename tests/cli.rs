@@ -566,3 +566,90 @@ fn generate_refuses_bad_requests() {
         &out,
     );
 }
+
+fn convert(model: &Path, quant: &str, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args([
+            "convert",
+            "--model",
+            model.to_str().unwrap(),
+            "--quant",
+            quant,
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .expect("run webdiffusion")
+}
+
+#[test]
+fn convert_prints_its_table_and_refuses_bad_input() {
+    let dir = tmp();
+    let out = dir.path().join("pack");
+    let sd1 = model_dir("sd1-tiny");
+
+    fails_with(
+        &convert(&sd1, "q3", &out),
+        &["--quant", "q3", "f16, q8, q4"],
+        &out,
+    );
+    let single = sd1.join("unet/diffusion_pytorch_model.safetensors");
+    fails_with(
+        &convert(&single, "q8", &out),
+        &[
+            "diffusion_pytorch_model.safetensors",
+            "single-file checkpoints",
+        ],
+        &out,
+    );
+    fails_with(
+        &convert(&dir.path().join("nope"), "q8", &out),
+        &["nope", "not a diffusers folder"],
+        &out,
+    );
+    let broken = copy_model("sd1-tiny", dir.path());
+    std::fs::write(broken.join("unet/config.json"), "{").unwrap();
+    fails_with(&convert(&broken, "q4", &out), &["unet/config.json"], &out);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial packs left: {leftovers:?}");
+
+    let done = convert(&sd1, "q4", &out);
+    ok(&done);
+    let table = String::from_utf8_lossy(&done.stdout);
+    for needle in [
+        "component",
+        "bytes/param",
+        "text_encoder",
+        "unet",
+        "vae",
+        "total",
+    ] {
+        assert!(table.contains(needle), "{needle:?} not in: {table}");
+    }
+    assert!(out.join("manifest.json").is_file());
+
+    // An existing folder is never overwritten.
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    let again = convert(&sd1, "q8", &out);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+
+    // The pack generates through the same CLI.
+    let png = dir.path().join("fox.png");
+    ok(&webdiffusion(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ]));
+    assert!(png.is_file());
+}
