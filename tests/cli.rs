@@ -597,13 +597,31 @@ fn convert_prints_its_table_and_refuses_bad_input() {
         &convert(&single, "q8", &out),
         &[
             "diffusion_pytorch_model.safetensors",
-            "single-file checkpoints",
+            "single-file checkpoint",
         ],
+        &out,
+    );
+    let pickle = dir.path().join("model.ckpt");
+    std::fs::write(&pickle, b"not read").unwrap();
+    fails_with(
+        &convert(&pickle, "q8", &out),
+        &["model.ckpt", "pickle"],
+        &out,
+    );
+    // An SD 2.x-like file guessed as full-size SD 2.1: the first tensor of another shape
+    // is named before anything is written.
+    let sd2 = common::fixtures().join("single/sd2-tiny.safetensors");
+    fails_with(
+        &convert(&sd2, "q4", &out),
+        &["sd2-tiny.safetensors", "has shape", "expects"],
         &out,
     );
     fails_with(
         &convert(&dir.path().join("nope"), "q8", &out),
-        &["nope", "not a diffusers folder"],
+        &[
+            "nope",
+            "neither a diffusers folder nor a single-file checkpoint",
+        ],
         &out,
     );
     let broken = copy_model("sd1-tiny", dir.path());

@@ -11,7 +11,7 @@ use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
 use burn::tensor::{DType, TensorData};
 use common::{Goldens, MODELS, devices, model_dir, rel_l2, to_f64};
 use webdiffusion::model::{DirFiles, open_dir};
-use webdiffusion::pack::convert::convert;
+use webdiffusion::pack::convert::{convert, convert_single_file};
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant::{BlockFormat, Precision, Scales};
 
@@ -285,4 +285,28 @@ fn damaged_or_missing_shards_are_refused_by_name() {
     .unwrap();
     let err = open_dir(&pack).err().expect("version 99 accepted");
     assert!(err.to_string().contains("version"), "{err}");
+}
+
+#[test]
+fn single_file_checkpoints_convert_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    for model in MODELS {
+        let goldens = Goldens::load(&format!("pipeline-{model}"));
+        let checkpoint = common::fixtures().join(format!("single/{model}.safetensors"));
+        for &(precision, limit) in LIMITS {
+            let out = dir
+                .path()
+                .join(format!("{model}-single-{}", precision.name()));
+            let config = DirFiles(model_dir(model));
+            convert_single_file(&checkpoint, &config, precision, &out).unwrap();
+            let files = open_dir(&out).unwrap();
+            let pipe = StableDiffusion::load(&*files, &device).unwrap();
+            let image = ddim_image(&pipe, &goldens, &device);
+            let err = rel_l2(&image, goldens.values("ddim.image"));
+            let what = format!("{model} single file, {}", precision.name());
+            eprintln!("{what}: image rel-L2 {err:.2e}");
+            assert!(err <= limit, "{what}: image rel-L2 {err:e} > {limit:e}");
+        }
+    }
 }

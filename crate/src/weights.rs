@@ -6,7 +6,7 @@
 //! are renamed by [`KEY_REMAPPING`]. Each tensor is converted to the compute dtype as it is
 //! applied: the file's bytes plus one tensor in flight are all that is held at once.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
     ApplyError, ApplyResult, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot,
@@ -412,5 +412,88 @@ impl<M: Module + ModuleSnapshot> StreamingLoader<M> {
             )));
         }
         self.loader.finish()
+    }
+}
+
+/// Every parameter of `module` by checkpoint key (as a diffusers file names it), with the
+/// shape it expects (convolution weights as matrices, the token embedding whole). Nothing
+/// is allocated: lazy parameters report their shape.
+pub fn expected_tensors<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    #[derive(Default)]
+    struct Shapes {
+        path: Vec<Option<String>>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Shapes {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            // Enum variants are not part of checkpoint keys.
+            let skip = container_type.starts_with("Enum:");
+            self.path.push((!skip).then(|| name.to_string()));
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<burn::tensor::Tensor<D>>) {
+            let path: Vec<&str> = self.path.iter().flatten().map(String::as_str).collect();
+            let shape = param.lazy_shape().iter().copied().collect();
+            self.out.push((path.join("."), shape));
+        }
+    }
+    let mut shapes = Shapes::default();
+    module.visit(&mut shapes);
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (path, shape) in shapes.out {
+        let name = checkpoint_name(&path);
+        match name.split_once("#rows-block-") {
+            // The token embedding's row blocks, back to one table.
+            Some((whole, _)) => match out.iter_mut().find(|(n, _)| n == whole) {
+                Some((_, rows)) => rows[0] += shape[0],
+                None => out.push((whole.to_string(), shape)),
+            },
+            None => out.push((name, shape)),
+        }
+    }
+    out
+}
+
+/// Checks that `tensors` (checkpoint key, shape) are exactly what `module` expects, naming
+/// `file` and the key of the first difference.
+pub fn check_tensors<M: Module>(
+    module: &M,
+    tensors: &[(String, Vec<usize>)],
+    file: &str,
+) -> Result<()> {
+    let expected: std::collections::HashMap<String, Vec<usize>> =
+        expected_tensors(module).into_iter().collect();
+    let mut seen = HashSet::new();
+    for (key, shape) in tensors {
+        if is_buffer(key) {
+            continue;
+        }
+        let name = checkpoint_name(&field_path(key));
+        let Some(want) = expected.get(&name) else {
+            return Err(Error::UnexpectedTensor {
+                file: file.into(),
+                key: key.clone(),
+            });
+        };
+        if matrix_shape(shape) != *want {
+            return Err(Error::ShapeMismatch {
+                file: file.into(),
+                key: key.clone(),
+                expected: Shape(want.clone()),
+                found: Shape(shape.clone()),
+            });
+        }
+        seen.insert(name);
+    }
+    let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+    missing.sort();
+    match missing.first() {
+        Some(key) => Err(Error::MissingTensor {
+            file: file.into(),
+            key: key.to_string(),
+        }),
+        None => Ok(()),
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
+use super::single_file::Layout;
 use super::{
     COMPONENTS, Component, FORMAT, MANIFEST, Manifest, QuantEntry, SHARD_BYTES, Shard, TensorEntry,
     VERSION, matrix, sha256_hex,
@@ -20,6 +21,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
 use crate::quant::{BlockFormat, Precision, Scales};
+use crate::weights::check_tensors;
 
 /// Config files a pack carries, when the source has them.
 const CONFIGS: &[&str] = &[
@@ -43,6 +45,15 @@ const TOKENIZER: &[&str] = &[
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
 ];
+
+/// One tensor to write, borrowed from the source file and named as in diffusers.
+#[derive(Clone)]
+pub struct Source<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub data: &'a [u8],
+}
 
 /// What one component became.
 #[derive(Debug, Clone, Default)]
@@ -205,73 +216,177 @@ fn write(
         let candidates = model::weight_candidates(component, stem);
         let (path, bytes) = src.first_of(&[&candidates[0], &candidates[1]])?;
         let file = src.display(&path);
-        let (entry, report) = write_component(&bytes, &file, component, (precision, policy), dir)?;
+        let st = parse(&bytes, &file)?;
+        let sources = st
+            .iter()
+            .map(|(name, view)| Source {
+                name: name.to_string(),
+                shape: view.shape().to_vec(),
+                dtype: view.dtype(),
+                data: view.data(),
+            })
+            .collect();
+        let (entry, report) =
+            write_component(src, sources, &file, component, (precision, policy), dir)?;
         manifest.components.insert(component.to_string(), entry);
         reports.push(report);
     }
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    let path = dir.join(MANIFEST);
-    std::fs::write(&path, json).map_err(|e| Error::io(path.display(), e))?;
+    finish_manifest(&manifest, dir)?;
     Ok(reports)
 }
 
+fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+        file: file.into(),
+        message: e.to_string(),
+    })
+}
+
+fn finish_manifest(manifest: &Manifest, dir: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(manifest).expect("manifest serializes");
+    let path = dir.join(MANIFEST);
+    std::fs::write(&path, json).map_err(|e| Error::io(path.display(), e))
+}
+
+/// Converts the single-file checkpoint at `checkpoint` (see `single_file`) into a pack at
+/// `out`; `config` supplies the configs and tokenizer (a diffusers folder without weights
+/// will do, or `builtin`).
+pub fn convert_single_file(
+    checkpoint: &Path,
+    config: &dyn ModelFiles,
+    precision: Precision,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    if out.exists() {
+        return Err(Error::invalid(
+            "out",
+            format!("{} already exists; give a new folder", out.display()),
+        ));
+    }
+    let manifest = read_configs(config, precision)?;
+    let file = checkpoint.display().to_string();
+    let bytes = std::fs::read(checkpoint).map_err(|e| Error::io(&file, e))?;
+    let st = parse(&bytes, &file)?;
+    let count = |path: &str, key: &str, default: usize| {
+        let value = &manifest.configs[path][key];
+        value
+            .as_array()
+            .map(|a| a.len())
+            .or(value.as_u64().map(|n| n as usize))
+            .unwrap_or(default)
+    };
+    let layout = Layout {
+        layers_per_block: count("unet/config.json", "layers_per_block", 2),
+        vae_up_blocks: count("vae/config.json", "up_block_types", 1),
+        text_layers: count("text_encoder/config.json", "num_hidden_layers", 12),
+    };
+    let mut components = super::single_file::components(&st, &file, &layout)?;
+    let tmp = temporary(out);
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
+        let mut manifest = manifest;
+        let mut reports = Vec::new();
+        for component in COMPONENTS {
+            let sources = components.remove(component).unwrap_or_default();
+            let policy = (precision, Policy::Pack);
+            let (entry, report) = write_component(config, sources, &file, component, policy, &tmp)?;
+            manifest.components.insert(component.to_string(), entry);
+            reports.push(report);
+        }
+        finish_manifest(&manifest, &tmp)?;
+        Ok(reports)
+    })();
+    match result {
+        Ok(reports) => {
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
+            Ok(reports)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Checks that `sources` are the tensors the `component` its configs describe expects.
+fn check(configs: &dyn ModelFiles, component: &str, sources: &[Source], file: &str) -> Result<()> {
+    let device = burn::prelude::Device::flex();
+    let tensors: Vec<(String, Vec<usize>)> = sources
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    match component {
+        "text_encoder" => check_tensors(
+            &model::build_text_encoder(configs, &device)?.1,
+            &tensors,
+            file,
+        ),
+        "unet" => check_tensors(&model::build_unet(configs, &device)?.1, &tensors, file),
+        _ => check_tensors(&model::build_vae(configs, &device)?.1, &tensors, file),
+    }
+}
+
 fn write_component(
-    bytes: &[u8],
+    configs: &dyn ModelFiles,
+    mut sources: Vec<Source>,
     file: &str,
     component: &str,
     (precision, policy): (Precision, Policy),
     dir: &Path,
 ) -> Result<(Component, ComponentReport)> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
-        file: file.into(),
-        message: e.to_string(),
-    })?;
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
+    check(configs, component, &sources, file)?;
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = sources.windows(2).find(|p| p[0].name == p[1].name) {
+        return Err(Error::Safetensors {
+            file: file.into(),
+            message: format!("two tensors are named `{}`", pair[0].name),
+        });
+    }
     let mut shards = ShardWriter::new(dir, component);
     let mut tensors = Vec::new();
     let mut report = ComponentReport {
         component: component.into(),
         ..Default::default()
     };
-    for name in names {
-        let view = st.tensor(&name).expect("listed tensor");
+    for Source {
+        name,
+        shape,
+        dtype,
+        data,
+    } in sources
+    {
         if name.ends_with("position_ids") {
             continue; // a buffer, not a parameter
         }
-        let values = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Safetensors {
+        let values = to_f32(dtype, data).ok_or_else(|| Error::Safetensors {
             file: file.into(),
-            message: format!(
-                "tensor `{name}` is {:?}; expected F32, F16 or BF16",
-                view.dtype()
-            ),
+            message: format!("tensor `{name}` is {dtype:?}; expected F32, F16 or BF16"),
         })?;
-        let shape = view.shape().to_vec();
-        let (dtype, quant, data) = match storage(&name, &shape, precision, policy) {
+        let (dtype, quant, bytes) = match storage(&name, &shape, precision, policy) {
             Storage::F16 => {
-                let data: Vec<u8> = values
+                let bytes: Vec<u8> = values
                     .iter()
                     .flat_map(|v| f16::from_f32(*v).to_le_bytes())
                     .collect();
-                ("f16".to_string(), None, data)
+                ("f16".to_string(), None, bytes)
             }
             Storage::Quant(format) => {
                 let [rows, cols] = matrix(&shape);
-                let data = format.quantize(&values, rows, cols, policy.scales());
+                let bytes = format.quantize(&values, rows, cols, policy.scales());
                 report.quantized += 1;
                 let quant = QuantEntry {
                     bits: format.bits,
                     block: format.block,
                     scale: "f16".into(),
                 };
-                (format!("q{}", format.bits), Some(quant), data)
+                (format!("q{}", format.bits), Some(quant), bytes)
             }
         };
-        let (shard, offset) = shards.add(&data)?;
+        let (shard, offset) = shards.add(&bytes)?;
         report.tensors += 1;
         report.params += values.len() as u64;
-        report.bytes_before += view.data().len() as u64;
-        report.bytes_after += data.len() as u64;
+        report.bytes_before += data.len() as u64;
+        report.bytes_after += bytes.len() as u64;
         tensors.push(TensorEntry {
             name,
             shape,
@@ -279,7 +394,7 @@ fn write_component(
             quant,
             shard,
             offset: offset as u64,
-            length: data.len() as u64,
+            length: bytes.len() as u64,
         });
     }
     let shards = shards.finish()?;

@@ -13,8 +13,12 @@
 //! Loading checks every shard's sha256 before any tensor in it is used.
 
 #[cfg(not(target_family = "wasm"))]
+pub mod builtin;
+#[cfg(not(target_family = "wasm"))]
 pub mod convert;
 mod loader;
+#[cfg(not(target_family = "wasm"))]
+pub mod single_file;
 
 pub use loader::{PackLoader, load_component, sha256_hex};
 
