@@ -5,16 +5,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cli, gpuErrors, launch, openPage as open, readSafetensors, relL2, root } from "./helpers.mjs";
 import { serve } from "./server.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webdiffusion/target");
-const cli = join(targetDir, "release", "webdiffusion");
 const MODEL = "/tests/fixtures/sd1-tiny";
 
 let server;
@@ -24,11 +20,7 @@ const consoleErrors = [];
 
 before(async () => {
   server = await serve(root);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
-      "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-  });
+  browser = await launch();
   context = await browser.newContext();
 });
 
@@ -37,36 +29,7 @@ after(async () => {
   server?.close();
 });
 
-async function openPage() {
-  const page = await context.newPage();
-  page.on("console", (m) => {
-    if (m.type() === "error") consoleErrors.push(m.text());
-  });
-  page.on("pageerror", (e) => consoleErrors.push(String(e)));
-  await page.goto(`${server.base}/tests/web/page.html`);
-  await page.waitForFunction(() => window.ready);
-  return page;
-}
-
-function readSafetensors(path, name) {
-  const bytes = readFileSync(path);
-  const headerLen = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString());
-  const [start, end] = header[name].data_offsets;
-  const data = bytes.subarray(8 + headerLen + start, 8 + headerLen + end);
-  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
-}
-
-function relL2(a, b) {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  let n = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(d / n);
-}
+const openPage = () => open(context, server.base, consoleErrors);
 
 const modelRequests = (from) => server.log.slice(from).filter((r) => r.path.includes("/fixtures/"));
 
@@ -221,6 +184,5 @@ test("AbortSignal stops a generation between steps", async () => {
 });
 
 test("no shader or WebGPU error was logged", () => {
-  const bad = consoleErrors.filter((e) => /shader|subgroups|WebGPU|wgsl|unreachable/i.test(e));
-  assert.deepEqual(bad, []);
+  assert.deepEqual(gpuErrors(consoleErrors), []);
 });

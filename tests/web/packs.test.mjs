@@ -6,15 +6,11 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cli, gpuErrors, launch, openPage as open, readSafetensors, relL2, root } from "./helpers.mjs";
 import { serve } from "./server.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/webdiffusion/target");
-const cli = join(targetDir, "release", "webdiffusion");
 const MODELS = ["sd1-tiny", "sd2-tiny"];
 const Q4_LIMIT = 8e-2;
 
@@ -29,11 +25,7 @@ before(async () => {
       "--out", join(packs, `${model}-q4`)]);
   }
   server = await serve(root, { "/packs/": packs });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
-      "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-  });
+  browser = await launch();
 });
 
 after(async () => {
@@ -41,36 +33,7 @@ after(async () => {
   server?.close();
 });
 
-async function openPage() {
-  const page = await (await browser.newContext()).newPage();
-  page.on("console", (m) => {
-    if (m.type() === "error") consoleErrors.push(m.text());
-  });
-  page.on("pageerror", (e) => consoleErrors.push(String(e)));
-  await page.goto(`${server.base}/tests/web/page.html`);
-  await page.waitForFunction(() => window.ready);
-  return page;
-}
-
-function readSafetensors(path, name) {
-  const bytes = readFileSync(path);
-  const headerLen = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString());
-  const [start, end] = header[name].data_offsets;
-  const data = bytes.subarray(8 + headerLen + start, 8 + headerLen + end);
-  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
-}
-
-function relL2(a, b) {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  let n = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(d / n);
-}
+const openPage = async () => open(await browser.newContext(), server.base, consoleErrors);
 
 const PROMPT = "a photograph of an astronaut riding a horse";
 const NEGATIVE = "blurry, low quality";
@@ -134,6 +97,5 @@ test("a damaged shard is refused by name and not kept in the cache", async () =>
 });
 
 test("no shader or WebGPU error was logged", () => {
-  const bad = consoleErrors.filter((e) => /shader|subgroups|WebGPU|wgsl|unreachable/i.test(e));
-  assert.deepEqual(bad, []);
+  assert.deepEqual(gpuErrors(consoleErrors), []);
 });

@@ -91,27 +91,15 @@ pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4
             ),
         )
     })?;
-    let data = view.data();
-    let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(Error::io(
-                &file,
-                format!("`{name}` has dtype {other:?}, expected a float type"),
-            ));
-        }
-    };
+    let values = webdiffusion::weights::floats(view.dtype(), view.data()).ok_or_else(|| {
+        Error::io(
+            &file,
+            format!(
+                "`{name}` has dtype {:?}, expected a float type",
+                view.dtype()
+            ),
+        )
+    })?;
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::io(
             &file,

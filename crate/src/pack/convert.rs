@@ -1,4 +1,5 @@
-//! Writing a pack from a diffusers folder (`webdiffusion convert`).
+//! Writing a pack from a diffusers folder or a single-file checkpoint (`webdiffusion
+//! convert`).
 //!
 //! Policy: weight matrices of convolutions and linear layers are block-quantized along
 //! their input dimension (q8: blocks of 32; q4: blocks of 64 where rows divide into
@@ -10,18 +11,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
+use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
+use super::shards::ShardWriter;
 use super::single_file::Layout;
 use super::{
-    COMPONENTS, Component, FORMAT, MANIFEST, Manifest, QuantEntry, SHARD_BYTES, Shard, TensorEntry,
-    VERSION, matrix, sha256_hex,
+    COMPONENTS, Component, FORMAT, MANIFEST, Manifest, QuantEntry, TensorEntry, VERSION, matrix,
 };
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
 use crate::quant::{BlockFormat, Precision, Scales};
-use crate::weights::check_tensors;
+use crate::weights::{check_tensors, floats};
 
 /// Config files a pack carries, when the source has them.
 const CONFIGS: &[&str] = &[
@@ -133,25 +134,31 @@ pub fn convert_with(
     policy: Policy,
     out: &Path,
 ) -> Result<Vec<ComponentReport>> {
+    let manifest = read_configs(src, precision)?;
+    write_new_folder(out, |dir| write(src, precision, policy, manifest, dir))
+}
+
+/// Runs `write` on a temporary folder beside `out` (which must not exist) and renames it
+/// to `out` once complete; on error nothing is left behind.
+fn write_new_folder<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     if out.exists() {
         return Err(Error::invalid(
             "out",
             format!("{} already exists; give a new folder", out.display()),
         ));
     }
-    let manifest_base = read_configs(src, precision)?;
     let tmp = temporary(out);
-    let result = write(src, precision, policy, manifest_base, &tmp);
-    match result {
-        Ok(reports) => {
-            std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
-            Ok(reports)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
+    let result = std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(tmp.display(), e))
+        .and_then(|_| write(&tmp));
+    let result = result.and_then(|value| {
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
+    result
 }
 
 fn temporary(out: &Path) -> PathBuf {
@@ -205,7 +212,6 @@ fn write(
     mut manifest: Manifest,
     dir: &Path,
 ) -> Result<Vec<ComponentReport>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     let mut reports = Vec::new();
     for component in COMPONENTS {
         let stem = if *component == "text_encoder" {
@@ -257,13 +263,7 @@ pub fn convert_single_file(
     precision: Precision,
     out: &Path,
 ) -> Result<Vec<ComponentReport>> {
-    if out.exists() {
-        return Err(Error::invalid(
-            "out",
-            format!("{} already exists; give a new folder", out.display()),
-        ));
-    }
-    let manifest = read_configs(config, precision)?;
+    let mut manifest = read_configs(config, precision)?;
     let file = checkpoint.display().to_string();
     let bytes = std::fs::read(checkpoint).map_err(|e| Error::io(&file, e))?;
     let st = parse(&bytes, &file)?;
@@ -281,31 +281,18 @@ pub fn convert_single_file(
         text_layers: count("text_encoder/config.json", "num_hidden_layers", 12),
     };
     let mut components = super::single_file::components(&st, &file, &layout)?;
-    let tmp = temporary(out);
-    let result = (|| {
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
-        let mut manifest = manifest;
+    write_new_folder(out, |dir| {
         let mut reports = Vec::new();
         for component in COMPONENTS {
             let sources = components.remove(component).unwrap_or_default();
             let policy = (precision, Policy::Pack);
-            let (entry, report) = write_component(config, sources, &file, component, policy, &tmp)?;
+            let (entry, report) = write_component(config, sources, &file, component, policy, dir)?;
             manifest.components.insert(component.to_string(), entry);
             reports.push(report);
         }
-        finish_manifest(&manifest, &tmp)?;
+        finish_manifest(&manifest, dir)?;
         Ok(reports)
-    })();
-    match result {
-        Ok(reports) => {
-            std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
-            Ok(reports)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Checks that `sources` are the tensors the `component` its configs describe expects.
@@ -358,7 +345,7 @@ fn write_component(
         if name.ends_with("position_ids") {
             continue; // a buffer, not a parameter
         }
-        let values = to_f32(dtype, data).ok_or_else(|| Error::Safetensors {
+        let values = floats(dtype, data).ok_or_else(|| Error::Safetensors {
             file: file.into(),
             message: format!("tensor `{name}` is {dtype:?}; expected F32, F16 or BF16"),
         })?;
@@ -399,86 +386,4 @@ fn write_component(
     }
     let shards = shards.finish()?;
     Ok((Component { shards, tensors }, report))
-}
-
-fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
-/// Cuts a component's tensors into shard files of at most `SHARD_BYTES`. A tensor starts
-/// a new shard when it does not fit in the current one; one larger than a shard spans
-/// several.
-struct ShardWriter<'a> {
-    dir: &'a Path,
-    component: &'a str,
-    shards: Vec<Shard>,
-    current: Vec<u8>,
-}
-
-impl<'a> ShardWriter<'a> {
-    fn new(dir: &'a Path, component: &'a str) -> Self {
-        Self {
-            dir,
-            component,
-            shards: Vec::new(),
-            current: Vec::new(),
-        }
-    }
-
-    /// Appends `bytes` 4-byte aligned; returns the shard and offset it starts at.
-    fn add(&mut self, bytes: &[u8]) -> Result<(usize, usize)> {
-        self.current
-            .resize(self.current.len().next_multiple_of(4), 0);
-        if !self.current.is_empty() && self.current.len() + bytes.len() > SHARD_BYTES {
-            self.flush()?;
-        }
-        let start = (self.shards.len(), self.current.len());
-        let mut rest = bytes;
-        loop {
-            let take = rest.len().min(SHARD_BYTES - self.current.len());
-            self.current.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if rest.is_empty() {
-                return Ok(start);
-            }
-            self.flush()?;
-        }
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        let file = format!("{}/shard-{:05}.bin", self.component, self.shards.len());
-        let path = self.dir.join(&file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
-        }
-        std::fs::write(&path, &self.current).map_err(|e| Error::io(path.display(), e))?;
-        self.shards.push(Shard {
-            file,
-            bytes: self.current.len() as u64,
-            sha256: sha256_hex(&self.current),
-        });
-        self.current.clear();
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<Vec<Shard>> {
-        if !self.current.is_empty() {
-            self.flush()?;
-        }
-        Ok(self.shards)
-    }
 }

@@ -18,6 +18,8 @@ pub mod builtin;
 pub mod convert;
 mod loader;
 #[cfg(not(target_family = "wasm"))]
+mod shards;
+#[cfg(not(target_family = "wasm"))]
 pub mod single_file;
 
 pub use loader::{PackLoader, load_component, sha256_hex};
