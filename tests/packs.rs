@@ -275,9 +275,21 @@ fn damaged_or_missing_shards_are_refused_by_name() {
         .expect("missing shard loaded");
     assert!(err.to_string().contains("unet/shard-00000.bin"), "{err}");
 
-    // A manifest this build cannot read is named too.
+    // Shards are read from inside the pack only.
     let manifest = pack.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
+    let outside = text.replacen("unet/shard-00000.bin", "../../etc/passwd", 1);
+    std::fs::write(&manifest, outside).unwrap();
+    let err = open_dir(&pack)
+        .err()
+        .expect("a shard outside the pack accepted");
+    assert!(
+        err.to_string().contains("not a path inside the pack"),
+        "{err}"
+    );
+    std::fs::write(&manifest, &text).unwrap();
+
+    // A manifest this build cannot read is named too.
     std::fs::write(
         &manifest,
         text.replacen("\"version\": 1", "\"version\": 99", 1),

@@ -119,6 +119,20 @@ impl Manifest {
             let Some(component) = manifest.components.get(*name) else {
                 return bad("components", format!("has no {name:?}"));
             };
+            for shard in &component.shards {
+                let inside = !shard.file.starts_with('/')
+                    && !shard.file.contains('\\')
+                    && shard
+                        .file
+                        .split('/')
+                        .all(|p| !p.is_empty() && p != "." && p != "..");
+                if !inside {
+                    return bad(
+                        &format!("components.{name}.shards"),
+                        format!("{:?} is not a path inside the pack", shard.file),
+                    );
+                }
+            }
             let total: u64 = component.shards.iter().map(|s| s.bytes).sum();
             for t in &component.tensors {
                 let start = component.shards[..t.shard.min(component.shards.len())]
