@@ -3,9 +3,10 @@
 //!
 //! Policy: weight matrices of convolutions and linear layers are block-quantized along
 //! their input dimension (q8: blocks of 32; q4: blocks of 64 where rows divide into
-//! them, else 32, for ≈ 4.25 bits a weight). Kept in f16: norms, biases, the CLIP token
-//! and position embeddings, and the first and last convolution of the UNet and VAE
-//! (tiny, and every output pixel passes through them). Tensors are written sorted by name,
+//! them, else 32, for ≈ 4.25 bits a weight; residual shortcuts stay at 8 bits in q4
+//! packs). Kept in f16: norms, biases, the CLIP token and position embeddings, the time
+//! embedding, and the first and last convolution of the UNet and VAE (tiny, and every
+//! output pixel passes through them). Tensors are written sorted by name,
 //! so converting the same model twice gives identical bytes.
 
 use std::collections::BTreeMap;
@@ -106,6 +107,12 @@ pub fn storage(name: &str, shape: &[usize], precision: Precision, policy: Policy
         return Storage::F16;
     }
     let cols = matrix(shape)[1];
+    // Residual shortcuts (1×1 convolutions where the channel count changes) measurably
+    // lose the most at 4 bits for their size: they stay at 8.
+    let bits = match policy {
+        Policy::Pack if name.ends_with("conv_shortcut.weight") => 8,
+        _ => bits,
+    };
     let blocks: &[usize] = match (bits, policy) {
         (4, Policy::Pack) => &[64, 32],
         _ => &[32],
