@@ -134,18 +134,21 @@ impl Manifest {
                 }
             }
             let total: u64 = component.shards.iter().map(|s| s.bytes).sum();
+            let mut ranges = Vec::new();
             for t in &component.tensors {
                 let start = component.shards[..t.shard.min(component.shards.len())]
                     .iter()
                     .map(|s| s.bytes)
                     .sum::<u64>()
-                    + t.offset;
-                if t.shard >= component.shards.len() || start + t.length > total {
+                    .saturating_add(t.offset);
+                let end = start.saturating_add(t.length);
+                if t.shard >= component.shards.len() || end > total {
                     return bad(
                         &format!("components.{name}.tensors"),
                         format!("`{}` lies outside the component's shards", t.name),
                     );
                 }
+                ranges.push((start, end, &t.name));
                 let (dtype, quant) = (t.dtype.as_str(), &t.quant);
                 let expected = match (dtype, quant) {
                     ("f32", None) => t.shape.iter().product::<usize>() * 4,
@@ -177,6 +180,13 @@ impl Manifest {
                         ),
                     );
                 }
+            }
+            ranges.sort();
+            if let Some(pair) = ranges.windows(2).find(|p| p[1].0 < p[0].1) {
+                return bad(
+                    &format!("components.{name}.tensors"),
+                    format!("`{}` and `{}` overlap", pair[0].2, pair[1].2),
+                );
             }
         }
         Ok(manifest)
