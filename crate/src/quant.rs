@@ -16,6 +16,7 @@
 //! buys a finer step for all the others, which matters most at 4 bits.
 
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+use burn::tensor::{DType, TensorData};
 use half::f16;
 
 use crate::error::{Error, Result};
@@ -124,6 +125,25 @@ impl BlockFormat {
             out.extend_from_slice(&f16::from_le_bytes([s[0], s[1]]).to_f32().to_le_bytes());
         }
         out
+    }
+
+    /// The bytes `quantize` wrote as burn tensor data of shape `[rows, cols]`, ready for the
+    /// device: scales as stored where shaders read f16 (`f16_scales`), widened to f32
+    /// elsewhere.
+    pub fn tensor_data(
+        self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        f16_scales: bool,
+    ) -> TensorData {
+        let (bytes, scale) = if f16_scales {
+            (bytes.to_vec(), ScaleDtype::F16)
+        } else {
+            (self.widen_scales(bytes, rows, cols), ScaleDtype::F32)
+        };
+        let dtype = DType::QFloat(self.scheme(scale));
+        TensorData::from_bytes_vec(bytes, [rows, cols], dtype)
     }
 
     /// Whether rows of `cols` values can be cut into whole blocks.

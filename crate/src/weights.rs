@@ -456,22 +456,24 @@ pub fn expected_tensors<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Checks that `tensors` (checkpoint key, shape) are exactly what `module` expects, naming
-/// `file` and the key of the first difference.
-pub fn check_tensors<M: Module>(
-    module: &M,
+/// Checks that `tensors` (checkpoint key, shape) are exactly the `expected` ones (see
+/// [`expected_tensors`]), naming `file` and the key of the first difference.
+pub fn check_tensors(
+    expected: &[(String, Vec<usize>)],
     tensors: &[(String, Vec<usize>)],
     file: &str,
 ) -> Result<()> {
-    let expected: std::collections::HashMap<String, Vec<usize>> =
-        expected_tensors(module).into_iter().collect();
+    let expected: std::collections::HashMap<&str, &[usize]> = expected
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.as_slice()))
+        .collect();
     let mut seen = HashSet::new();
     for (key, shape) in tensors {
         if is_buffer(key) {
             continue;
         }
         let name = checkpoint_name(&field_path(key));
-        let Some(want) = expected.get(&name) else {
+        let Some(want) = expected.get(name.as_str()) else {
             return Err(Error::UnexpectedTensor {
                 file: file.into(),
                 key: key.clone(),
@@ -481,13 +483,17 @@ pub fn check_tensors<M: Module>(
             return Err(Error::ShapeMismatch {
                 file: file.into(),
                 key: key.clone(),
-                expected: Shape(want.clone()),
+                expected: Shape(want.to_vec()),
                 found: Shape(shape.clone()),
             });
         }
         seen.insert(name);
     }
-    let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+    let mut missing: Vec<&str> = expected
+        .keys()
+        .copied()
+        .filter(|k| !seen.contains(*k))
+        .collect();
     missing.sort();
     match missing.first() {
         Some(key) => Err(Error::MissingTensor {

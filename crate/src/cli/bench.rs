@@ -6,7 +6,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, bridge};
-use burn::tensor::quantization::ScaleDtype;
 use burn::tensor::{DType, Distribution};
 
 use webdiffusion::config::parse;
@@ -75,13 +74,7 @@ fn as_pack<M: Module + ModuleSnapshot>(
             Storage::Quant(format) => {
                 let [rows, cols] = matrix(&shape);
                 let bytes = format.quantize(&values, rows, cols, Scales::Search);
-                let (bytes, scale) = if f16_scales {
-                    (bytes, ScaleDtype::F16)
-                } else {
-                    (format.widen_scales(&bytes, rows, cols), ScaleDtype::F32)
-                };
-                let dtype = DType::QFloat(format.scheme(scale));
-                TensorData::from_bytes_vec(bytes, [rows, cols], dtype)
+                format.tensor_data(&bytes, rows, cols, f16_scales)
             }
         };
         tensors.push((tensor.name.clone(), data));

@@ -23,7 +23,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
 use crate::quant::{BlockFormat, Precision, Scales};
-use crate::weights::{check_tensors, floats};
+use crate::weights::{check_tensors, expected_tensors, floats};
 
 /// Config files a pack carries, when the source has them.
 const CONFIGS: &[&str] = &[
@@ -141,8 +141,10 @@ pub fn convert_with(
     policy: Policy,
     out: &Path,
 ) -> Result<Vec<ComponentReport>> {
-    let manifest = read_configs(src, precision)?;
-    write_new_folder(out, |dir| write(src, precision, policy, manifest, dir))
+    let (manifest, expected) = read_configs(src, precision)?;
+    write_new_folder(out, |dir| {
+        write(src, &expected, (precision, policy), manifest, dir)
+    })
 }
 
 /// Runs `write` on a temporary folder beside `out` (which must not exist) and renames it
@@ -175,8 +177,12 @@ fn temporary(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
-/// The manifest without components, after checking that the configs and tokenizer load.
-fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<Manifest> {
+/// Each component's tensors (checkpoint key, shape) as its config describes them.
+type Expected = BTreeMap<&'static str, Vec<(String, Vec<usize>)>>;
+
+/// The manifest without components, after checking that the configs and tokenizer load,
+/// and the tensors the configs describe.
+fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest, Expected)> {
     let mut configs = BTreeMap::new();
     for path in CONFIGS {
         let Some(text) = src.read_text(path)? else {
@@ -197,25 +203,35 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<Manifest> 
     // Everything a loader will check, checked now: the tokenizer builds, the configs
     // describe networks this crate runs.
     model::load_tokenizer(src)?;
-    let device = burn::prelude::Device::flex();
-    model::build_text_encoder(src, &device)?;
-    model::build_unet(src, &device)?;
-    model::build_vae(src, &device)?;
     model::load_scheduler_config(src)?;
-    Ok(Manifest {
+    // The networks are built lazily: nothing is allocated to learn their shapes.
+    let device = burn::prelude::Device::flex();
+    let expected = BTreeMap::from([
+        (
+            "text_encoder",
+            expected_tensors(&model::build_text_encoder(src, &device)?.1),
+        ),
+        (
+            "unet",
+            expected_tensors(&model::build_unet(src, &device)?.1),
+        ),
+        ("vae", expected_tensors(&model::build_vae(src, &device)?.1)),
+    ]);
+    let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
         quant: precision.name().into(),
         configs,
         tokenizer,
         components: BTreeMap::new(),
-    })
+    };
+    Ok((manifest, expected))
 }
 
 fn write(
     src: &dyn ModelFiles,
-    precision: Precision,
-    policy: Policy,
+    expected: &Expected,
+    (precision, policy): (Precision, Policy),
     mut manifest: Manifest,
     dir: &Path,
 ) -> Result<Vec<ComponentReport>> {
@@ -239,8 +255,14 @@ fn write(
                 data: view.data(),
             })
             .collect();
-        let (entry, report) =
-            write_component(src, sources, &file, component, (precision, policy), dir)?;
+        let (entry, report) = write_component(
+            expected,
+            sources,
+            &file,
+            component,
+            (precision, policy),
+            dir,
+        )?;
         manifest.components.insert(component.to_string(), entry);
         reports.push(report);
     }
@@ -270,7 +292,7 @@ pub fn convert_single_file(
     precision: Precision,
     out: &Path,
 ) -> Result<Vec<ComponentReport>> {
-    let mut manifest = read_configs(config, precision)?;
+    let (mut manifest, expected) = read_configs(config, precision)?;
     let file = checkpoint.display().to_string();
     let bytes = std::fs::read(checkpoint).map_err(|e| Error::io(&file, e))?;
     let st = parse(&bytes, &file)?;
@@ -293,7 +315,8 @@ pub fn convert_single_file(
         for component in COMPONENTS {
             let sources = components.remove(component).unwrap_or_default();
             let policy = (precision, Policy::Pack);
-            let (entry, report) = write_component(config, sources, &file, component, policy, dir)?;
+            let (entry, report) =
+                write_component(&expected, sources, &file, component, policy, dir)?;
             manifest.components.insert(component.to_string(), entry);
             reports.push(report);
         }
@@ -302,33 +325,19 @@ pub fn convert_single_file(
     })
 }
 
-/// Checks that `sources` are the tensors the `component` its configs describe expects.
-fn check(configs: &dyn ModelFiles, component: &str, sources: &[Source], file: &str) -> Result<()> {
-    let device = burn::prelude::Device::flex();
-    let tensors: Vec<(String, Vec<usize>)> = sources
-        .iter()
-        .map(|s| (s.name.clone(), s.shape.clone()))
-        .collect();
-    match component {
-        "text_encoder" => check_tensors(
-            &model::build_text_encoder(configs, &device)?.1,
-            &tensors,
-            file,
-        ),
-        "unet" => check_tensors(&model::build_unet(configs, &device)?.1, &tensors, file),
-        _ => check_tensors(&model::build_vae(configs, &device)?.1, &tensors, file),
-    }
-}
-
 fn write_component(
-    configs: &dyn ModelFiles,
+    expected: &Expected,
     mut sources: Vec<Source>,
     file: &str,
     component: &str,
     (precision, policy): (Precision, Policy),
     dir: &Path,
 ) -> Result<(Component, ComponentReport)> {
-    check(configs, component, &sources, file)?;
+    let shapes: Vec<(String, Vec<usize>)> = sources
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    check_tensors(&expected[component], &shapes, file)?;
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(pair) = sources.windows(2).find(|p| p[0].name == p[1].name) {
         return Err(Error::Safetensors {

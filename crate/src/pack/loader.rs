@@ -3,7 +3,6 @@
 use burn::module::Module;
 use burn::prelude::Device;
 use burn::store::ModuleSnapshot;
-use burn::tensor::quantization::ScaleDtype;
 use burn::tensor::{DType, TensorData};
 use sha2::{Digest, Sha256};
 
@@ -54,20 +53,12 @@ impl<M: Module + ModuleSnapshot> PackLoader<M> {
             .iter()
             .map(|s| files.display(&s.file))
             .collect();
-        let starts: Vec<u64> = component
-            .shards
-            .iter()
-            .scan(0, |at, s| {
-                let start = *at;
-                *at += s.bytes;
-                Some(start)
-            })
-            .collect();
+        let starts = component.shard_starts();
         let mut order: Vec<(u64, usize)> = component
             .tensors
             .iter()
             .enumerate()
-            .map(|(i, t)| (starts[t.shard] + t.offset, i))
+            .map(|(i, t)| (component.start(&starts, t).unwrap_or(u64::MAX), i))
             .collect();
         order.sort();
         Ok(Self {
@@ -191,15 +182,8 @@ fn decode(
     f16_scales: bool,
 ) -> Result<Vec<(String, TensorData)>> {
     if let Some(quant) = &entry.quant {
-        let format = quant.format();
         let [rows, cols] = matrix(&entry.shape);
-        let (bytes, scale) = if f16_scales {
-            (bytes.to_vec(), ScaleDtype::F16)
-        } else {
-            (format.widen_scales(bytes, rows, cols), ScaleDtype::F32)
-        };
-        let dtype = DType::QFloat(format.scheme(scale));
-        let data = TensorData::from_bytes_vec(bytes, [rows, cols], dtype);
+        let data = quant.format().tensor_data(bytes, rows, cols, f16_scales);
         return Ok(vec![(entry.name.clone(), data)]);
     }
     let dtype = if entry.dtype == "f32" {

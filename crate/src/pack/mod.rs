@@ -58,6 +58,25 @@ pub struct Component {
     pub tensors: Vec<TensorEntry>,
 }
 
+impl Component {
+    /// Where each shard starts in the component's stream.
+    pub fn shard_starts(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .scan(0u64, |at, s| {
+                let start = *at;
+                *at = at.saturating_add(s.bytes);
+                Some(start)
+            })
+            .collect()
+    }
+
+    /// Where `tensor` starts in the stream, `None` if its shard does not exist.
+    pub fn start(&self, starts: &[u64], tensor: &TensorEntry) -> Option<u64> {
+        Some(starts.get(tensor.shard)?.saturating_add(tensor.offset))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Shard {
     /// Path relative to the pack root.
@@ -134,15 +153,12 @@ impl Manifest {
                 }
             }
             let total: u64 = component.shards.iter().map(|s| s.bytes).sum();
+            let starts = component.shard_starts();
             let mut ranges = Vec::new();
             for t in &component.tensors {
-                let start = component.shards[..t.shard.min(component.shards.len())]
-                    .iter()
-                    .map(|s| s.bytes)
-                    .sum::<u64>()
-                    .saturating_add(t.offset);
+                let start = component.start(&starts, t).unwrap_or(u64::MAX);
                 let end = start.saturating_add(t.length);
-                if t.shard >= component.shards.len() || end > total {
+                if end > total {
                     return bad(
                         &format!("components.{name}.tensors"),
                         format!("`{}` lies outside the component's shards", t.name),
