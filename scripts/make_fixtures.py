@@ -121,9 +121,13 @@ tests/fixtures/goldens/
         img2img.{own,euler}.start_latents   add_noise(init_latents, noise, first timestep)
         img2img.{own,euler}.latents/.image  strength 0.6, 8 steps, guidance 7.5
     pipeline.json                 the exact parameters, scheduler configs and timesteps used
-tests/fixtures/configs/
+crate/assets/                 what the crate ships for `convert --config sd15|sd21` and `bench`
     sd15/{unet,vae,text_encoder}/config.json   runwayml/stable-diffusion-v1-5
     sd21/{unet,vae,text_encoder}/config.json   stabilityai/stable-diffusion-2-1
+    {sd15,sd21}/model_index.json, scheduler/, tokenizer/{tokenizer_config,special_tokens_map}.json
+                                  copies of sd1-tiny's / sd2-tiny's (the hub repos' values)
+    clip/vocab.json, merges.txt   the CLIP BPE (as in sd1-tiny/tokenizer)
+tests/fixtures/configs/
     param_counts.json             parameter counts of those models, instantiated on the meta
                                   device: unet, vae, vae_encoder (encoder+quant_conv),
                                   vae_decoder (post_quant_conv+decoder), text_encoder
@@ -822,14 +826,26 @@ def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
+# The SD 1.5 / SD 2.1 configs ship with the crate (`convert --config sd15|sd21`, `bench`):
+# the networks' configs from FULL_CONFIGS, model_index.json and the scheduler config of the
+# tiny pipeline of the same family (the hub repos' values), and the tokenizer files.
+TINY_OF = {"sd15": "sd1-tiny", "sd21": "sd2-tiny"}
+
+
 def write_full_configs():
-    cdir = FIX / "configs"
-    if cdir.exists():
-        shutil.rmtree(cdir)
+    cdir = ROOT / "crate" / "assets"
+    for model in FULL_CONFIGS:
+        if (cdir / model).exists():
+            shutil.rmtree(cdir / model)
     counts = {}
     for model, comps in FULL_CONFIGS.items():
         for comp, cfg in comps.items():
             write_json(cdir / model / comp / "config.json", cfg)
+        tiny = FIX / TINY_OF[model]
+        for path in ["model_index.json", "scheduler/scheduler_config.json",
+                     "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"]:
+            (cdir / model / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tiny / path, cdir / model / path)
         with accelerate.init_empty_weights():
             unet = UNet2DConditionModel.from_config(
                 UNet2DConditionModel.load_config(cdir / model / "unet")
@@ -845,7 +861,11 @@ def write_full_configs():
             "text_encoder": count(text),
         }
         assert counts[model]["vae_encoder"] + counts[model]["vae_decoder"] == counts[model]["vae"]
-    write_json(cdir / "param_counts.json", counts)
+    (cdir / "clip").mkdir(parents=True, exist_ok=True)
+    for name in ["vocab.json", "merges.txt"]:
+        shutil.copyfile(FIX / "sd1-tiny" / "tokenizer" / name, cdir / "clip" / name)
+    (FIX / "configs").mkdir(exist_ok=True)
+    write_json(FIX / "configs" / "param_counts.json", counts)
     print("param counts:", json.dumps(counts))
 
 

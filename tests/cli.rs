@@ -6,16 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Goldens, fixtures, model_dir, rel_l2};
+use common::{Goldens, fails_with, fixtures, model_dir, ok, rel_l2, webdiffusion};
 use safetensors::tensor::{Dtype, TensorView};
-
-fn webdiffusion(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
-        .args(args)
-        .args(["--backend", "cpu"])
-        .output()
-        .expect("run webdiffusion")
-}
 
 fn read_f64(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
     let bytes = std::fs::read(path).unwrap();
@@ -35,29 +27,6 @@ fn read_f64(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
         other => panic!("{name}: {other:?}"),
     };
     (view.shape().to_vec(), values)
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Asserts exit status 2, one message mentioning every one of `needles`, and no output.
-fn fails_with(out: &Output, needles: &[&str], out_file: &Path) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(
-        !out_file.exists(),
-        "partial output left at {}",
-        out_file.display()
-    );
 }
 
 fn tmp() -> tempfile::TempDir {

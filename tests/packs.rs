@@ -10,8 +10,10 @@ use burn::prelude::*;
 use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
 use burn::tensor::{DType, TensorData};
 use common::{Goldens, MODELS, devices, model_dir, rel_l2, to_f64};
-use webdiffusion::model::{DirFiles, open_dir};
+use webdiffusion::component::Component;
+use webdiffusion::files::DirFiles;
 use webdiffusion::pack::convert::{convert, convert_single_file};
+use webdiffusion::pack::open_dir;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant::{BlockFormat, Precision, Scales};
 
@@ -175,8 +177,10 @@ fn packs_generate_within_limits() {
         for &(precision, limit) in LIMITS {
             let pack = convert_to(model, precision, dir.path());
             let files = open_dir(&pack).unwrap();
-            assert!(
-                files.pack().is_some(),
+            let unet = files.weights(Component::Unet, &Device::flex()).unwrap();
+            assert_eq!(
+                unet.choices,
+                [vec!["unet/shard-00000.bin".to_string()]],
                 "{} not read as a pack",
                 pack.display()
             );
@@ -202,7 +206,7 @@ fn quantized_weights_stay_quantized_on_the_device() {
     let pack = convert_to("sd1-tiny", Precision::Q4, dir.path());
     let files = open_dir(&pack).unwrap();
     for (name, device) in devices() {
-        let (_, unet) = webdiffusion::model::load_unet(&*files, &device, DType::F32).unwrap();
+        let (_, unet) = webdiffusion::load::unet(&*files, &device, DType::F32).unwrap();
         let mid = unet.mid_block.as_ref().unwrap();
         let block = &mid.attentions[0].transformer_blocks[0];
         for (layer, weight) in [

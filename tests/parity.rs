@@ -5,8 +5,10 @@ mod common;
 
 use burn::tensor::DType;
 use common::{Goldens, MODELS, assert_close, devices, model_dir, prompts};
-use webdiffusion::model::{self, DirFiles};
+use webdiffusion::files::DirFiles;
+use webdiffusion::load;
 use webdiffusion::models::unet::Residuals;
+use webdiffusion::weights::{ModuleLoader, SafetensorsReader, TensorReader};
 
 const TOL: f64 = 1e-4;
 
@@ -15,7 +17,7 @@ fn tokenizer_matches_transformers() {
     let prompts = prompts();
     for name in MODELS {
         let goldens = Goldens::load(name);
-        let tokenizer = model::load_tokenizer(&DirFiles(model_dir(name))).unwrap();
+        let tokenizer = load::tokenizer(&DirFiles(model_dir(name))).unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
             let ids = tokenizer.encode(prompt).unwrap();
             assert_eq!(
@@ -28,12 +30,29 @@ fn tokenizer_matches_transformers() {
 }
 
 #[test]
+fn built_in_tokenizers_match_transformers() {
+    // The shipped SD 1.5 / SD 2.1 tokenizers (vocab.json + merges.txt with each model's
+    // special tokens) encode as transformers does for the same family.
+    let prompts = prompts();
+    for (builtin, fixture) in [("sd15", "sd1-tiny"), ("sd21", "sd2-tiny")] {
+        let goldens = Goldens::load(fixture);
+        let files = webdiffusion::builtin::config(builtin).unwrap();
+        let tokenizer = load::tokenizer(&files).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let ids = tokenizer.encode(prompt).unwrap();
+            let golden = goldens.ids(&format!("input_ids.{i}"));
+            assert_eq!(ids, golden, "{builtin}: {prompt:?}");
+        }
+    }
+}
+
+#[test]
 fn text_encoder_matches_transformers() {
     for (dev_name, device) in devices() {
         for name in MODELS {
             let goldens = Goldens::load(name);
             let files = DirFiles(model_dir(name));
-            let (_, encoder) = model::load_text_encoder(&files, &device, DType::F32).unwrap();
+            let (_, encoder) = load::text_encoder(&files, &device, DType::F32).unwrap();
             let what = format!("{name} on {dev_name}");
             for i in 0..prompts().len() {
                 let ids = goldens
@@ -58,7 +77,7 @@ fn unet_matches_diffusers() {
         for name in MODELS {
             let goldens = Goldens::load(name);
             let files = DirFiles(model_dir(name));
-            let (_, unet) = model::load_unet(&files, &device, DType::F32).unwrap();
+            let (_, unet) = load::unet(&files, &device, DType::F32).unwrap();
             let sample = goldens.tensor::<4>("unet.sample", &device);
             let context = goldens.tensor::<3>("unet.encoder_hidden_states", &device);
             let what = format!("{name} on {dev_name}");
@@ -102,7 +121,7 @@ fn vae_matches_diffusers() {
         for name in MODELS {
             let goldens = Goldens::load(name);
             let files = DirFiles(model_dir(name));
-            let (config, vae) = model::load_vae(&files, &device, DType::F32).unwrap();
+            let (config, vae) = load::vae(&files, &device, DType::F32).unwrap();
             let what = format!("{name} on {dev_name}");
 
             let latents = goldens.tensor::<4>("vae.latents", &device);
@@ -127,11 +146,14 @@ fn weights_stream_in_small_pieces() {
         webdiffusion::config::parse("vae/config.json", &config_text).unwrap();
     let vae = webdiffusion::models::vae::AutoencoderKL::new(&config, "vae", &device).unwrap();
     let bytes = std::fs::read(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
-    let mut loader = webdiffusion::weights::StreamingLoader::new(vae, "vae", DType::F32);
+    let mut reader = SafetensorsReader::default();
+    let mut loader = ModuleLoader::new(vae, DType::F32);
+    reader.begin("vae").unwrap();
     for piece in bytes.chunks(7777) {
-        loader.push(piece).unwrap();
+        loader.apply(reader.push(piece).unwrap(), "vae").unwrap();
     }
-    let vae = loader.finish().unwrap();
+    loader.apply(reader.end().unwrap(), "vae").unwrap();
+    let vae = loader.finish("vae").unwrap();
     let latents = goldens.tensor::<4>("vae.latents", &device);
     let decoded = vae.decode(latents / config.scaling_factor);
     assert_close(&goldens, "vae.decoded", decoded, TOL, "streamed VAE");

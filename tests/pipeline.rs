@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 
 use burn::prelude::*;
 use common::{Goldens, MODELS, fixtures, model_dir, rel_l2, to_f64};
+use webdiffusion::files::DirFiles;
 use webdiffusion::image;
-use webdiffusion::model::DirFiles;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::schedulers::NoiseSource;
 

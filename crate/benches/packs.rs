@@ -12,10 +12,11 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, bridge};
 use burn::tensor::DType;
 use safetensors::{Dtype, SafeTensors};
-use webdiffusion::model::{DirFiles, ModelFiles, open_dir};
-use webdiffusion::models::unet::{UNet2DConditionModel, UNetConfig};
+use webdiffusion::files::{DirFiles, ModelFiles};
+use webdiffusion::models::unet::UNet2DConditionModel;
 use webdiffusion::pack::convert::{Policy, Storage, convert_with, storage};
 use webdiffusion::pack::matrix;
+use webdiffusion::pack::open_dir;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant::{Precision, Scales};
 
@@ -152,12 +153,14 @@ fn tiny_models(device: &Device) {
 
 /// The full-size SD 1.5 UNet with random weights, every tensor stored as a pack would.
 fn full_size_unet() {
-    let config: UNetConfig = serde_json::from_str(include_str!(
-        "../../tests/fixtures/configs/sd15/unet/config.json"
-    ))
-    .expect("config");
     let device = Device::flex();
-    let unet = UNet2DConditionModel::new(&config, "sd15 unet", &device).expect("unet");
+    let sd15 = webdiffusion::builtin::config("sd15").expect("built-in sd15");
+    let (_, unet) = webdiffusion::load::build::<UNet2DConditionModel>(
+        &sd15,
+        webdiffusion::component::Component::Unet,
+        &device,
+    )
+    .expect("unet");
     println!();
     println!(
         "| SD 1.5 UNet, random weights | bytes | MB | bytes/param | weight rel-L2 | seconds |"

@@ -10,12 +10,35 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// Parses `text` (the contents of `file`) as a config struct.
+/// Parses `text` (the contents of `file`) as a config struct. A value of the wrong type
+/// or an unknown enum value names its key (`components.unet.tensors[3].dtype`).
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| Error::Json {
+    let mut json = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| error(file, e))?;
+    json.end().map_err(|e| Error::Json {
         file: file.into(),
         message: e.to_string(),
-    })
+    })?;
+    Ok(value)
+}
+
+/// [`parse`] for JSON already read.
+pub fn parse_value<T: DeserializeOwned>(file: &str, value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| error(file, e))
+}
+
+fn error(file: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let key = e.path().to_string();
+    let data = e.inner().classify() == serde_json::error::Category::Data;
+    let message = e.inner().to_string();
+    if key == "." || !data {
+        Error::Json {
+            file: file.into(),
+            message,
+        }
+    } else {
+        Error::config(file, &key, message)
+    }
 }
 
 /// A value diffusers accepts either once for all blocks or once per block

@@ -1,11 +1,16 @@
 //! Stable Diffusion on burn: one implementation of the tokenizer, text encoder, UNet and VAE
 //! that runs on every burn device (CPU, Vulkan, WebGPU).
 
+#[cfg(not(target_family = "wasm"))]
+pub mod builtin;
+pub mod component;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod image;
-pub mod model;
+pub mod load;
+pub mod lora;
 pub mod models;
 pub mod noise;
 pub mod pack;

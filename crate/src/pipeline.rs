@@ -1,11 +1,17 @@
 //! Text-to-image and image-to-image: the algorithm of diffusers' StableDiffusionPipeline,
 //! reading like it. The pipeline holds the loaded networks; `generate` runs one request.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::component::Component;
 use crate::error::{Error, Result};
-use crate::model::{self, ModelFiles};
+use crate::files::ModelFiles;
+use crate::files::sha256_hex;
+use crate::load;
+use crate::lora::{self, Lora, LoraFile};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
@@ -13,6 +19,7 @@ use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::noise::Generator;
 use crate::schedulers::{self, NoiseSource, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
+use crate::weights::expected_tensors;
 
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
@@ -23,6 +30,41 @@ pub struct StableDiffusion {
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
+}
+
+/// What a pipeline is made of: the tokenizer, the networks (with or without their weights
+/// yet) and their configs. [`Parts::build`] reads and checks everything but the weights,
+/// which each edge then loads its own way (whole files natively, streamed in the browser),
+/// and [`StableDiffusion::from_parts`] assembles the result.
+pub struct Parts {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    pub vae: AutoencoderKL,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+}
+
+impl Parts {
+    /// Reads the configs and tokenizer of `files` and builds the networks, their weights
+    /// not yet loaded (nothing is allocated).
+    pub fn build(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+        let tokenizer = load::tokenizer(files)?;
+        let scheduler_config = load::scheduler_config(files)?;
+        let (_, text_encoder) = load::build(files, Component::TextEncoder, device)?;
+        let (unet_config, unet) = load::build(files, Component::Unet, device)?;
+        let (vae_config, vae) = load::build(files, Component::Vae, device)?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+        })
+    }
 }
 
 /// One generation. `Request::new(prompt)` gives the model's defaults.
@@ -50,6 +92,9 @@ pub struct Request {
     /// DDIM's η.
     pub eta: f64,
     pub clip_skip: usize,
+    /// LoRAs (see [`StableDiffusion::load_lora`]) with their scales, applied to the text
+    /// encoder and the UNet.
+    pub loras: Vec<(Arc<Lora>, f32)>,
 }
 
 impl Request {
@@ -70,30 +115,68 @@ impl Request {
             noise: None,
             eta: 0.0,
             clip_skip: 0,
+            loras: Vec::new(),
         }
     }
 }
 
 /// What `generate` returns.
 pub struct Generated {
+    pub settings: Settings,
     /// The final latents, before VAE decoding.
     pub latents: Tensor<4>,
     /// `[H, W, 3]` in [0, 1], as diffusers' `output_type="np"`.
     pub image: Tensor<3>,
 }
 
+/// What a generation runs with, every default resolved: what the result and the PNG's
+/// parameters report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Inference steps asked for (img2img runs the last `strength` of them).
+    pub steps: usize,
+    /// The scheduler's name (see `schedulers::SCHEDULERS`).
+    pub scheduler: String,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// img2img's strength; `None` for text-to-image.
+    pub strength: Option<f64>,
+}
+
 /// Called after each step with (step, total, current latents); returning `false` cancels.
 pub type OnStep<'a> = dyn FnMut(usize, usize, &Tensor<4>) -> bool + 'a;
 
 impl StableDiffusion {
+    /// Loads the pipeline `files` holds, its weights read whole.
     pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
         let dtype = DType::F32;
-        let tokenizer = model::load_tokenizer(files)?;
-        let (_, text_encoder) = model::load_text_encoder(files, device, dtype)?;
-        let (unet_config, unet) = model::load_unet(files, device, dtype)?;
-        let (vae_config, vae) = model::load_vae(files, device, dtype)?;
-        let scheduler_config = model::load_scheduler_config(files)?;
-        Ok(Self {
+        let mut parts = Parts::build(files, device)?;
+        parts.text_encoder = load::weights(
+            files,
+            Component::TextEncoder,
+            parts.text_encoder,
+            device,
+            dtype,
+        )?;
+        parts.unet = load::weights(files, Component::Unet, parts.unet, device, dtype)?;
+        parts.vae = load::weights(files, Component::Vae, parts.vae, device, dtype)?;
+        Ok(Self::from_parts(parts, device))
+    }
+
+    /// The pipeline made of `parts`, whose weights are loaded, running on `device`.
+    pub fn from_parts(parts: Parts, device: &Device) -> Self {
+        let Parts {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+        } = parts;
+        Self {
             tokenizer,
             text_encoder,
             unet,
@@ -102,7 +185,7 @@ impl StableDiffusion {
             vae_config,
             scheduler_config,
             device: device.clone(),
-        })
+        }
     }
 
     /// The scheduler the model ships with, or DDIM if its class is not one of ours.
@@ -120,9 +203,33 @@ impl StableDiffusion {
         self.unet_config.sample_size * self.vae_scale_factor()
     }
 
-    fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<3>> {
+    /// The weight matrices a LoRA may adapt, in the text encoder and the UNet.
+    pub fn lora_targets(&self) -> lora::Targets {
+        lora::Targets::from([
+            (Component::TextEncoder, expected_tensors(&self.text_encoder)),
+            (Component::Unet, expected_tensors(&self.unet)),
+        ])
+    }
+
+    /// Reads the LoRA file `bytes` (named `file` in messages) and matches it to this
+    /// pipeline's networks, on its device. `name` is how it is shown (A1111 uses the file
+    /// name without extension).
+    pub fn load_lora(&self, bytes: &[u8], file: &str, name: &str) -> Result<Lora> {
+        let parsed = LoraFile::parse(bytes, file)?;
+        let hash = sha256_hex(bytes)[..12].to_string();
+        Lora::new(&parsed, name, &hash, &self.lora_targets(), &self.device)
+    }
+
+    /// The text embeddings of `text` through `text_encoder` (the pipeline's, with the
+    /// request's LoRAs attached).
+    fn encode_prompt(
+        &self,
+        text_encoder: &ClipTextModel,
+        text: &str,
+        clip_skip: usize,
+    ) -> Result<Tensor<3>> {
         let ids = self.tokenizer.encode(text)?;
-        Ok(self.text_encoder.encode(&ids, clip_skip, &self.device))
+        Ok(text_encoder.encode(&ids, clip_skip, &self.device))
     }
 
     /// Runs `request` to the end, drawing all noise from its seed (native: it reads the
@@ -196,9 +303,11 @@ impl StableDiffusion {
             .time_cond_proj_dim
             .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, &self.device));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
-        let positive = self.encode_prompt(&request.prompt, request.clip_skip)?;
+        let text_encoder = lora::apply(&self.text_encoder, Component::TextEncoder, &request.loras);
+        let positive = self.encode_prompt(&text_encoder, &request.prompt, request.clip_skip)?;
         let context = if guided {
-            let negative = self.encode_prompt(&request.negative_prompt, request.clip_skip)?;
+            let negative =
+                self.encode_prompt(&text_encoder, &request.negative_prompt, request.clip_skip)?;
             Tensor::cat(vec![negative, positive], 0)
         } else {
             positive
@@ -239,8 +348,19 @@ impl StableDiffusion {
             }
         };
 
+        let settings = Settings {
+            steps,
+            scheduler: scheduler_name,
+            guidance: request.guidance,
+            seed: request.seed,
+            width,
+            height,
+            strength: request.init_image.as_ref().map(|_| request.strength),
+        };
         Ok(Generation {
             pipe: self,
+            unet: lora::apply(&self.unet, Component::Unet, &request.loras),
+            settings,
             scheduler,
             rng,
             latents,
@@ -283,6 +403,9 @@ impl StableDiffusion {
 /// A generation in progress: the scheduler's state and the current latents.
 pub struct Generation<'a> {
     pipe: &'a StableDiffusion,
+    /// The pipeline's UNet with the request's LoRAs attached.
+    unet: UNet2DConditionModel,
+    settings: Settings,
     scheduler: Box<dyn Scheduler>,
     rng: Box<dyn NoiseSource>,
     latents: Tensor<4>,
@@ -296,6 +419,10 @@ pub struct Generation<'a> {
 }
 
 impl Generation<'_> {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// UNet calls in this generation.
     pub fn total(&self) -> usize {
         self.scheduler.timesteps().len() - self.start
@@ -324,7 +451,7 @@ impl Generation<'_> {
             None => latents.clone(),
         };
         let input = self.scheduler.scale_model_input(input, i);
-        let output = self.pipe.unet.forward(
+        let output = self.unet.forward(
             input,
             t as f32,
             self.context.clone(),
@@ -352,6 +479,7 @@ impl Generation<'_> {
         let [_, c, h, w] = image.dims();
         let image = image.reshape([c, h, w]).permute([1, 2, 0]);
         Generated {
+            settings: self.settings,
             latents: self.latents,
             image,
         }

@@ -22,7 +22,8 @@ use half::f16;
 use crate::error::{Error, Result};
 
 /// What `convert --quant` produces: f16 everywhere, or block-quantized weight matrices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     F16,
     Q8,
@@ -78,6 +79,9 @@ pub enum Scales {
 }
 
 impl BlockFormat {
+    /// The block sizes packs use (`convert` writes 32 and 64).
+    pub const BLOCKS: [usize; 2] = [32, 64];
+
     pub fn new(bits: u32, block: usize) -> Self {
         Self { bits, block }
     }

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use burn::prelude::*;
 use safetensors::tensor::Dtype;
@@ -23,8 +24,14 @@ pub struct Goldens {
 }
 
 impl Goldens {
-    pub fn load(model: &str) -> Self {
-        let path = fixtures().join(format!("goldens/{model}.safetensors"));
+    /// `tests/fixtures/goldens/{name}.safetensors`.
+    pub fn load(name: &str) -> Self {
+        Self::file(&format!("goldens/{name}.safetensors"))
+    }
+
+    /// The golden file at `path` under `tests/fixtures`.
+    pub fn file(path: &str) -> Self {
+        let path = fixtures().join(path);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("goldens parse");
         let tensors = st
@@ -141,4 +148,36 @@ pub fn devices() -> Vec<(&'static str, Device)> {
         }
     }
     devices
+}
+
+/// Runs the CLI on the CPU backend.
+pub fn webdiffusion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args(args)
+        .args(["--backend", "cpu"])
+        .output()
+        .expect("run webdiffusion")
+}
+
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts exit status 2, one message mentioning every one of `needles`, and no output.
+pub fn fails_with(out: &Output, needles: &[&str], out_file: &Path) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        !out_file.exists(),
+        "partial output left at {}",
+        out_file.display()
+    );
 }

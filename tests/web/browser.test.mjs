@@ -42,9 +42,13 @@ test("generates the same latents as the native CLI, with progress", async () => 
     const steps = [];
     const r = await pipe.generate({ prompt: "a red fox", steps: 4, seed: 7, scheduler: "ddim",
       onStep: (s, t) => steps.push([s, t]) });
+    // With the scheduler left out, the result says which one ran: the model's own.
+    const own = await pipe.generate({ prompt: "a red fox", steps: 1, seed: 1 });
     return { latents: Array.from(r.latents), width: r.width, height: r.height, steps,
-      pixels: r.pixels.length, seed: r.seed, files: new Set(progress.map((p) => p.file)).size };
+      pixels: r.pixels.length, seed: r.seed, files: new Set(progress.map((p) => p.file)).size,
+      ran: [r.scheduler, r.steps, r.guidance, own.scheduler, own.steps, own.guidance] };
   }, { url: server.base + MODEL });
+  assert.deepEqual(out.ran, ["ddim", 4, 7.5, "pndm", 1, 7.5]);
   assert.deepEqual(out.steps, [[1, 4], [2, 4], [3, 4], [4, 4]]);
   assert.equal(out.pixels, out.width * out.height * 4);
   assert.equal(out.seed, 7);

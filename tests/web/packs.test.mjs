@@ -48,13 +48,21 @@ for (const model of MODELS) {
       const pipe = await window.webdiffusion.Pipeline.load(url, {});
       const r = await pipe.generate({ prompt, negativePrompt: negative, steps: 8, guidance: 7.5,
         scheduler: "ddim", latents: Float32Array.from(latents) });
-      return { pixels: Array.from(r.pixels), latents: Array.from(r.latents) };
+      const models = await window.webdiffusion.Pipeline.cachedModels();
+      return { pixels: Array.from(r.pixels), latents: Array.from(r.latents), models,
+        ran: { steps: r.steps, scheduler: r.scheduler, guidance: r.guidance } };
     }, { url: `${server.base}/packs/${model}-q4`, latents: Array.from(latents), prompt: PROMPT,
       negative: NEGATIVE });
     const fetched = server.log.slice(from).map((r) => r.path);
     assert.ok(fetched.includes(`/packs/${model}-q4/manifest.json`), "the manifest was fetched");
     assert.ok(fetched.includes(`/packs/${model}-q4/unet/shard-00000.bin`), "the shards were fetched");
     assert.ok(!fetched.some((p) => p.endsWith(".safetensors")), "no safetensors were asked for");
+    assert.deepEqual(out.ran, { steps: 8, scheduler: "ddim", guidance: 7.5 });
+    // The storage listing shows the pack as one model holding its manifest and shards.
+    const pack = out.models.filter((m) => m.url.includes(`/packs/${model}-q4`));
+    assert.equal(pack.length, 1, JSON.stringify(out.models.map((m) => m.url)));
+    assert.equal(pack[0].url, `${server.base}/packs/${model}-q4`);
+    assert.ok(pack[0].complete && pack[0].bytes > 0 && pack[0].files.length >= 4);
 
     const rgb = out.pixels.filter((_, i) => i % 4 !== 3).map((v) => v / 255);
     const err = relL2(Float32Array.from(rgb), readSafetensors(goldens, "ddim.image"));

@@ -1,6 +1,6 @@
 // The page: a form, progress, a live preview, a gallery and the storage panel. The model
 // runs in a Web Worker (the package's worker.js) so that the page never freezes.
-import type { CachedFile, GenerateOptions, GenerateResult, LoadProgress, SchedulerName } from "webdiffusion";
+import type { CachedModel, GenerateResult, LoadProgress, SchedulerName, WorkerGenerateOptions, WorkerMessage, WorkerRequest } from "webdiffusion";
 import { a1111Parameters, downloadStatus, formatBytes, latentsToRgba, withTextChunk } from "./lib";
 
 /** Model presets; the first is the tiny test model served with the app. */
@@ -35,24 +35,24 @@ model.onchange(new Event("change"));
 
 const worker = new Worker(new URL("../node_modules/webdiffusion/worker.js", import.meta.url), { type: "module" });
 let loadedUrl: string | null = null;
-const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+const pending = new Map<number, { resolve: (v: WorkerMessage) => void; reject: (e: Error) => void }>();
 let nextId = 0;
 const files = new Map<string, { loaded: number; total: number | null; start: number }>();
 let stepStart = 0;
 
 /** Sends a request to the worker; resolves with its reply. */
-function call(message: object): Promise<unknown> {
+function call(message: WorkerRequest): Promise<WorkerMessage> {
   const id = nextId++;
   return new Promise((resolve, reject) => {
     pending.set(id, { resolve, reject });
-    worker.postMessage({ ...message, id });
+    worker.postMessage({ ...message, id } satisfies WorkerRequest);
   });
 }
 
-worker.onmessage = ({ data }) => {
-  if (data.type === "progress") showDownload(data as LoadProgress & { type: string });
+worker.onmessage = ({ data }: MessageEvent<WorkerMessage>) => {
+  if (data.type === "progress") showDownload(data);
   else if (data.type === "step") showStep(data.step, data.total, data.latents);
-  else if (pending.has(data.id)) {
+  else if (data.id !== undefined && pending.has(data.id)) {
     const { resolve, reject } = pending.get(data.id)!;
     pending.delete(data.id);
     if (data.type !== "error") return resolve(data);
@@ -112,7 +112,7 @@ $<HTMLFormElement>("form").onsubmit = async (event) => {
       $("download").textContent += " · done";
     }
     const seed = numberOf("seed") ?? Math.floor(Math.random() * 2 ** 32);
-    const options: Omit<GenerateOptions, "onStep" | "signal"> = {
+    const options: WorkerGenerateOptions = {
       prompt: $<HTMLTextAreaElement>("prompt").value,
       negativePrompt: $<HTMLTextAreaElement>("negative").value,
       steps: numberOf("steps"),
@@ -124,8 +124,8 @@ $<HTMLFormElement>("form").onsubmit = async (event) => {
     };
     cancelButton.disabled = false;
     stepStart = performance.now();
-    const { result } = (await call({ type: "generate", options })) as { result: GenerateResult };
-    addToGallery(result, options);
+    const reply = await call({ type: "generate", options });
+    if (reply.type === "result") addToGallery(reply.result, options);
   } catch (e) {
     const err = e as Error;
     errorText.textContent = err.name === "AbortError" ? "Cancelled." : err.message;
@@ -138,15 +138,16 @@ $<HTMLFormElement>("form").onsubmit = async (event) => {
 
 cancelButton.onclick = () => worker.postMessage({ type: "abort" });
 
-async function addToGallery(result: GenerateResult, options: Omit<GenerateOptions, "onStep" | "signal">) {
+async function addToGallery(result: GenerateResult, options: WorkerGenerateOptions) {
   const canvas = document.createElement("canvas");
   canvas.width = result.width;
   canvas.height = result.height;
   canvas.getContext("2d")?.putImageData(new ImageData(result.pixels, result.width, result.height), 0, 0);
   const blob = await new Promise<Blob>((ok) => canvas.toBlob((b) => ok(b as Blob), "image/png"));
+  // What actually ran (the model's own scheduler, LCM's 4 steps, …), not what the form said.
   const parameters = a1111Parameters({
-    prompt: options.prompt, negativePrompt: options.negativePrompt ?? "", steps: options.steps ?? 20,
-    sampler: options.scheduler ?? "default", guidance: options.guidance ?? 7.5, seed: result.seed,
+    prompt: options.prompt, negativePrompt: options.negativePrompt ?? "", steps: result.steps,
+    sampler: result.scheduler, guidance: result.guidance, seed: result.seed,
     width: result.width, height: result.height, model: model.selectedOptions[0].text,
   });
   const png = withTextChunk(new Uint8Array(await blob.arrayBuffer()), "parameters", parameters);
@@ -169,13 +170,9 @@ async function addToGallery(result: GenerateResult, options: Omit<GenerateOption
 async function refreshStorage() {
   const estimate = await navigator.storage?.estimate?.();
   if (estimate?.quota) $("estimate").textContent = `Browser storage: ${formatBytes(estimate.usage ?? 0)} used of ${formatBytes(estimate.quota)}`;
-  const { cached } = (await call({ type: "cached" })) as { cached: CachedFile[] };
-  const models = new Map<string, number>();
-  for (const f of cached) {
-    const base = f.url.replace(/\/(unet|vae|text_encoder|tokenizer|scheduler)\/[^/]+$|\/model_index\.json$/, "");
-    models.set(base, (models.get(base) ?? 0) + (f.bytes ?? 0));
-  }
-  $("cached").replaceChildren(...[...models.entries()].map(([url, bytes]) => {
+  const reply = await call({ type: "cached" });
+  const models: CachedModel[] = reply.type === "cached" ? reply.cached : [];
+  $("cached").replaceChildren(...models.map(({ url, bytes }) => {
     const li = document.createElement("li");
     li.textContent = `${url} · ${formatBytes(bytes)} `;
     const del = document.createElement("button");

@@ -1,6 +1,8 @@
 //! `webdiffusion bench`: times the full-size SD 1.5 text encoder, UNet step and VAE decode
 //! with random weights built in memory, on one backend. Not a test: figures go in the README.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -8,20 +10,19 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, bridge};
 use burn::tensor::{DType, Distribution};
 
-use webdiffusion::config::parse;
+use webdiffusion::builtin;
+use webdiffusion::component::Component;
 use webdiffusion::device::{self, Backend};
 use webdiffusion::error::{Error, Result};
+use webdiffusion::load;
+use webdiffusion::lora::{self, Format, Layer, Lora, LoraFile, Stored, Target, Targets};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::unet::UNet2DConditionModel;
 use webdiffusion::models::vae::AutoencoderKL;
-use webdiffusion::pack::convert::{Policy, Storage, storage};
-use webdiffusion::pack::matrix;
-use webdiffusion::quant::{Precision, Scales};
-use webdiffusion::weights::ModuleLoader;
-
-const UNET: &str = include_str!("../../../tests/fixtures/configs/sd15/unet/config.json");
-const VAE: &str = include_str!("../../../tests/fixtures/configs/sd15/vae/config.json");
-const TEXT: &str = include_str!("../../../tests/fixtures/configs/sd15/text_encoder/config.json");
+use webdiffusion::pack::convert::{Policy, encode};
+use webdiffusion::pack::{TensorEntry, decode};
+use webdiffusion::quant::Precision;
+use webdiffusion::weights::{ModuleLoader, expected_tensors};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -41,10 +42,60 @@ pub struct BenchArgs {
     /// quantized weights stay quantized on the device.
     #[arg(long)]
     quant: Option<String>,
+    /// Also time the UNet step with a random LoRA of this rank on every attention and
+    /// feed-forward layer.
+    #[arg(long)]
+    lora_rank: Option<usize>,
 }
 
-/// `module` with its weights replaced by what a pack of `precision` holds: f16 weights as
-/// f16 values (computed in f32), quantized ones as quantized tensors on the device.
+/// A LoRA of `rank` with random factors on every attention projection and feed-forward
+/// layer of the network whose weight matrices are `targets`.
+fn random_lora(targets: &[(String, Vec<usize>)], rank: usize) -> LoraFile {
+    let mut noise = webdiffusion::noise::Generator::new(rank as u64);
+    let adapted = [
+        ".to_q.weight",
+        ".to_k.weight",
+        ".to_v.weight",
+        ".to_out.0.weight",
+        ".ff.net.0.proj.weight",
+        ".ff.net.2.weight",
+    ];
+    let mut layers = BTreeMap::new();
+    for (key, shape) in targets {
+        if !adapted.iter().any(|s| key.ends_with(s)) {
+            continue;
+        }
+        let (out, cols) = (shape[0], shape[1]);
+        let mut stored = |name: &str, shape: Vec<usize>| {
+            let values = noise
+                .normals(shape.iter().product())
+                .iter()
+                .map(|v| v * 0.01)
+                .collect();
+            Stored {
+                key: format!("{key}.{name}"),
+                shape,
+                values,
+            }
+        };
+        let layer = Layer {
+            down: stored("down", vec![rank, cols]),
+            up: stored("up", vec![out, rank]),
+            alpha: None,
+        };
+        let module = key.strip_suffix(".weight").expect("a weight").to_string();
+        layers.insert((Component::Unet, Target::Path(module)), layer);
+    }
+    LoraFile {
+        file: "bench LoRA".into(),
+        format: Format::Diffusers,
+        layers,
+    }
+}
+
+/// `module` with its weights replaced by what a pack of `precision` holds, encoded as
+/// `convert` writes them and decoded as the pack reader does: f16 weights as f16 values
+/// (computed in f32), quantized ones as quantized tensors on the device.
 fn as_pack<M: Module + ModuleSnapshot>(
     module: M,
     precision: Option<Precision>,
@@ -54,8 +105,9 @@ fn as_pack<M: Module + ModuleSnapshot>(
         return Ok(module);
     };
     let f16_scales = device.supports_dtype(DType::F16);
-    let mut tensors = Vec::new();
-    for tensor in module.collect(None, None, true) {
+    let snapshots = module.collect(None, None, true);
+    let mut loader = ModuleLoader::new(module, DType::F32);
+    for tensor in snapshots {
         let data = bridge::to_data(&tensor)
             .map_err(|e| Error::Backend(format!("reading {}: {e}", tensor.name)))?;
         let values = data
@@ -63,25 +115,19 @@ fn as_pack<M: Module + ModuleSnapshot>(
             .try_into_vec::<f32>()
             .map_err(|e| Error::Backend(format!("reading {}: {e:?}", tensor.name)))?;
         let shape: Vec<usize> = tensor.shape.iter().copied().collect();
-        let data = match storage(&tensor.name, &shape, precision, Policy::Pack) {
-            Storage::F16 => {
-                let rounded: Vec<f32> = values
-                    .iter()
-                    .map(|v| half::f16::from_f32(*v).to_f32())
-                    .collect();
-                TensorData::new(rounded, shape)
-            }
-            Storage::Quant(format) => {
-                let [rows, cols] = matrix(&shape);
-                let bytes = format.quantize(&values, rows, cols, Scales::Search);
-                format.tensor_data(&bytes, rows, cols, f16_scales)
-            }
+        let encoded = encode(&tensor.name, &shape, &values, precision, Policy::Pack);
+        let entry = TensorEntry {
+            name: tensor.name.clone(),
+            shape,
+            dtype: encoded.dtype,
+            quant: encoded.quant,
+            shard: 0,
+            offset: 0,
+            length: encoded.bytes.len() as u64,
         };
-        tensors.push((tensor.name.clone(), data));
+        loader.apply(decode(&entry, &encoded.bytes, f16_scales), "bench weights")?;
     }
-    let mut loader = ModuleLoader::new(module, "bench weights", DType::F32);
-    loader.apply_data(tensors)?;
-    loader.finish()
+    loader.finish("bench weights")
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -95,18 +141,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rand =
         |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
 
-    let text = ClipTextModel::new(
-        &parse("sd15 text_encoder", TEXT)?,
-        "sd15 text_encoder",
-        &device,
-    )?;
+    let sd15 = builtin::config("sd15").expect("built-in sd15");
+    let (_, text) = load::build::<ClipTextModel>(&sd15, Component::TextEncoder, &device)?;
     let text = as_pack(text, precision, &device)?;
     let ids =
         Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64; 2 * 77], [2, 77]), &device);
     let ms = time(iters, || text.forward(ids.clone(), 0).into_data());
     println!("text encoder, batch 2 × 77 tokens: {ms:.1} ms");
 
-    let unet = UNet2DConditionModel::new(&parse("sd15 unet", UNET)?, "sd15 unet", &device)?;
+    let (_, unet) = load::build::<UNet2DConditionModel>(&sd15, Component::Unet, &device)?;
     let unet = as_pack(unet, precision, &device)?;
     let sample = rand([2, 4, latent, latent]);
     let context = Tensor::<3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device);
@@ -115,9 +158,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .into_data()
     });
     println!("UNet step, batch 2 (CFG), {latent}×{latent} latents: {ms:.1} ms");
+    if let Some(rank) = args.lora_rank {
+        let targets = Targets::from([(Component::Unet, expected_tensors(&unet))]);
+        let file = random_lora(&targets[&Component::Unet], rank);
+        let lora = Arc::new(Lora::new(&file, "bench", "", &targets, &device)?);
+        let layers = lora.layers(Component::Unet);
+        let adapted = lora::apply(&unet, Component::Unet, &[(lora, 1.0)]);
+        let with = time(iters, || {
+            adapted
+                .forward(sample.clone(), 500.0, context.clone(), None, None)
+                .into_data()
+        });
+        println!(
+            "UNet step with a rank-{rank} LoRA on {layers} attention and feed-forward layers: \
+             {with:.1} ms ({:+.1}%)",
+            (with / ms - 1.0) * 100.0
+        );
+    }
 
     if !args.no_vae {
-        let vae = AutoencoderKL::new(&parse("sd15 vae", VAE)?, "sd15 vae", &device)?;
+        let (_, vae) = load::build::<AutoencoderKL>(&sd15, Component::Vae, &device)?;
         let vae = as_pack(vae, precision, &device)?;
         let z = rand([1, 4, latent, latent]);
         let ms = time(iters, || vae.decode(z.clone()).into_data());

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use webdiffusion::builtin;
 use webdiffusion::error::{Error, Result};
-use webdiffusion::model::{DirFiles, ModelFiles};
+use webdiffusion::files::{DirFiles, ModelFiles};
 use webdiffusion::pack::convert::{ComponentReport, convert, convert_single_file};
-use webdiffusion::pack::{builtin, single_file};
+use webdiffusion::pack::single_file;
 use webdiffusion::quant::Precision;
 
 #[derive(clap::Args)]

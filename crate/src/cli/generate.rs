@@ -8,7 +8,7 @@ use burn::tensor::DType;
 
 use webdiffusion::error::{Error, Result};
 use webdiffusion::image;
-use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::pipeline::{Request, Settings, StableDiffusion};
 
 use super::io::{self, Output};
 use super::{Common, open};
@@ -46,6 +46,8 @@ pub struct GenerateArgs {
     height: Option<usize>,
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    #[command(flatten)]
+    loras: super::lora::LoraArgs,
     /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
     #[arg(long)]
     latents: Option<PathBuf>,
@@ -103,10 +105,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
 
     let pipe = StableDiffusion::load(&*files, &device)?;
-    let scheduler = request
-        .scheduler
-        .clone()
-        .unwrap_or_else(|| pipe.default_scheduler().into());
+    request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
     let mut progress = Progress::new();
     let generated = pipe.generate(&request, &mut |step, total, _| {
         progress.update(step, total);
@@ -117,7 +116,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(path) = &args.out_tensor {
         io::write_safetensors(
             path,
-            &[
+            vec![
                 Output::f32("image", generated.image.clone())?,
                 Output::f32("latents", generated.latents.clone().cast(DType::F32))?,
             ],
@@ -129,18 +128,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, Some(_)) => None,
     };
     if let Some(out) = out {
-        let [h, w, _] = generated.image.dims();
-        let parameters = format!(
-            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {scheduler}, CFG scale: {}, Seed: {seed}, Size: {w}x{h}, Model: {}",
-            args.prompt,
-            args.negative_prompt,
-            request.steps.map_or("default".into(), |s| s.to_string()),
-            args.guidance,
-            args.common.model.file_name().map_or_else(
-                || args.common.model.display().to_string(),
-                |n| n.to_string_lossy().into_owned()
-            ),
+        let model = args.common.model.file_name().map_or_else(
+            || args.common.model.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
         );
+        let parameters = a1111_parameters(&request, &generated.settings, &model);
         let png = image::encode_png(
             &image::tensor_to_image(generated.image)?,
             &[("parameters", &parameters)],
@@ -149,6 +141,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("seed {seed}: wrote {}", out.display());
     }
     Ok(())
+}
+
+/// The generation's parameters as AUTOMATIC1111 writes them into a PNG's `parameters`.
+fn a1111_parameters(request: &Request, settings: &Settings, model: &str) -> String {
+    let (lora_tags, lora_hashes) = super::lora::a1111(&request.loras);
+    let mut fields = vec![
+        format!("Steps: {}", settings.steps),
+        format!("Sampler: {}", settings.scheduler),
+        format!("CFG scale: {}", settings.guidance),
+        format!("Seed: {}", settings.seed),
+        format!("Size: {}x{}", settings.width, settings.height),
+        format!("Model: {model}"),
+    ];
+    if let Some(strength) = settings.strength {
+        fields.push(format!("Denoising strength: {strength}"));
+    }
+    fields.extend(lora_hashes);
+    format!(
+        "{}{lora_tags}\nNegative prompt: {}\n{}",
+        request.prompt,
+        request.negative_prompt,
+        fields.join(", ")
+    )
 }
 
 fn random_seed() -> u64 {

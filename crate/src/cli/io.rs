@@ -5,9 +5,11 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
 use webdiffusion::error::{Error, Result};
+use webdiffusion::weights::floats;
+use webdiffusion::weights::safetensors::{SafetensorsFile, serialize};
 
 /// A tensor to write: name, shape, and its values as little-endian bytes.
 pub struct Output {
@@ -44,17 +46,12 @@ impl Output {
 }
 
 /// Writes `tensors` to `path` as safetensors, atomically.
-pub fn write_safetensors(path: &Path, tensors: &[Output]) -> Result<()> {
-    let views = tensors
-        .iter()
-        .map(|t| {
-            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::io(path.display(), e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::io(path.display(), e))?;
-    write_atomic(path, &bytes)
+pub fn write_safetensors(path: &Path, tensors: Vec<Output>) -> Result<()> {
+    let tensors: Vec<_> = tensors
+        .into_iter()
+        .map(|t| (t.name, t.dtype, t.shape, t.bytes))
+        .collect();
+    write_atomic(path, &serialize(&tensors)?)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -74,30 +71,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4>> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(&file, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
-        file: file.clone(),
-        message: e.to_string(),
-    })?;
-    let view = st.tensor(name).map_err(|_| Error::MissingTensor {
+    let st = SafetensorsFile::parse(&bytes, &file)?;
+    let (info, data) = st.get(name).ok_or_else(|| Error::MissingTensor {
         file: file.clone(),
         key: name.into(),
     })?;
-    let shape: [usize; 4] = view.shape().try_into().map_err(|_| {
+    let shape: [usize; 4] = info.shape.clone().try_into().map_err(|_| {
         Error::io(
             &file,
-            format!(
-                "`{name}` has shape {:?}, expected 4 dimensions",
-                view.shape()
-            ),
+            format!("`{name}` has shape {:?}, expected 4 dimensions", info.shape),
         )
     })?;
-    let values = webdiffusion::weights::floats(view.dtype(), view.data()).ok_or_else(|| {
+    let values = floats(info.dtype, data).ok_or_else(|| {
         Error::io(
             &file,
-            format!(
-                "`{name}` has dtype {:?}, expected a float type",
-                view.dtype()
-            ),
+            format!("`{name}` has dtype {:?}, expected a float type", info.dtype),
         )
     })?;
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {

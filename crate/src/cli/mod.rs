@@ -5,6 +5,7 @@ mod bench;
 mod convert;
 mod generate;
 mod io;
+mod lora;
 
 use std::path::PathBuf;
 
@@ -12,10 +13,13 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 
+use webdiffusion::component::Component;
 use webdiffusion::device::{self, Backend};
 use webdiffusion::error::{Error, Result};
-use webdiffusion::image;
-use webdiffusion::model::{self, ModelFiles};
+use webdiffusion::files::ModelFiles;
+use webdiffusion::models::unet::UNet2DConditionModel;
+use webdiffusion::weights::expected_tensors;
+use webdiffusion::{image, load, pack};
 
 use io::Output;
 
@@ -48,6 +52,8 @@ enum Command {
         /// Skip this many final layers of the text encoder (diffusers' clip_skip).
         #[arg(long, default_value_t = 0)]
         clip_skip: usize,
+        #[command(flatten)]
+        loras: lora::LoraArgs,
         /// Writes `input_ids` (i64 [1,77]) and `prompt_embeds` (f32 [1,77,D]).
         #[arg(long)]
         out: PathBuf,
@@ -87,11 +93,22 @@ pub fn run(cli: Cli) -> Result<()> {
             common,
             prompt,
             clip_skip,
+            loras,
             out,
         } => {
             let (files, device) = open(&common)?;
-            let tokenizer = model::load_tokenizer(&*files)?;
-            let (_, text_encoder) = model::load_text_encoder(&*files, &device, DType::F32)?;
+            let tokenizer = load::tokenizer(&*files)?;
+            let (_, text_encoder) = load::text_encoder(&*files, &device, DType::F32)?;
+            // A LoRA file also adapts the UNet: its layers are matched against the UNet's
+            // (built from its config, weights not loaded) so that a wrong file is refused.
+            let (_, unet) = load::build::<UNet2DConditionModel>(&*files, Component::Unet, &device)?;
+            let targets = webdiffusion::lora::Targets::from([
+                (Component::TextEncoder, expected_tensors(&text_encoder)),
+                (Component::Unet, expected_tensors(&unet)),
+            ]);
+            let loras = lora::load(&loras, &targets, &device)?;
+            let text_encoder =
+                webdiffusion::lora::apply(&text_encoder, Component::TextEncoder, &loras);
             if clip_skip >= text_encoder.num_layers() {
                 return Err(Error::invalid(
                     "--clip-skip",
@@ -106,7 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
             io::write_safetensors(
                 &out,
-                &[
+                vec![
                     Output::i64("input_ids", vec![1, ids.len()], &ids),
                     Output::f32("prompt_embeds", embeds)?,
                 ],
@@ -119,7 +136,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let (files, device) = open(&common)?;
             let latents = io::read_tensor4(&latents, "latents", &device)?;
-            let (config, vae) = model::load_vae(&*files, &device, DType::F32)?;
+            let (config, vae) = load::vae(&*files, &device, DType::F32)?;
             let [_, c, _, _] = latents.dims();
             if c != config.latent_channels {
                 return Err(Error::invalid(
@@ -131,12 +148,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let image = vae.decode(latents / config.scaling_factor);
-            io::write_safetensors(&out, &[Output::f32("image", image)?])
+            io::write_safetensors(&out, vec![Output::f32("image", image)?])
         }
         Command::VaeEncode { common, image, out } => {
             let (files, device) = open(&common)?;
             let png = image::read_png(&image)?;
-            let (config, vae) = model::load_vae(&*files, &device, DType::F32)?;
+            let (config, vae) = load::vae(&*files, &device, DType::F32)?;
             let f = config.scale_factor();
             if png.width % f != 0 || png.height % f != 0 {
                 return Err(Error::invalid(
@@ -150,13 +167,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let posterior = vae.encode(image::image_to_tensor(&png, &device));
-            io::write_safetensors(&out, &[Output::f32("mean", posterior.mean)?])
+            io::write_safetensors(&out, vec![Output::f32("mean", posterior.mean)?])
         }
     }
 }
 
 pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device)> {
-    let files = model::open_dir(&common.model)?;
+    let files = pack::open_dir(&common.model)?;
     let (_, device) = device::open(common.backend)?;
     Ok((files, device))
 }

@@ -1,7 +1,9 @@
-//! The three networks of Stable Diffusion and the blocks they share.
+//! The networks of Stable Diffusion (and the ControlNet that steers it) and the blocks
+//! they share.
 
 pub mod attention;
 pub mod clip;
+pub mod controlnet;
 pub mod embeddings;
 pub mod layers;
 pub mod resnet;

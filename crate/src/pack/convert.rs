@@ -13,40 +13,24 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 use super::shards::ShardWriter;
 use super::single_file::Layout;
 use super::{
-    COMPONENTS, Component, FORMAT, MANIFEST, Manifest, QuantEntry, TensorEntry, VERSION, matrix,
+    ComponentEntry, FORMAT, MANIFEST, Manifest, QuantEntry, ScaleDType, StoredDType, TensorEntry,
+    VERSION, matrix,
 };
+use crate::component::{Component, TOKENIZER_TEXT, pipeline_configs};
 use crate::error::{Error, Result};
-use crate::model::{self, ModelFiles};
+use crate::files::ModelFiles;
+use crate::load;
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
 use crate::quant::{BlockFormat, Precision, Scales};
+use crate::weights::safetensors::SafetensorsFile;
 use crate::weights::{check_tensors, expected_tensors, floats};
-
-/// Config files a pack carries, when the source has them.
-const CONFIGS: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/special_tokens_map.json",
-];
-const REQUIRED: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-];
-const TOKENIZER: &[&str] = &[
-    "tokenizer/tokenizer.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-];
 
 /// One tensor to write, borrowed from the source file and named as in diffusers.
 #[derive(Clone)]
@@ -55,6 +39,17 @@ pub struct Source<'a> {
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     pub data: &'a [u8],
+}
+
+impl<'a> From<(&crate::weights::safetensors::TensorInfo, &'a [u8])> for Source<'a> {
+    fn from((info, data): (&crate::weights::safetensors::TensorInfo, &'a [u8])) -> Self {
+        Source {
+            name: info.name.clone(),
+            shape: info.shape.clone(),
+            dtype: info.dtype,
+            data,
+        }
+    }
 }
 
 /// What one component became.
@@ -89,6 +84,49 @@ impl Policy {
         match self {
             Policy::Pack => Scales::Search,
             Policy::PlainAbsMax32 => Scales::AbsMax,
+        }
+    }
+}
+
+/// A tensor as a pack stores it.
+pub struct Encoded {
+    pub dtype: StoredDType,
+    pub quant: Option<QuantEntry>,
+    pub bytes: Vec<u8>,
+}
+
+/// Tensor `name` of `shape` with `values` as `convert --quant precision` stores it.
+pub fn encode(
+    name: &str,
+    shape: &[usize],
+    values: &[f32],
+    precision: Precision,
+    policy: Policy,
+) -> Encoded {
+    match storage(name, shape, precision, policy) {
+        Storage::F16 => Encoded {
+            dtype: StoredDType::F16,
+            quant: None,
+            bytes: values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        },
+        Storage::Quant(format) => {
+            let [rows, cols] = matrix(shape);
+            Encoded {
+                dtype: if format.bits == 8 {
+                    StoredDType::Q8
+                } else {
+                    StoredDType::Q4
+                },
+                quant: Some(QuantEntry {
+                    bits: format.bits,
+                    block: format.block,
+                    scale: ScaleDType::F16,
+                }),
+                bytes: format.quantize(values, rows, cols, policy.scales()),
+            }
         }
     }
 }
@@ -178,49 +216,56 @@ fn temporary(out: &Path) -> PathBuf {
 }
 
 /// Each component's tensors (checkpoint key, shape) as its config describes them.
-type Expected = BTreeMap<&'static str, Vec<(String, Vec<usize>)>>;
+type Expected = BTreeMap<Component, Vec<(String, Vec<usize>)>>;
 
 /// The manifest without components, after checking that the configs and tokenizer load,
 /// and the tensors the configs describe.
 fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest, Expected)> {
     let mut configs = BTreeMap::new();
-    for path in CONFIGS {
-        let Some(text) = src.read_text(path)? else {
-            if REQUIRED.contains(path) {
-                return Err(Error::io(src.display(path), "not found"));
+    for (path, required) in pipeline_configs() {
+        let Some(text) = src.read_text(&path)? else {
+            if required {
+                return Err(Error::io(src.display(&path), "not found"));
             }
             continue;
         };
-        let value: serde_json::Value = crate::config::parse(&src.display(path), &text)?;
-        configs.insert(path.to_string(), value);
+        let value: serde_json::Value = crate::config::parse(&src.display(&path), &text)?;
+        configs.insert(path, value);
     }
     let mut tokenizer = BTreeMap::new();
-    for path in TOKENIZER {
+    for path in TOKENIZER_TEXT {
         if let Some(text) = src.read_text(path)? {
             tokenizer.insert(path.to_string(), text);
         }
     }
     // Everything a loader will check, checked now: the tokenizer builds, the configs
     // describe networks this crate runs.
-    model::load_tokenizer(src)?;
-    model::load_scheduler_config(src)?;
+    load::tokenizer(src)?;
+    load::scheduler_config(src)?;
     // The networks are built lazily: nothing is allocated to learn their shapes.
     let device = burn::prelude::Device::flex();
     let expected = BTreeMap::from([
         (
-            "text_encoder",
-            expected_tensors(&model::build_text_encoder(src, &device)?.1),
+            Component::TextEncoder,
+            expected_tensors(
+                &load::build::<ClipTextModel>(src, Component::TextEncoder, &device)?.1,
+            ),
         ),
         (
-            "unet",
-            expected_tensors(&model::build_unet(src, &device)?.1),
+            Component::Unet,
+            expected_tensors(
+                &load::build::<UNet2DConditionModel>(src, Component::Unet, &device)?.1,
+            ),
         ),
-        ("vae", expected_tensors(&model::build_vae(src, &device)?.1)),
+        (
+            Component::Vae,
+            expected_tensors(&load::build::<AutoencoderKL>(src, Component::Vae, &device)?.1),
+        ),
     ]);
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
-        quant: precision.name().into(),
+        quant: precision,
         configs,
         tokenizer,
         components: BTreeMap::new(),
@@ -236,25 +281,11 @@ fn write(
     dir: &Path,
 ) -> Result<Vec<ComponentReport>> {
     let mut reports = Vec::new();
-    for component in COMPONENTS {
-        let stem = if *component == "text_encoder" {
-            "model"
-        } else {
-            "diffusion_pytorch_model"
-        };
-        let candidates = model::weight_candidates(component, stem);
-        let (path, bytes) = src.first_of(&[&candidates[0], &candidates[1]])?;
+    for component in Component::PIPELINE {
+        let (path, bytes) = weight_file(src, component)?;
         let file = src.display(&path);
-        let st = parse(&bytes, &file)?;
-        let sources = st
-            .iter()
-            .map(|(name, view)| Source {
-                name: name.to_string(),
-                shape: view.shape().to_vec(),
-                dtype: view.dtype(),
-                data: view.data(),
-            })
-            .collect();
+        let st = SafetensorsFile::parse(&bytes, &file)?;
+        let sources = st.tensors().map(Source::from).collect();
         let (entry, report) = write_component(
             expected,
             sources,
@@ -263,18 +294,25 @@ fn write(
             (precision, policy),
             dir,
         )?;
-        manifest.components.insert(component.to_string(), entry);
+        manifest.components.insert(component, entry);
         reports.push(report);
     }
     finish_manifest(&manifest, dir)?;
     Ok(reports)
 }
 
-fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
-        file: file.into(),
-        message: e.to_string(),
-    })
+/// The first of `component`'s weight files that exists, with its path.
+fn weight_file(src: &dyn ModelFiles, component: Component) -> Result<(String, Vec<u8>)> {
+    let candidates = component.weight_files(false);
+    for path in &candidates {
+        if let Some(bytes) = src.read(path)? {
+            return Ok((path.clone(), bytes));
+        }
+    }
+    Err(Error::io(
+        src.display(&candidates[0]),
+        format!("not found (also tried {})", candidates[1]),
+    ))
 }
 
 fn finish_manifest(manifest: &Manifest, dir: &Path) -> Result<()> {
@@ -295,7 +333,7 @@ pub fn convert_single_file(
     let (mut manifest, expected) = read_configs(config, precision)?;
     let file = checkpoint.display().to_string();
     let bytes = std::fs::read(checkpoint).map_err(|e| Error::io(&file, e))?;
-    let st = parse(&bytes, &file)?;
+    let st = SafetensorsFile::parse(&bytes, &file)?;
     let count = |path: &str, key: &str, default: usize| {
         let value = &manifest.configs[path][key];
         value
@@ -312,12 +350,12 @@ pub fn convert_single_file(
     let mut components = super::single_file::components(&st, &file, &layout)?;
     write_new_folder(out, |dir| {
         let mut reports = Vec::new();
-        for component in COMPONENTS {
-            let sources = components.remove(component).unwrap_or_default();
+        for component in Component::PIPELINE {
+            let sources = components.remove(&component).unwrap_or_default();
             let policy = (precision, Policy::Pack);
             let (entry, report) =
                 write_component(&expected, sources, &file, component, policy, dir)?;
-            manifest.components.insert(component.to_string(), entry);
+            manifest.components.insert(component, entry);
             reports.push(report);
         }
         finish_manifest(&manifest, dir)?;
@@ -329,15 +367,15 @@ fn write_component(
     expected: &Expected,
     mut sources: Vec<Source>,
     file: &str,
-    component: &str,
+    component: Component,
     (precision, policy): (Precision, Policy),
     dir: &Path,
-) -> Result<(Component, ComponentReport)> {
+) -> Result<(ComponentEntry, ComponentReport)> {
     let shapes: Vec<(String, Vec<usize>)> = sources
         .iter()
         .map(|s| (s.name.clone(), s.shape.clone()))
         .collect();
-    check_tensors(&expected[component], &shapes, file)?;
+    check_tensors(&expected[&component], &shapes, file)?;
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(pair) = sources.windows(2).find(|p| p[0].name == p[1].name) {
         return Err(Error::Safetensors {
@@ -345,10 +383,10 @@ fn write_component(
             message: format!("two tensors are named `{}`", pair[0].name),
         });
     }
-    let mut shards = ShardWriter::new(dir, component);
+    let mut shards = ShardWriter::new(dir, component.name());
     let mut tensors = Vec::new();
     let mut report = ComponentReport {
-        component: component.into(),
+        component: component.name().into(),
         ..Default::default()
     };
     for Source {
@@ -365,26 +403,14 @@ fn write_component(
             file: file.into(),
             message: format!("tensor `{name}` is {dtype:?}; expected F32, F16 or BF16"),
         })?;
-        let (dtype, quant, bytes) = match storage(&name, &shape, precision, policy) {
-            Storage::F16 => {
-                let bytes: Vec<u8> = values
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect();
-                ("f16".to_string(), None, bytes)
-            }
-            Storage::Quant(format) => {
-                let [rows, cols] = matrix(&shape);
-                let bytes = format.quantize(&values, rows, cols, policy.scales());
-                report.quantized += 1;
-                let quant = QuantEntry {
-                    bits: format.bits,
-                    block: format.block,
-                    scale: "f16".into(),
-                };
-                (format!("q{}", format.bits), Some(quant), bytes)
-            }
-        };
+        let Encoded {
+            dtype: stored,
+            quant,
+            bytes,
+        } = encode(&name, &shape, &values, precision, policy);
+        if quant.is_some() {
+            report.quantized += 1;
+        }
         let (shard, offset) = shards.add(&bytes)?;
         report.tensors += 1;
         report.params += values.len() as u64;
@@ -393,7 +419,7 @@ fn write_component(
         tensors.push(TensorEntry {
             name,
             shape,
-            dtype,
+            dtype: stored,
             quant,
             shard,
             offset: offset as u64,
@@ -401,5 +427,5 @@ fn write_component(
         });
     }
     let shards = shards.finish()?;
-    Ok((Component { shards, tensors }, report))
+    Ok((ComponentEntry { shards, tensors }, report))
 }

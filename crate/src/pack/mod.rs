@@ -10,217 +10,34 @@
 //! A component's shards read one after another form one stream; a tensor larger than a
 //! shard continues into the next. Quantized bytes are laid out as `quant` describes.
 //!
-//! Loading checks every shard's sha256 before any tensor in it is used.
+//! A pack is one more source of model files ([`PackFiles`]): configs come from the
+//! manifest, weights from the shards, each checked against its sha256 before any tensor in
+//! it is used.
 
 #[cfg(not(target_family = "wasm"))]
-pub mod builtin;
-#[cfg(not(target_family = "wasm"))]
 pub mod convert;
-mod loader;
+mod manifest;
+mod reader;
 #[cfg(not(target_family = "wasm"))]
 mod shards;
 #[cfg(not(target_family = "wasm"))]
 pub mod single_file;
 
-pub use loader::{PackLoader, load_component, sha256_hex};
+pub use manifest::{
+    ComponentEntry, FORMAT, MANIFEST, Manifest, QuantEntry, ScaleDType, Shard, StoredDType,
+    TensorEntry, VERSION, matrix,
+};
+pub use reader::{ShardReader, decode};
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use burn::prelude::Device;
+use burn::tensor::DType;
 
+use crate::component::Component;
 use crate::error::{Error, Result};
-use crate::model::ModelFiles;
-use crate::quant::BlockFormat;
+use crate::files::{ModelFiles, WeightFiles};
 
-pub const FORMAT: &str = "webdiffusion-pack";
-pub const VERSION: u32 = 1;
-pub const MANIFEST: &str = "manifest.json";
 /// The largest shard: what a browser fetches, hashes and caches as one piece.
 pub const SHARD_BYTES: usize = 64 << 20;
-/// The components a pack holds, in loading order.
-pub const COMPONENTS: &[&str] = &["text_encoder", "unet", "vae"];
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    pub version: u32,
-    /// `f16`, `q8` or `q4`: what `convert --quant` was given.
-    pub quant: String,
-    /// `model_index.json`, `unet/config.json`, … as JSON.
-    pub configs: BTreeMap<String, serde_json::Value>,
-    /// `tokenizer/vocab.json`, `tokenizer/merges.txt` or `tokenizer/tokenizer.json`, as text.
-    pub tokenizer: BTreeMap<String, String>,
-    pub components: BTreeMap<String, Component>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Component {
-    pub shards: Vec<Shard>,
-    pub tensors: Vec<TensorEntry>,
-}
-
-impl Component {
-    /// Where each shard starts in the component's stream.
-    pub fn shard_starts(&self) -> Vec<u64> {
-        self.shards
-            .iter()
-            .scan(0u64, |at, s| {
-                let start = *at;
-                *at = at.saturating_add(s.bytes);
-                Some(start)
-            })
-            .collect()
-    }
-
-    /// Where `tensor` starts in the stream, `None` if its shard does not exist.
-    pub fn start(&self, starts: &[u64], tensor: &TensorEntry) -> Option<u64> {
-        Some(starts.get(tensor.shard)?.saturating_add(tensor.offset))
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Shard {
-    /// Path relative to the pack root.
-    pub file: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TensorEntry {
-    /// The checkpoint key (diffusers naming).
-    pub name: String,
-    pub shape: Vec<usize>,
-    /// `f32`, `f16`, `q8` or `q4`.
-    pub dtype: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quant: Option<QuantEntry>,
-    pub shard: usize,
-    pub offset: u64,
-    pub length: u64,
-}
-
-/// How a quantized tensor's bytes are laid out (see `quant`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuantEntry {
-    pub bits: u32,
-    pub block: usize,
-    /// Always `f16`.
-    pub scale: String,
-}
-
-impl QuantEntry {
-    pub fn format(&self) -> BlockFormat {
-        BlockFormat::new(self.bits, self.block)
-    }
-}
-
-impl Manifest {
-    /// Parses and checks `manifest.json` (named `file` in errors).
-    pub fn parse(file: &str, text: &str) -> Result<Self> {
-        let manifest: Manifest = crate::config::parse(file, text)?;
-        let bad = |key: &str, message: String| Err(Error::config(file, key, message));
-        if manifest.format != FORMAT {
-            return bad(
-                "format",
-                format!("is {:?}, expected {FORMAT:?}", manifest.format),
-            );
-        }
-        if manifest.version != VERSION {
-            return bad(
-                "version",
-                format!(
-                    "is {}; this build reads version {VERSION} (convert the model again)",
-                    manifest.version
-                ),
-            );
-        }
-        for name in COMPONENTS {
-            let Some(component) = manifest.components.get(*name) else {
-                return bad("components", format!("has no {name:?}"));
-            };
-            for shard in &component.shards {
-                let inside = !shard.file.starts_with('/')
-                    && !shard.file.contains('\\')
-                    && shard
-                        .file
-                        .split('/')
-                        .all(|p| !p.is_empty() && p != "." && p != "..");
-                if !inside {
-                    return bad(
-                        &format!("components.{name}.shards"),
-                        format!("{:?} is not a path inside the pack", shard.file),
-                    );
-                }
-            }
-            let total: u64 = component.shards.iter().map(|s| s.bytes).sum();
-            let starts = component.shard_starts();
-            let mut ranges = Vec::new();
-            for t in &component.tensors {
-                let start = component.start(&starts, t).unwrap_or(u64::MAX);
-                let end = start.saturating_add(t.length);
-                if end > total {
-                    return bad(
-                        &format!("components.{name}.tensors"),
-                        format!("`{}` lies outside the component's shards", t.name),
-                    );
-                }
-                ranges.push((start, end, &t.name));
-                let (dtype, quant) = (t.dtype.as_str(), &t.quant);
-                let expected = match (dtype, quant) {
-                    ("f32", None) => t.shape.iter().product::<usize>() * 4,
-                    ("f16", None) => t.shape.iter().product::<usize>() * 2,
-                    ("q8" | "q4", Some(q)) if q.scale == "f16" && q.bits == bits(dtype) => {
-                        let [rows, cols] = matrix(&t.shape);
-                        let f = q.format();
-                        if !f.fits(cols) {
-                            return bad(
-                                &format!("components.{name}.tensors"),
-                                format!("`{}`: rows of {cols} are not whole blocks", t.name),
-                            );
-                        }
-                        f.bytes(rows, cols)
-                    }
-                    _ => {
-                        return bad(
-                            &format!("components.{name}.tensors"),
-                            format!("`{}`: unsupported dtype {dtype:?}", t.name),
-                        );
-                    }
-                };
-                if t.length != expected as u64 {
-                    return bad(
-                        &format!("components.{name}.tensors"),
-                        format!(
-                            "`{}`: {} bytes do not hold {dtype} {:?}",
-                            t.name, t.length, t.shape
-                        ),
-                    );
-                }
-            }
-            ranges.sort();
-            if let Some(pair) = ranges.windows(2).find(|p| p[1].0 < p[0].1) {
-                return bad(
-                    &format!("components.{name}.tensors"),
-                    format!("`{}` and `{}` overlap", pair[0].2, pair[1].2),
-                );
-            }
-        }
-        Ok(manifest)
-    }
-}
-
-fn bits(dtype: &str) -> u32 {
-    if dtype == "q8" { 8 } else { 4 }
-}
-
-/// A tensor as the `[rows, cols]` matrix the layers keep.
-pub fn matrix(shape: &[usize]) -> [usize; 2] {
-    match shape {
-        [] => [1, 1],
-        [n] => [1, *n],
-        [rows, rest @ ..] => [*rows, rest.iter().product()],
-    }
-}
 
 /// A pack seen as a model folder: configs and tokenizer files come from the manifest,
 /// shards from `inner`.
@@ -259,7 +76,100 @@ impl<F: ModelFiles> ModelFiles for PackFiles<F> {
         self.inner.display(path)
     }
 
-    fn pack(&self) -> Option<&Manifest> {
-        Some(&self.manifest)
+    fn weights(&self, component: Component, device: &Device) -> Result<WeightFiles> {
+        let entry = self.manifest.components.get(&component).ok_or_else(|| {
+            Error::io(
+                self.display(MANIFEST),
+                format!("has no component {component:?}"),
+            )
+        })?;
+        let files = entry.shards.iter().map(|s| s.file.clone()).collect();
+        let names = entry.shards.iter().map(|s| self.display(&s.file)).collect();
+        let f16_scales = device.supports_dtype(DType::F16);
+        Ok(WeightFiles {
+            choices: vec![files],
+            reader: Box::new(ShardReader::new(entry.clone(), names, f16_scales)),
+        })
+    }
+}
+
+/// The model each of `urls` belongs to, for listing a cache by model: the folder of a
+/// `manifest.json` (a pack), `model_index.json` (a diffusers pipeline) or `config.json` (a
+/// component published on its own) among `urls`. A file belongs to the outermost such
+/// folder above it; a file under none (a LoRA) is a model by itself.
+pub fn model_roots(urls: &[&str]) -> Vec<String> {
+    let markers = [MANIFEST, crate::component::MODEL_INDEX, "config.json"];
+    let roots: Vec<&str> = urls
+        .iter()
+        .filter_map(|url| {
+            let (dir, name) = url.rsplit_once('/')?;
+            markers.contains(&name).then_some(dir)
+        })
+        .collect();
+    urls.iter()
+        .map(|url| {
+            roots
+                .iter()
+                .filter(|r| {
+                    url.strip_prefix(**r)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+                .min_by_key(|r| r.len())
+                .map_or(url.to_string(), |r| r.to_string())
+        })
+        .collect()
+}
+
+/// The model at `path`: a pack (a folder with `manifest.json`) or a diffusers folder.
+#[cfg(not(target_family = "wasm"))]
+pub fn open_dir(path: &std::path::Path) -> Result<Box<dyn ModelFiles>> {
+    use crate::files::DirFiles;
+    if path.is_file() {
+        return Err(Error::io(
+            path.display(),
+            "is a file; give a diffusers folder or a pack (single-file checkpoints are \
+             converted with `webdiffusion convert`)",
+        ));
+    }
+    if !path.is_dir() {
+        return Err(Error::io(path.display(), "is not a model folder"));
+    }
+    let dir = DirFiles(path.to_path_buf());
+    Ok(match PackFiles::open(dir)? {
+        Some(pack) => Box::new(pack),
+        None => Box::new(DirFiles(path.to_path_buf())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_files_group_by_model() {
+        let urls = [
+            "https://h/m/sd-turbo/manifest.json",
+            "https://h/m/sd-turbo/unet/shard-00000.bin",
+            "https://h/m/sd/model_index.json",
+            "https://h/m/sd/unet/config.json",
+            "https://h/m/sd/unet/diffusion_pytorch_model.fp16.safetensors",
+            "https://h/cn/config.json",
+            "https://h/cn/diffusion_pytorch_model.safetensors",
+            "https://h/loras/style.safetensors",
+        ];
+        let roots = model_roots(&urls);
+        assert_eq!(
+            roots,
+            [
+                "https://h/m/sd-turbo",
+                "https://h/m/sd-turbo",
+                "https://h/m/sd",
+                "https://h/m/sd",
+                "https://h/m/sd",
+                "https://h/cn",
+                "https://h/cn",
+                "https://h/loras/style.safetensors",
+            ]
+        );
     }
 }

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use super::{SHARD_BYTES, Shard, sha256_hex};
+use super::{SHARD_BYTES, Shard};
 use crate::error::{Error, Result};
+use crate::files::sha256_hex;
 
 /// Cuts a component's tensors into shard files of at most `SHARD_BYTES`. A tensor starts
 /// a new shard when it does not fit in the current one; one larger than a shard spans

@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use safetensors::SafeTensors;
-
 use super::convert::Source;
+use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::weights::safetensors::SafetensorsFile;
 
 const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
@@ -30,46 +30,45 @@ pub struct Layout {
 
 /// The tensors of `st` (the file `file`) by component, with diffusers names.
 pub fn components<'a>(
-    st: &'a SafeTensors<'a>,
+    st: &SafetensorsFile<'a>,
     file: &str,
     layout: &Layout,
-) -> Result<BTreeMap<&'static str, Vec<Source<'a>>>> {
-    let mut out: BTreeMap<&'static str, Vec<Source<'a>>> = BTreeMap::new();
+) -> Result<BTreeMap<Component, Vec<Source<'a>>>> {
+    let mut out: BTreeMap<Component, Vec<Source<'a>>> = BTreeMap::new();
     let unexpected = |key: &str| Error::UnexpectedTensor {
         file: file.into(),
         key: key.into(),
     };
-    for (key, view) in st.iter() {
+    for (info, data) in st.tensors() {
+        let key = info.name.as_str();
         let source = |name: String| Source {
             name,
-            shape: view.shape().to_vec(),
-            dtype: view.dtype(),
-            data: view.data(),
+            ..Source::from((info, data))
         };
         if let Some(rest) = key.strip_prefix(UNET) {
             let name = unet_name(rest, layout.layers_per_block).ok_or_else(|| unexpected(key))?;
-            out.entry("unet").or_default().push(source(name));
+            out.entry(Component::Unet).or_default().push(source(name));
         } else if let Some(rest) = key.strip_prefix(VAE) {
             let name = vae_name(rest, layout.vae_up_blocks).ok_or_else(|| unexpected(key))?;
             let mut s = source(name);
             if s.name.contains(".attentions.") && s.shape.len() == 4 {
                 s.shape.truncate(2); // [c, c, 1, 1] -> [c, c]
             }
-            out.entry("vae").or_default().push(s);
+            out.entry(Component::Vae).or_default().push(s);
         } else if let Some(rest) = key.strip_prefix(CLIP) {
-            out.entry("text_encoder")
+            out.entry(Component::TextEncoder)
                 .or_default()
                 .push(source(rest.into()));
         } else if let Some(rest) = key.strip_prefix(OPEN_CLIP) {
             for s in open_clip(rest, source(String::new()), layout.text_layers)
                 .ok_or_else(|| unexpected(key))?
             {
-                out.entry("text_encoder").or_default().push(s);
+                out.entry(Component::TextEncoder).or_default().push(s);
             }
         }
     }
-    for component in ["text_encoder", "unet", "vae"] {
-        if !out.contains_key(component) {
+    for component in Component::PIPELINE {
+        if !out.contains_key(&component) {
             return Err(Error::io(
                 file,
                 format!(
@@ -262,26 +261,149 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
 /// The built-in config a single file most likely needs, from its header alone: `sd21` for
 /// an OpenCLIP text encoder, else `sd15`.
 pub fn detect(path: &std::path::Path) -> Result<&'static str> {
-    use std::io::Read;
-    let file = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(&file, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| Error::io(&file, "is not a safetensors file (too short)"))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
-        return Err(Error::io(
-            &file,
-            "is not a safetensors file (bad header length)",
-        ));
+    let header = crate::weights::safetensors::read_header(path)?;
+    let open_clip = header.tensors.iter().any(|t| t.name.starts_with(OPEN_CLIP));
+    Ok(if open_clip { "sd21" } else { "sd15" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unet_keys_map_as_diffusers_maps_sd15() {
+        for (ldm, diffusers) in [
+            ("time_embed.0.weight", "time_embedding.linear_1.weight"),
+            ("input_blocks.0.0.bias", "conv_in.bias"),
+            (
+                "input_blocks.1.0.in_layers.0.weight",
+                "down_blocks.0.resnets.0.norm1.weight",
+            ),
+            (
+                "input_blocks.1.0.emb_layers.1.weight",
+                "down_blocks.0.resnets.0.time_emb_proj.weight",
+            ),
+            (
+                "input_blocks.2.1.proj_in.weight",
+                "down_blocks.0.attentions.1.proj_in.weight",
+            ),
+            (
+                "input_blocks.3.0.op.weight",
+                "down_blocks.0.downsamplers.0.conv.weight",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.bias",
+                "down_blocks.1.resnets.0.conv_shortcut.bias",
+            ),
+            (
+                "middle_block.1.transformer_blocks.0.attn1.to_q.weight",
+                "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+            ),
+            (
+                "middle_block.2.out_layers.3.weight",
+                "mid_block.resnets.1.conv2.weight",
+            ),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.3.1.norm.weight",
+                "up_blocks.1.attentions.0.norm.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.bias",
+                "up_blocks.1.upsamplers.0.conv.bias",
+            ),
+            (
+                "output_blocks.11.0.out_layers.0.bias",
+                "up_blocks.3.resnets.2.norm2.bias",
+            ),
+            ("out.2.weight", "conv_out.weight"),
+        ] {
+            assert_eq!(unet_name(ldm, 2).as_deref(), Some(diffusers), "{ldm}");
+        }
+        for unknown in [
+            "input_blocks.x.0.weight",
+            "middle_block.3.weight",
+            "label_emb.0.weight",
+        ] {
+            assert_eq!(unet_name(unknown, 2), None, "{unknown}");
+        }
     }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| Error::io(&file, "is not a safetensors file (truncated header)"))?;
-    let header = String::from_utf8_lossy(&header);
-    Ok(if header.contains(OPEN_CLIP) {
-        "sd21"
-    } else {
-        "sd15"
-    })
+
+    #[test]
+    fn vae_keys_map_with_the_up_blocks_reversed() {
+        for (ldm, diffusers) in [
+            (
+                "encoder.down.0.block.1.conv1.weight",
+                "encoder.down_blocks.0.resnets.1.conv1.weight",
+            ),
+            (
+                "encoder.down.0.downsample.conv.weight",
+                "encoder.down_blocks.0.downsamplers.0.conv.weight",
+            ),
+            (
+                "decoder.up.3.upsample.conv.weight",
+                "decoder.up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "decoder.up.1.block.0.nin_shortcut.bias",
+                "decoder.up_blocks.2.resnets.0.conv_shortcut.bias",
+            ),
+            (
+                "encoder.mid.attn_1.q.weight",
+                "encoder.mid_block.attentions.0.to_q.weight",
+            ),
+            (
+                "decoder.mid.attn_1.proj_out.bias",
+                "decoder.mid_block.attentions.0.to_out.0.bias",
+            ),
+            (
+                "encoder.mid.block_2.norm1.bias",
+                "encoder.mid_block.resnets.1.norm1.bias",
+            ),
+            ("decoder.norm_out.weight", "decoder.conv_norm_out.weight"),
+            ("post_quant_conv.weight", "post_quant_conv.weight"),
+        ] {
+            assert_eq!(vae_name(ldm, 4).as_deref(), Some(diffusers), "{ldm}");
+        }
+        assert_eq!(vae_name("decoder.up.4.block.0.conv1.weight", 4), None);
+        assert_eq!(vae_name("model_ema.decay", 4), None);
+    }
+
+    #[test]
+    fn open_clip_splits_the_fused_projection_into_row_ranges() {
+        let data: Vec<u8> = (0..6 * 2 * 2).map(|i| i as u8).collect();
+        let source = Source {
+            name: String::new(),
+            shape: vec![6, 2],
+            dtype: safetensors::Dtype::F16,
+            data: &data,
+        };
+        let split = open_clip(
+            "transformer.resblocks.0.attn.in_proj_weight",
+            source.clone(),
+            23,
+        )
+        .unwrap();
+        let names: Vec<&str> = split.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                "text_model.encoder.layers.0.self_attn.k_proj.weight",
+                "text_model.encoder.layers.0.self_attn.v_proj.weight",
+            ]
+        );
+        assert_eq!(split[1].shape, [2, 2]);
+        assert_eq!(split[1].data, &data[8..16]);
+        // SD 2.x's last block is never run: dropped, not an error.
+        assert!(
+            open_clip("transformer.resblocks.23.ln_1.weight", source.clone(), 23)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(open_clip("transformer.resblocks.0.bogus", source, 23).is_none());
+    }
 }

@@ -6,7 +6,6 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::expect_one_of;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -17,11 +16,11 @@ pub struct SchedulerConfig {
     pub num_train_timesteps: Option<usize>,
     pub beta_start: Option<f64>,
     pub beta_end: Option<f64>,
-    pub beta_schedule: Option<String>,
+    pub beta_schedule: Option<BetaSchedule>,
     pub trained_betas: Option<Vec<f64>>,
-    pub prediction_type: Option<String>,
+    pub prediction_type: Option<Prediction>,
     pub steps_offset: Option<usize>,
-    pub timestep_spacing: Option<String>,
+    pub timestep_spacing: Option<Spacing>,
     pub rescale_betas_zero_snr: Option<bool>,
     pub set_alpha_to_one: Option<bool>,
     pub clip_sample: Option<bool>,
@@ -32,28 +31,36 @@ pub struct SchedulerConfig {
     pub timestep_scaling: Option<f64>,
 }
 
-/// What the UNet predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the UNet predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Prediction {
     Epsilon,
     VPrediction,
     Sample,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How inference timesteps are spread over the training ones (`timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Spacing {
     Leading,
     Linspace,
     Trailing,
 }
 
+/// `beta_schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    Linear,
+    ScaledLinear,
+    SquaredcosCapV2,
+}
+
 impl SchedulerConfig {
     pub fn parse(file: &str, text: &str) -> Result<Self> {
-        let json = |e: serde_json::Error| Error::Json {
-            file: file.into(),
-            message: e.to_string(),
-        };
-        let mut value: Value = serde_json::from_str(text).map_err(json)?;
+        let mut value: Value = crate::config::parse(file, text)?;
         if let Some(object) = value.as_object_mut() {
             let defaults: Vec<String> = object
                 .get("_use_default_values")
@@ -68,36 +75,12 @@ impl SchedulerConfig {
                 object.remove(&key);
             }
         }
-        let config: Self = serde_json::from_value(value).map_err(json)?;
+        let config: Self = crate::config::parse_value(file, value)?;
         config.validate(file)?;
         Ok(config)
     }
 
     fn validate(&self, file: &str) -> Result<()> {
-        if let Some(p) = &self.prediction_type {
-            expect_one_of(
-                file,
-                "prediction_type",
-                p,
-                &["epsilon", "v_prediction", "sample"],
-            )?;
-        }
-        if let Some(s) = &self.timestep_spacing {
-            expect_one_of(
-                file,
-                "timestep_spacing",
-                s,
-                &["leading", "linspace", "trailing"],
-            )?;
-        }
-        if let Some(b) = &self.beta_schedule {
-            expect_one_of(
-                file,
-                "beta_schedule",
-                b,
-                &["linear", "scaled_linear", "squaredcos_cap_v2"],
-            )?;
-        }
         if self.thresholding == Some(true) {
             return Err(Error::config(file, "thresholding", "is not supported"));
         }
@@ -116,21 +99,12 @@ impl SchedulerConfig {
     }
 
     pub fn prediction(&self) -> Prediction {
-        match self.prediction_type.as_deref() {
-            Some("v_prediction") => Prediction::VPrediction,
-            Some("sample") => Prediction::Sample,
-            _ => Prediction::Epsilon,
-        }
+        self.prediction_type.unwrap_or(Prediction::Epsilon)
     }
 
     /// `timestep_spacing`, or `default` (the scheduler class's own) when absent.
     pub fn spacing(&self, default: Spacing) -> Spacing {
-        match self.timestep_spacing.as_deref() {
-            Some("leading") => Spacing::Leading,
-            Some("linspace") => Spacing::Linspace,
-            Some("trailing") => Spacing::Trailing,
-            _ => default,
-        }
+        self.timestep_spacing.unwrap_or(default)
     }
 
     pub fn steps_offset(&self) -> usize {

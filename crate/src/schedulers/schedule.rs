@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::config::{BetaSchedule, Prediction, SchedulerConfig, Spacing};
 
 /// ᾱ_t for t = 0..num_train_timesteps, from the config's beta schedule.
 pub fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f64> {
@@ -12,13 +12,13 @@ pub fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f64> {
         config.beta_start.unwrap_or(0.0001),
         config.beta_end.unwrap_or(0.02),
     );
-    let mut betas: Vec<f64> = match (&config.trained_betas, config.beta_schedule.as_deref()) {
+    let mut betas: Vec<f64> = match (&config.trained_betas, config.beta_schedule) {
         (Some(betas), _) => betas.clone(),
-        (None, Some("scaled_linear")) => linspace(start.sqrt(), end.sqrt(), n)
+        (None, Some(BetaSchedule::ScaledLinear)) => linspace(start.sqrt(), end.sqrt(), n)
             .into_iter()
             .map(|b| b * b)
             .collect(),
-        (None, Some("squaredcos_cap_v2")) => {
+        (None, Some(BetaSchedule::SquaredcosCapV2)) => {
             let alpha_bar = |t: f64| {
                 ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
                     .cos()

@@ -8,8 +8,14 @@ use super::Hooks;
 use crate::pipeline::{Request, StableDiffusion};
 
 /// `{ prompt, negativePrompt?, steps?, guidance?, scheduler?, seed?, width?, height?,
-///    latents?: Float32Array, onStep?: (step, total) => void, signal?: AbortSignal }`
-pub fn parse(options: &JsValue, pipe: &StableDiffusion) -> Result<(Request, Hooks), JsValue> {
+///    latents?: Float32Array, loras?: [{ lora, scale? }], onStep?: (step, total) => void,
+///    signal?: AbortSignal }`
+/// `pipe_id` identifies the pipeline, whose LoRAs alone may be used.
+pub fn parse(
+    options: &JsValue,
+    pipe: &StableDiffusion,
+    pipe_id: u32,
+) -> Result<(Request, Hooks), JsValue> {
     let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
     let bad = |key: &str, what: &str| -> JsValue {
         js_sys::Error::new(&format!("generate: `{key}` must be {what}")).into()
@@ -77,6 +83,33 @@ pub fn parse(options: &JsValue, pipe: &StableDiffusion) -> Result<(Request, Hook
             TensorData::new(values, shape),
             &pipe.device,
         ));
+    }
+    let loras = get("loras");
+    if !loras.is_undefined() && !loras.is_null() {
+        let list: js_sys::Array = loras
+            .dyn_into()
+            .map_err(|_| bad("loras", "an array of { lora, scale? }"))?;
+        for (i, entry) in list.iter().enumerate() {
+            let key = format!("loras[{i}]");
+            let field =
+                |name: &str| Reflect::get(&entry, &name.into()).unwrap_or(JsValue::UNDEFINED);
+            let id = field("lora")
+                .is_object()
+                .then(|| Reflect::get(&field("lora"), &"id".into()).ok())
+                .flatten()
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| bad(&format!("{key}.lora"), "a Lora from loadLora"))?;
+            let lora = super::lora_by_id(id as u32, pipe_id)
+                .map_err(|why| js_sys::Error::new(&format!("generate: `{key}.lora` {why}")))?;
+            let scale = match field("scale") {
+                v if v.is_undefined() || v.is_null() => 1.0,
+                v => v
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| bad(&format!("{key}.scale"), "a finite number"))?,
+            };
+            request.loras.push((lora, scale as f32));
+        }
     }
     let on_step = get("onStep");
     let hooks = Hooks {

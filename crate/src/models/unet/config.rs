@@ -4,6 +4,8 @@ use serde::Deserialize;
 
 use crate::config::{PerBlock, expect_one_of};
 use crate::error::{Error, Result};
+use crate::models::resnet::ResnetConfig;
+use crate::models::transformer::Transformer2DConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -113,14 +115,61 @@ impl Default for UNetConfig {
     }
 }
 
-/// Per-block values, expanded and checked.
+/// Everything the blocks are built from: the config's per-block values expanded to one
+/// per level (level 0 is the highest resolution), and the values every block shares.
 #[derive(Debug, Clone)]
 pub struct BlockPlan {
-    pub cross_attention: Vec<bool>,
+    /// `block_out_channels`.
+    pub channels: Vec<usize>,
+    /// Resnets per down block (the up block of the same level has one more).
     pub layers: Vec<usize>,
+    /// Whether the down block of each level has cross-attention transformers.
+    pub down_attention: Vec<bool>,
+    /// The same for the up blocks, per level (they are listed deepest first in configs).
+    pub up_attention: Vec<bool>,
     pub heads: Vec<usize>,
     pub transformer_layers: Vec<usize>,
     pub cross_attention_dim: Vec<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    /// The width of the timestep embedding every resnet receives.
+    pub temb_dim: usize,
+    pub use_linear_projection: bool,
+    pub upcast_attention: bool,
+    pub downsample_padding: usize,
+    /// The mid block's resnet output scale, `None` when the model has no mid block.
+    pub mid_block_scale_factor: Option<f64>,
+}
+
+impl BlockPlan {
+    pub fn levels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// A resnet of the UNet from `c_in` to `c_out` channels.
+    pub fn resnet(&self, c_in: usize, c_out: usize) -> ResnetConfig {
+        ResnetConfig {
+            in_channels: c_in,
+            out_channels: c_out,
+            temb_channels: Some(self.temb_dim),
+            groups: self.groups,
+            eps: self.eps,
+            output_scale_factor: 1.0,
+        }
+    }
+
+    /// The cross-attention transformer of `level`.
+    pub fn transformer(&self, level: usize) -> Transformer2DConfig {
+        Transformer2DConfig {
+            channels: self.channels[level],
+            heads: self.heads[level],
+            layers: self.transformer_layers[level],
+            cross_attention_dim: self.cross_attention_dim[level],
+            groups: self.groups,
+            use_linear_projection: self.use_linear_projection,
+            upcast_attention: self.upcast_attention,
+        }
+    }
 }
 
 pub const DOWN_BLOCKS: &[&str] = &["CrossAttnDownBlock2D", "DownBlock2D"];
@@ -128,30 +177,53 @@ pub const UP_BLOCKS: &[&str] = &["CrossAttnUpBlock2D", "UpBlock2D"];
 pub const MID_BLOCKS: &[&str] = &["UNetMidBlock2DCrossAttn"];
 
 impl UNetConfig {
-    /// Rejects what this implementation cannot run, naming the key, and expands the
-    /// per-block values.
-    pub fn plan(&self, file: &str) -> Result<BlockPlan> {
+    /// Rejects what this implementation cannot run, naming the key.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        self.validate_encoder(file)?;
+        let n = self.block_out_channels.len();
+        if self.up_block_types.len() != n {
+            return Err(Error::config(
+                file,
+                "up_block_types",
+                format!(
+                    "has {} entries but block_out_channels has {n}",
+                    self.up_block_types.len()
+                ),
+            ));
+        }
+        for t in &self.up_block_types {
+            expect_one_of(file, "up_block_types", t, UP_BLOCKS)?;
+        }
+        for (key, k) in [
+            ("conv_in_kernel", self.conv_in_kernel),
+            ("conv_out_kernel", self.conv_out_kernel),
+        ] {
+            if k % 2 == 0 {
+                return Err(Error::config(file, key, format!("{k} is not an odd size")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of everything but the up path: what a ControlNet, which copies the
+    /// UNet's down path and mid block, shares.
+    pub fn validate_encoder(&self, file: &str) -> Result<()> {
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err(Error::config(file, "block_out_channels", "is empty"));
         }
-        for (key, len) in [
-            ("down_block_types", self.down_block_types.len()),
-            ("up_block_types", self.up_block_types.len()),
-        ] {
-            if len != n {
-                return Err(Error::config(
-                    file,
-                    key,
-                    format!("has {len} entries but block_out_channels has {n}"),
-                ));
-            }
+        if self.down_block_types.len() != n {
+            return Err(Error::config(
+                file,
+                "down_block_types",
+                format!(
+                    "has {} entries but block_out_channels has {n}",
+                    self.down_block_types.len()
+                ),
+            ));
         }
         for t in &self.down_block_types {
             expect_one_of(file, "down_block_types", t, DOWN_BLOCKS)?;
-        }
-        for t in &self.up_block_types {
-            expect_one_of(file, "up_block_types", t, UP_BLOCKS)?;
         }
         if let Some(mid) = &self.mid_block_type {
             expect_one_of(file, "mid_block_type", mid, MID_BLOCKS)?;
@@ -196,6 +268,7 @@ impl UNetConfig {
                 "reverse_transformer_layers_per_block",
                 self.reverse_transformer_layers_per_block.is_some(),
             ),
+            ("dual_cross_attention", self.dual_cross_attention),
         ];
         if let Some((key, _)) = unsupported.iter().find(|(_, set)| *set) {
             return Err(Error::config(
@@ -211,18 +284,10 @@ impl UNetConfig {
                 "class and extra encoder embeddings are not supported",
             ));
         }
-        if self.dual_cross_attention {
-            return Err(Error::config(
-                file,
-                "dual_cross_attention",
-                "is not supported",
-            ));
-        }
-        if self.only_cross_attention != PerBlock::One(false)
-            && self
-                .only_cross_attention
-                .expand(n, file, "only_cross_attention")?
-                != vec![false; n]
+        if self
+            .only_cross_attention
+            .expand(n, file, "only_cross_attention")?
+            != vec![false; n]
         {
             return Err(Error::config(
                 file,
@@ -230,22 +295,13 @@ impl UNetConfig {
                 "is not supported",
             ));
         }
-        for (key, k) in [
-            ("conv_in_kernel", self.conv_in_kernel),
-            ("conv_out_kernel", self.conv_out_kernel),
-        ] {
-            if k % 2 == 0 {
-                return Err(Error::config(file, key, format!("{k} is not an odd size")));
-            }
-        }
-        let heads = match &self.num_attention_heads {
-            Some(h) => h.expand(n, file, "num_attention_heads")?,
-            None => self
-                .attention_head_dim
-                .expand(n, file, "attention_head_dim")?,
-        };
         let groups = self.norm_num_groups;
-        for (i, (&c, &h)) in self.block_out_channels.iter().zip(&heads).enumerate() {
+        for (i, (&c, &h)) in self
+            .block_out_channels
+            .iter()
+            .zip(&self.heads(file)?)
+            .enumerate()
+        {
             if groups == 0 || c % groups != 0 {
                 return Err(Error::config(
                     file,
@@ -261,14 +317,46 @@ impl UNetConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Heads per level: `num_attention_heads`, or (diffusers' legacy naming)
+    /// `attention_head_dim`.
+    fn heads(&self, file: &str) -> Result<Vec<usize>> {
+        let n = self.block_out_channels.len();
+        match &self.num_attention_heads {
+            Some(h) => h.expand(n, file, "num_attention_heads"),
+            None => self
+                .attention_head_dim
+                .expand(n, file, "attention_head_dim"),
+        }
+    }
+
+    /// Checks the config, then expands it into the plan the blocks are built from.
+    pub fn plan(&self, file: &str) -> Result<BlockPlan> {
+        self.validate(file)?;
+        let mut plan = self.expand(file)?;
+        let cross = |t: &String| t.starts_with("CrossAttn");
+        plan.up_attention = self.up_block_types.iter().rev().map(cross).collect();
+        Ok(plan)
+    }
+
+    /// The plan of the down path and mid block alone (a ControlNet's).
+    pub fn encoder_plan(&self, file: &str) -> Result<BlockPlan> {
+        self.validate_encoder(file)?;
+        self.expand(file)
+    }
+
+    /// The per-block values expanded; `up_attention` left empty.
+    fn expand(&self, file: &str) -> Result<BlockPlan> {
+        let n = self.block_out_channels.len();
+        let cross = |t: &String| t.starts_with("CrossAttn");
         Ok(BlockPlan {
-            cross_attention: self
-                .down_block_types
-                .iter()
-                .map(|t| t.starts_with("CrossAttn"))
-                .collect(),
+            channels: self.block_out_channels.clone(),
             layers: self.layers_per_block.expand(n, file, "layers_per_block")?,
-            heads,
+            down_attention: self.down_block_types.iter().map(cross).collect(),
+            up_attention: Vec::new(),
+            heads: self.heads(file)?,
             transformer_layers: self.transformer_layers_per_block.expand(
                 n,
                 file,
@@ -277,6 +365,16 @@ impl UNetConfig {
             cross_attention_dim: self
                 .cross_attention_dim
                 .expand(n, file, "cross_attention_dim")?,
+            groups: self.norm_num_groups,
+            eps: self.norm_eps,
+            temb_dim: self.block_out_channels[0] * 4,
+            use_linear_projection: self.use_linear_projection,
+            upcast_attention: self.upcast_attention,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self
+                .mid_block_type
+                .as_ref()
+                .map(|_| self.mid_block_scale_factor),
         })
     }
 }

@@ -4,8 +4,8 @@
 mod blocks;
 mod config;
 
-pub use blocks::{DownBlock, MidBlock, UpBlock};
-pub use config::UNetConfig;
+pub use blocks::{DownBlock, MidBlock, UpBlock, down_path, up_path};
+pub use config::{BlockPlan, UNetConfig};
 
 use burn::nn::GroupNorm;
 use burn::prelude::*;
@@ -13,8 +13,6 @@ use burn::tensor::activation::silu;
 
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::layers::{Conv2d, conv2d, group_norm};
-use super::resnet::{Downsample2D, ResnetConfig, Upsample2D};
-use super::transformer::Transformer2DConfig;
 use crate::error::Result;
 
 #[derive(Module, Debug)]
@@ -44,115 +42,22 @@ impl UNet2DConditionModel {
     /// Parameters are lazy: nothing is allocated before weights are loaded.
     pub fn new(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
         let plan = config.plan(file)?;
-        let channels = &config.block_out_channels;
-        let n = channels.len();
-        let groups = config.norm_num_groups;
-        let temb_dim = channels[0] * 4;
-        let resnet = |c_in, c_out| ResnetConfig {
-            in_channels: c_in,
-            out_channels: c_out,
-            temb_channels: Some(temb_dim),
-            groups,
-            eps: config.norm_eps,
-            output_scale_factor: 1.0,
-        };
-        let transformer = |c, i: usize| Transformer2DConfig {
-            channels: c,
-            heads: plan.heads[i],
-            layers: plan.transformer_layers[i],
-            cross_attention_dim: plan.cross_attention_dim[i],
-            groups,
-            use_linear_projection: config.use_linear_projection,
-            upcast_attention: config.upcast_attention,
-        };
-
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut c_out = channels[0];
-        for (i, &channels_i) in channels.iter().enumerate() {
-            let c_in = c_out;
-            c_out = channels_i;
-            let layers = plan.layers[i];
-            down_blocks.push(DownBlock {
-                resnets: (0..layers)
-                    .map(|j| resnet(if j == 0 { c_in } else { c_out }, c_out).init(device))
-                    .collect(),
-                attentions: if plan.cross_attention[i] {
-                    (0..layers)
-                        .map(|_| transformer(c_out, i).init(device))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                downsamplers: (i + 1 < n)
-                    .then(|| Downsample2D::new(c_out, config.downsample_padding, device))
-                    .into_iter()
-                    .collect(),
-            });
-        }
-
-        let c_mid = channels[n - 1];
-        let mid_block = config.mid_block_type.as_ref().map(|_| {
-            let mut mid_resnet = resnet(c_mid, c_mid);
-            mid_resnet.output_scale_factor = config.mid_block_scale_factor;
-            MidBlock {
-                resnets: (0..2).map(|_| mid_resnet.init(device)).collect(),
-                attentions: vec![transformer(c_mid, n - 1).init(device)],
-            }
-        });
-
-        // The up path mirrors the down path; its per-block values are the reversed lists.
-        let mut up_blocks = Vec::with_capacity(n);
-        let mut c_out = channels[n - 1];
-        for (i, block_type) in config.up_block_types.iter().enumerate() {
-            let level = n - 1 - i;
-            let c_prev = c_out;
-            c_out = channels[level];
-            let c_skip_in = channels[level.saturating_sub(1)];
-            let layers = plan.layers[level] + 1;
-            up_blocks.push(UpBlock {
-                resnets: (0..layers)
-                    .map(|j| {
-                        let c_res = if j == 0 { c_prev } else { c_out };
-                        let c_skip = if j == layers - 1 { c_skip_in } else { c_out };
-                        resnet(c_res + c_skip, c_out).init(device)
-                    })
-                    .collect(),
-                attentions: if block_type.starts_with("CrossAttn") {
-                    (0..layers)
-                        .map(|_| transformer(c_out, level).init(device))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                upsamplers: (i + 1 < n)
-                    .then(|| Upsample2D::new(c_out, device))
-                    .into_iter()
-                    .collect(),
-            });
-        }
-
+        let c0 = plan.channels[0];
         let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
         Ok(Self {
-            conv_in: conv2d(config.in_channels, channels[0], k_in, 1, k_in / 2, device),
+            conv_in: conv2d(config.in_channels, c0, k_in, 1, k_in / 2, device),
             time_embedding: TimestepEmbedding::new(
-                channels[0],
-                temb_dim,
+                c0,
+                plan.temb_dim,
                 config.time_cond_proj_dim,
                 device,
             ),
-            down_blocks,
-            mid_block,
-            up_blocks,
-            conv_norm_out: group_norm(groups, channels[0], config.norm_eps, device),
-            conv_out: conv2d(
-                channels[0],
-                config.out_channels,
-                k_out,
-                1,
-                k_out / 2,
-                device,
-            ),
-            time_proj_dim: channels[0],
+            down_blocks: blocks::down_path(&plan, device),
+            mid_block: MidBlock::new(&plan, device),
+            up_blocks: blocks::up_path(&plan, device),
+            conv_norm_out: group_norm(plan.groups, c0, config.norm_eps, device),
+            conv_out: conv2d(c0, config.out_channels, k_out, 1, k_out / 2, device),
+            time_proj_dim: c0,
             flip_sin_to_cos: config.flip_sin_to_cos,
             freq_shift: config.freq_shift,
         })

@@ -1,5 +1,5 @@
-//! 8-bit RGB images: PNG decoding and encoding, and conversion to and from tensors in the
-//! ranges diffusers uses.
+//! 8-bit RGB images: PNG decoding and encoding, conversion to and from tensors in the ranges
+//! diffusers uses, Pillow's resampling and grayscale, and OpenCV's Canny edges.
 
 use std::path::Path;
 
@@ -7,6 +7,12 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
+
+mod canny;
+mod resize;
+
+pub use canny::canny;
+pub use resize::{grayscale, resize_lanczos};
 
 /// An 8-bit RGB image, row-major.
 pub struct Image {

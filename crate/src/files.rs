@@ -1,0 +1,154 @@
+//! Where a model's files come from: a folder on disk, bytes fetched in the browser, or a
+//! model pack (see `pack`), all behind [`ModelFiles`]. Paths are those of a diffusers
+//! folder (`unet/config.json`, see `component`), so loading code never knows which.
+
+use burn::prelude::Device;
+
+use crate::component::Component;
+use crate::error::{Error, Result};
+use crate::weights::{SafetensorsReader, TensorReader};
+
+pub trait ModelFiles {
+    /// The bytes of `path` (relative to the model root, `/`-separated), `None` if absent.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
+
+    /// How `path` is named in messages (e.g. with the folder or URL in front).
+    fn display(&self, path: &str) -> String;
+
+    /// Where `component`'s weights are and how their bytes become tensors. A diffusers
+    /// folder holds one safetensors file, full precision preferred; other sources override.
+    fn weights(&self, component: Component, _device: &Device) -> Result<WeightFiles> {
+        Ok(WeightFiles {
+            choices: component.weight_files(false).map(|f| vec![f]).to_vec(),
+            reader: Box::new(SafetensorsReader::default()),
+        })
+    }
+
+    fn read_text(&self, path: &str) -> Result<Option<String>> {
+        match self.read(path)? {
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| Error::io(self.display(path), "is not UTF-8 text")),
+            None => Ok(None),
+        }
+    }
+
+    fn require(&self, path: &str) -> Result<Vec<u8>> {
+        self.read(path)?
+            .ok_or_else(|| Error::io(self.display(path), "not found"))
+    }
+
+    fn require_text(&self, path: &str) -> Result<String> {
+        self.read_text(path)?
+            .ok_or_else(|| Error::io(self.display(path), "not found"))
+    }
+}
+
+/// The sha256 of `bytes` in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A component's weight files and the reader their bytes go through.
+pub struct WeightFiles {
+    /// Alternatives, preferred first: the first whose first file exists is read, all of
+    /// its files in order (a pack's shards), each in pieces.
+    pub choices: Vec<Vec<String>>,
+    pub reader: Box<dyn TensorReader>,
+}
+
+/// A model folder on disk.
+#[cfg(not(target_family = "wasm"))]
+pub struct DirFiles(pub std::path::PathBuf);
+
+#[cfg(not(target_family = "wasm"))]
+impl ModelFiles for DirFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.0.join(path)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(self.display(path), e)),
+        }
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.0.join(path).display().to_string()
+    }
+}
+
+/// A model whose files are already in memory (fetched in the browser, or built in), keyed
+/// by path.
+pub struct MemoryFiles {
+    /// Where the files came from, for messages (a URL or folder).
+    pub base: String,
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl ModelFiles for MemoryFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(path).cloned())
+    }
+
+    fn display(&self, path: &str) -> String {
+        format!("{}/{path}", self.base.trim_end_matches('/'))
+    }
+}
+
+/// A component published as a folder of its own (a ControlNet, a VAE: `config.json` and
+/// the weights at its root) seen as that component's folder of a pipeline, so that it
+/// loads like one: `controlnet/config.json` reads the folder's `config.json`.
+pub struct ComponentDir<F> {
+    pub inner: F,
+    pub component: Component,
+}
+
+impl<F: ModelFiles> ComponentDir<F> {
+    fn inner_path<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.component.name())?.strip_prefix('/')
+    }
+}
+
+impl<F: ModelFiles> ModelFiles for ComponentDir<F> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.inner_path(path) {
+            Some(inner) => self.inner.read(inner),
+            None => Ok(None),
+        }
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.inner.display(self.inner_path(path).unwrap_or(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_component_folder_reads_as_the_component_of_a_pipeline() {
+        let inner = MemoryFiles {
+            base: "https://example.com/cn".into(),
+            files: HashMap::from([("config.json".to_string(), b"{}".to_vec())]),
+        };
+        let dir = ComponentDir {
+            inner,
+            component: Component::ControlNet,
+        };
+        assert_eq!(
+            dir.read("controlnet/config.json").unwrap(),
+            Some(b"{}".to_vec())
+        );
+        assert_eq!(dir.read("config.json").unwrap(), None);
+        assert_eq!(dir.read("unet/config.json").unwrap(), None);
+        assert_eq!(
+            dir.display("controlnet/config.json"),
+            "https://example.com/cn/config.json"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Building each network from its config and filling its weights from a model's files,
+//! whatever their source (see `files`). Natively the bytes are read whole; the browser
+//! streams the same files through the same readers (`web`).
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::ModuleSnapshot;
+use burn::tensor::DType;
+use serde::de::DeserializeOwned;
+
+use crate::component::{self, Component};
+use crate::config::parse;
+use crate::error::{Error, Result};
+use crate::files::{ModelFiles, WeightFiles};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::ModuleLoader;
+
+/// A network built from a `config.json`.
+pub trait Network: Module + ModuleSnapshot + Sized {
+    type Config: DeserializeOwned;
+    /// Builds the network `config` (read from `file`, named in errors) describes, with lazy
+    /// parameters: nothing is allocated before weights are loaded.
+    fn build(config: &Self::Config, file: &str, device: &Device) -> Result<Self>;
+}
+
+impl Network for ClipTextModel {
+    type Config = ClipTextConfig;
+    fn build(config: &ClipTextConfig, file: &str, device: &Device) -> Result<Self> {
+        ClipTextModel::new(config, file, device)
+    }
+}
+
+impl Network for UNet2DConditionModel {
+    type Config = UNetConfig;
+    fn build(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
+        UNet2DConditionModel::new(config, file, device)
+    }
+}
+
+impl Network for ControlNetModel {
+    type Config = ControlNetConfig;
+    fn build(config: &ControlNetConfig, file: &str, device: &Device) -> Result<Self> {
+        ControlNetModel::new(config, file, device)
+    }
+}
+
+impl Network for AutoencoderKL {
+    type Config = VaeConfig;
+    fn build(config: &VaeConfig, file: &str, device: &Device) -> Result<Self> {
+        AutoencoderKL::new(config, file, device)
+    }
+}
+
+/// `component`'s config, parsed.
+pub fn config<T: DeserializeOwned>(files: &dyn ModelFiles, component: Component) -> Result<T> {
+    let path = component.config();
+    parse(&files.display(&path), &files.require_text(&path)?)
+}
+
+/// `component` as its config describes it, its weights not yet loaded.
+pub fn build<N: Network>(
+    files: &dyn ModelFiles,
+    component: Component,
+    device: &Device,
+) -> Result<(N::Config, N)> {
+    let config = config(files, component)?;
+    let network = N::build(&config, &files.display(&component.config()), device)?;
+    Ok((config, network))
+}
+
+/// `component` built and its weights loaded, float weights in `dtype`.
+pub fn network<N: Network>(
+    files: &dyn ModelFiles,
+    component: Component,
+    device: &Device,
+    dtype: DType,
+) -> Result<(N::Config, N)> {
+    let (config, network) = build::<N>(files, component, device)?;
+    Ok((config, weights(files, component, network, device, dtype)?))
+}
+
+/// How much of a file is given to the reader at once.
+const PIECE: usize = 64 << 20;
+
+/// Fills `module` with `component`'s weights, read whole from `files`. Every parameter must
+/// be present with its exact shape, and every stored tensor must belong to the module.
+pub fn weights<M: Module + ModuleSnapshot>(
+    files: &dyn ModelFiles,
+    component: Component,
+    module: M,
+    device: &Device,
+    dtype: DType,
+) -> Result<M> {
+    let WeightFiles {
+        choices,
+        mut reader,
+    } = files.weights(component, device)?;
+    let mut loader = ModuleLoader::new(module, dtype);
+    for choice in &choices {
+        let Some(first) = files.read(&choice[0])? else {
+            continue;
+        };
+        let mut first = Some(first);
+        for path in choice {
+            let bytes = match first.take() {
+                Some(bytes) => bytes,
+                None => files.require(path)?,
+            };
+            let file = files.display(path);
+            reader.begin(&file)?;
+            for piece in bytes.chunks(PIECE) {
+                loader.apply(reader.push(piece)?, &file)?;
+            }
+            loader.apply(reader.end()?, &file)?;
+        }
+        reader.finish()?;
+        return loader.finish(&files.display(&choice[0]));
+    }
+    let tried: Vec<&str> = choices.iter().map(|c| c[0].as_str()).collect();
+    Err(Error::io(
+        files.display(tried.first().copied().unwrap_or_default()),
+        format!("not found (also tried {})", tried[1..].join(", ")),
+    ))
+}
+
+pub fn tokenizer(files: &dyn ModelFiles) -> Result<ClipTokenizer> {
+    let tokenizer_files = TokenizerFiles {
+        tokenizer_json: files.read_text(component::TOKENIZER_JSON)?,
+        vocab_json: files.read_text(component::VOCAB_JSON)?,
+        merges_txt: files.read_text(component::MERGES_TXT)?,
+        tokenizer_config_json: files.read_text(component::TOKENIZER_CONFIG)?,
+        special_tokens_map_json: files.read_text(component::SPECIAL_TOKENS_MAP)?,
+    };
+    ClipTokenizer::new(&tokenizer_files, &files.display("tokenizer"))
+}
+
+pub fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {
+    let path = component::SCHEDULER_CONFIG;
+    SchedulerConfig::parse(&files.display(path), &files.require_text(path)?)
+}
+
+/// The text encoder of `files` with its weights, in `dtype`.
+pub fn text_encoder(
+    files: &dyn ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ClipTextConfig, ClipTextModel)> {
+    network(files, Component::TextEncoder, device, dtype)
+}
+
+/// The UNet of `files` with its weights, in `dtype`.
+pub fn unet(
+    files: &dyn ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<(UNetConfig, UNet2DConditionModel)> {
+    network(files, Component::Unet, device, dtype)
+}
+
+/// The VAE of `files` with its weights, in `dtype`.
+pub fn vae(
+    files: &dyn ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<(VaeConfig, AutoencoderKL)> {
+    network(files, Component::Vae, device, dtype)
+}

@@ -1,0 +1,114 @@
+//! Checkpoint keys ↔ module field paths.
+//!
+//! burn-store finds each parameter by its path, and the Rust field names mirror the
+//! checkpoint keys; only the places where diffusers' module lists hold a single layer
+//! (`to_out.0`, `ff.net.0`), older VAE attention names and transformers' `text_model.`
+//! prefix are renamed. [`checkpoint_name`] undoes [`field_path`] so that errors name keys
+//! as the file does.
+
+/// Checkpoint key patterns → field paths, applied in order.
+const KEY_REMAPPING: &[(&str, &str)] = &[
+    // transformers ≤ 4 and real SD checkpoints prefix the CLIP text model.
+    (r"^text_model\.", ""),
+    (r"\.to_out\.0\.", ".to_out."),
+    (r"\.ff\.net\.0\.proj\.", ".ff.geglu."),
+    (r"\.ff\.net\.2\.", ".ff.proj_out."),
+    // Older VAE checkpoints name the mid-block attention projections differently.
+    (r"\.query\.", ".to_q."),
+    (r"\.key\.", ".to_k."),
+    (r"\.value\.", ".to_v."),
+    (r"\.proj_attn\.", ".to_out."),
+];
+
+/// Field paths → the (current diffusers) checkpoint names.
+const KEY_NAMES: &[(&str, &str)] = &[
+    (
+        ".token_embedding.parts.",
+        ".token_embedding.weight#rows-block-",
+    ),
+    (".to_out.", ".to_out.0."),
+    (".ff.geglu.", ".ff.net.0.proj."),
+    (".ff.proj_out.", ".ff.net.2."),
+    (".gamma", ".weight"),
+    (".beta", ".bias"),
+];
+
+/// Buffers some checkpoints carry that are not parameters (CLIP's `position_ids`).
+pub fn is_buffer(key: &str) -> bool {
+    key.ends_with("position_ids")
+}
+
+/// The module path a checkpoint key is loaded into.
+pub fn field_path(key: &str) -> String {
+    static RULES: std::sync::OnceLock<Vec<(regex::Regex, &str)>> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        KEY_REMAPPING
+            .iter()
+            .map(|(p, r)| (regex::Regex::new(p).expect("valid pattern"), *r))
+            .collect()
+    });
+    rules
+        .iter()
+        .fold(key.to_string(), |key, (pattern, replacement)| {
+            pattern.replace_all(&key, *replacement).into_owned()
+        })
+}
+
+/// The checkpoint key (diffusers naming) of a module path.
+pub fn checkpoint_name(path: &str) -> String {
+    KEY_NAMES
+        .iter()
+        .fold(path.to_string(), |name, (from, to)| name.replace(from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_undo_field_paths() {
+        for key in [
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj.bias",
+            "up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2.weight",
+            "encoder.layers.0.self_attn.q_proj.weight",
+            "decoder.mid_block.attentions.0.to_q.weight",
+            "down_blocks.0.resnets.0.conv1.weight",
+        ] {
+            assert_eq!(checkpoint_name(&field_path(key)), key);
+        }
+    }
+
+    #[test]
+    fn old_and_prefixed_names_load_into_the_same_fields() {
+        assert_eq!(
+            field_path("text_model.encoder.layers.0.mlp.fc1.weight"),
+            "encoder.layers.0.mlp.fc1.weight"
+        );
+        for (old, new) in [
+            ("encoder.mid_block.attentions.0.query.weight", "to_q"),
+            ("encoder.mid_block.attentions.0.key.weight", "to_k"),
+            ("encoder.mid_block.attentions.0.value.weight", "to_v"),
+            ("encoder.mid_block.attentions.0.proj_attn.weight", "to_out"),
+        ] {
+            assert_eq!(
+                field_path(old),
+                format!("encoder.mid_block.attentions.0.{new}.weight")
+            );
+        }
+        // Names that merely contain the patterns' words are left alone.
+        assert_eq!(field_path("a.keyframe.weight"), "a.keyframe.weight");
+    }
+
+    #[test]
+    fn norm_parameters_and_embedding_blocks_are_named_as_checkpoints() {
+        assert_eq!(
+            checkpoint_name("final_layer_norm.gamma"),
+            "final_layer_norm.weight"
+        );
+        assert_eq!(
+            checkpoint_name("embeddings.token_embedding.parts.2"),
+            "embeddings.token_embedding.weight#rows-block-2"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! From stored bytes to the networks' parameters, by one path: a [`TensorReader`] turns a
+//! component's files (safetensors, or a pack's shards) into named tensors as their bytes
+//! arrive, and a [`ModuleLoader`] applies them to the module. Each tensor is converted to
+//! the compute dtype as it is applied: the bytes not yet used plus one batch of tensors
+//! are all that is held at once.
+
+mod keys;
+pub mod safetensors;
+
+pub use keys::{checkpoint_name, field_path, is_buffer};
+pub use safetensors::{SafetensorsReader, floats};
+
+use std::collections::{HashMap, HashSet};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::store::{
+    ApplyError, ApplyResult, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot, bridge,
+};
+use burn::tensor::{DType, TensorData};
+
+use crate::error::{Error, Result, Shape};
+use crate::models::split_embedding::{ROWS, SPLIT_KEY};
+
+/// Named tensors (checkpoint keys) ready to apply.
+pub type Tensors = Vec<(String, TensorData)>;
+
+/// Turns the bytes of a component's weight files, fed in order and in pieces, into named
+/// tensors.
+pub trait TensorReader {
+    /// A new file begins; `file` names it in errors.
+    fn begin(&mut self, file: &str) -> Result<()>;
+    /// The next piece of the current file; returns the tensors it completes.
+    fn push(&mut self, piece: &[u8]) -> Result<Tensors>;
+    /// The current file ended (checks its size, and a pack shard's sha256); returns the
+    /// tensors only now complete.
+    fn end(&mut self) -> Result<Tensors>;
+    /// After the last file: checks that nothing is missing.
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A convolution weight `[c_out, c_in, k, k]` as the `[c_out, c_in·k·k]` matrix the
+/// layers keep; other shapes unchanged.
+pub fn matrix_shape(shape: &[usize]) -> Vec<usize> {
+    match shape {
+        [c_out, rest @ ..] if rest.len() == 3 => vec![*c_out, rest.iter().product()],
+        _ => shape.to_vec(),
+    }
+}
+
+/// A stored float tensor (little-endian `bytes` of `dtype`) as the tensor data the module
+/// takes: convolution weights as matrices, the CLIP token embedding as blocks of rows (see
+/// `SplitEmbedding`).
+pub fn tensor_data(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Tensors {
+    let shape = matrix_shape(shape);
+    let whole = || {
+        vec![(
+            name.to_string(),
+            TensorData::from_bytes_vec(bytes.to_vec(), shape.clone(), dtype),
+        )]
+    };
+    let Some(prefix) = name.strip_suffix(SPLIT_KEY) else {
+        return whole();
+    };
+    let (rows, dim) = match shape[..] {
+        [rows, dim] if rows > 0 => (rows, dim),
+        _ => return whole(),
+    };
+    let row_bytes = bytes.len() / rows;
+    (0..rows.div_ceil(ROWS))
+        .map(|i| {
+            let n = ROWS.min(rows - i * ROWS);
+            let a = i * ROWS * row_bytes;
+            let data =
+                TensorData::from_bytes_vec(bytes[a..a + n * row_bytes].to_vec(), [n, dim], dtype);
+            (format!("{prefix}token_embedding.parts.{i}"), data)
+        })
+        .collect()
+}
+
+/// PyTorch names a norm's affine parameters `weight`/`bias`, burn `gamma`/`beta`. Linear and
+/// convolution weights keep PyTorch's `[out, in]` layout here (see `layers`), so nothing is
+/// transposed.
+#[derive(Clone)]
+struct NormNames;
+
+impl ModuleAdapter for NormNames {
+    fn adapt(&self, tensor: PackTensor, _ctx: ModuleContext<'_>) -> PackTensor {
+        tensor
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
+        let norm = matches!(container_type, "Struct:GroupNorm" | "Struct:LayerNorm");
+        match param_name {
+            "gamma" if norm => Some("weight".into()),
+            "beta" if norm => Some("bias".into()),
+            _ => None,
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// A module whose parameters are filled in batches of tensors, checking that each
+/// tensor belongs to it and, at the end, that none is missing.
+pub struct ModuleLoader<M> {
+    module: M,
+    dtype: DType,
+    applied: HashSet<String>,
+    params: HashSet<String>,
+}
+
+impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
+    /// Float tensors are converted to `dtype`; quantized ones stay as they are.
+    pub fn new(module: M, dtype: DType) -> Self {
+        Self {
+            module,
+            dtype,
+            applied: HashSet::new(),
+            params: HashSet::new(),
+        }
+    }
+
+    /// Applies `tensors` (named by checkpoint key) read from `file` (named in errors).
+    pub fn apply(&mut self, tensors: Tensors, file: &str) -> Result<()> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(key, data)| bridge::from_data(data, field_path(&key), None))
+            .collect();
+        let adapter = NormNames.chain(FloatCastAdapter::to(self.dtype));
+        let result = self
+            .module
+            .apply(tensors, None, Some(Box::new(adapter)), true);
+        self.record(result, file)
+    }
+
+    /// Turns burn's report into errors naming the file and key, and records what was loaded.
+    fn record(&mut self, result: ApplyResult, file: &str) -> Result<()> {
+        if let Some(error) = result.errors.first() {
+            return Err(match error {
+                ApplyError::ShapeMismatch {
+                    path,
+                    expected,
+                    found,
+                } => Error::ShapeMismatch {
+                    file: file.into(),
+                    key: checkpoint_name(path),
+                    expected: Shape(expected.to_vec()),
+                    found: Shape(found.to_vec()),
+                },
+                other => Error::Safetensors {
+                    file: file.into(),
+                    message: other.to_string(),
+                },
+            });
+        }
+        if let Some(path) = result.unused.iter().find(|k| !is_buffer(k)) {
+            return Err(Error::UnexpectedTensor {
+                file: file.into(),
+                key: checkpoint_name(path),
+            });
+        }
+        self.params
+            .extend(result.missing.into_iter().map(|(path, _)| path));
+        self.params.extend(result.applied.iter().cloned());
+        self.applied.extend(result.applied);
+        Ok(())
+    }
+
+    /// The module, once every parameter was loaded; `source` names the weights in errors.
+    pub fn finish(mut self, source: &str) -> Result<M> {
+        if self.params.is_empty() {
+            // No tensor at all: apply none to learn what the model expected.
+            self.apply(Vec::new(), source)?;
+        }
+        let mut missing: Vec<&String> = self.params.difference(&self.applied).collect();
+        missing.sort();
+        if let Some(path) = missing.first() {
+            return Err(Error::MissingTensor {
+                file: source.into(),
+                key: checkpoint_name(path),
+            });
+        }
+        Ok(self.module)
+    }
+}
+
+/// Every float parameter of `module`: burn's module path (enum variants included, as
+/// module mappers see it), its checkpoint key and its shape. Nothing is allocated: lazy
+/// parameters report their shape.
+pub fn param_paths<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> {
+    #[derive(Default)]
+    struct Paths {
+        /// Each name entered, and whether it is part of checkpoint keys.
+        path: Vec<(String, bool)>,
+        out: Vec<(String, String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            // Enum variants (`Projection::Conv`) are not part of checkpoint keys.
+            let in_keys = !container_type.starts_with("Enum:");
+            self.path.push((name.to_string(), in_keys));
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<burn::tensor::Tensor<D>>) {
+            let join = |all: bool| {
+                let names: Vec<&str> = self
+                    .path
+                    .iter()
+                    .filter(|(_, in_keys)| all || *in_keys)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                names.join(".")
+            };
+            let shape = param.lazy_shape().iter().copied().collect();
+            self.out
+                .push((join(true), checkpoint_name(&join(false)), shape));
+        }
+    }
+    let mut paths = Paths::default();
+    module.visit(&mut paths);
+    paths.out
+}
+
+/// Every parameter of `module` by checkpoint key (as a diffusers file names it), with the
+/// shape it expects (convolution weights as matrices, the token embedding whole).
+pub fn expected_tensors<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (_, name, shape) in param_paths(module) {
+        match name.split_once("#rows-block-") {
+            // The token embedding's row blocks, back to one table.
+            Some((whole, _)) => match out.iter_mut().find(|(n, _)| n == whole) {
+                Some((_, rows)) => rows[0] += shape[0],
+                None => out.push((whole.to_string(), shape)),
+            },
+            None => out.push((name, shape)),
+        }
+    }
+    out
+}
+
+/// Checks that `tensors` (checkpoint key, shape) are exactly the `expected` ones (see
+/// [`expected_tensors`]), naming `file` and the key of the first difference.
+pub fn check_tensors(
+    expected: &[(String, Vec<usize>)],
+    tensors: &[(String, Vec<usize>)],
+    file: &str,
+) -> Result<()> {
+    let expected: HashMap<&str, &[usize]> = expected
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.as_slice()))
+        .collect();
+    let mut seen = HashSet::new();
+    for (key, shape) in tensors {
+        if is_buffer(key) {
+            continue;
+        }
+        let name = checkpoint_name(&field_path(key));
+        let Some(want) = expected.get(name.as_str()) else {
+            return Err(Error::UnexpectedTensor {
+                file: file.into(),
+                key: key.clone(),
+            });
+        };
+        if matrix_shape(shape) != *want {
+            return Err(Error::ShapeMismatch {
+                file: file.into(),
+                key: key.clone(),
+                expected: Shape(want.to_vec()),
+                found: Shape(shape.clone()),
+            });
+        }
+        seen.insert(name);
+    }
+    let mut missing: Vec<&str> = expected
+        .keys()
+        .copied()
+        .filter(|k| !seen.contains(*k))
+        .collect();
+    missing.sort();
+    match missing.first() {
+        Some(key) => Err(Error::MissingTensor {
+            file: file.into(),
+            key: key.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
