@@ -53,6 +53,15 @@ impl Component {
         }
     }
 
+    /// Parts a component's weights may leave out entirely: a VAE published for decoding
+    /// only has no encoder (it then cannot encode init images).
+    pub fn optional_parts(self) -> &'static [&'static str] {
+        match self {
+            Component::Vae => &["encoder.", "quant_conv."],
+            _ => &[],
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Component> {
         [Self::PIPELINE.as_slice(), &[Component::ControlNet]]
             .concat()

@@ -5,8 +5,8 @@
 //! (checkpoints carry bookkeeping such as `_diffusers_version`); values this crate cannot
 //! honour are rejected by the model's `validate`, naming the key.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -43,7 +43,7 @@ fn error(file: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error 
 
 /// A value diffusers accepts either once for all blocks or once per block
 /// (`attention_head_dim: 8` or `[5, 10, 20, 20]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
     One(T),

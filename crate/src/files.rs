@@ -123,6 +123,12 @@ impl<F: ModelFiles> ModelFiles for ComponentDir<F> {
     fn display(&self, path: &str) -> String {
         self.inner.display(self.inner_path(path).unwrap_or(path))
     }
+
+    fn weights(&self, component: Component, device: &Device) -> Result<WeightFiles> {
+        // The inner source decides (a server prefers the fp16 file); its paths are the
+        // component's, which `read` maps to the folder's root.
+        self.inner.weights(component, device)
+    }
 }
 
 #[cfg(test)]

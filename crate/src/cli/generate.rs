@@ -51,15 +51,25 @@ pub struct GenerateArgs {
     /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// img2img: the image to start from.
+    /// img2img and inpainting: the image to start from.
     #[arg(long)]
     init_image: Option<PathBuf>,
-    /// img2img: how much to change the init image, in (0, 1].
+    /// img2img and inpainting: how much to change the init image, in (0, 1].
     #[arg(long)]
     strength: Option<f64>,
-    /// img2img: safetensors with tensor `noise` [1,C,h,w] added to the init latents.
+    /// img2img and inpainting: safetensors with tensor `noise` [1,C,h,w] added to the init
+    /// latents (and blending the kept part back in when inpainting).
     #[arg(long)]
     noise: Option<PathBuf>,
+    /// Inpainting: a PNG of the init image's size, white where to repaint.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Inpainting: paste the init image back outside the mask blurred by this many pixels
+    /// (A1111's mask blur; default 0 = off, as diffusers).
+    #[arg(long, default_value_t = 0.0)]
+    mask_blur: f32,
+    #[command(flatten)]
+    control: super::control::ControlArgs,
     /// The PNG to write (default: webdiffusion-SEED.png unless --out-tensor is given).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -68,11 +78,28 @@ pub struct GenerateArgs {
     out_tensor: Option<PathBuf>,
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let groups = super::control::groups(&args.control, matches)?;
+    let canny = args
+        .control
+        .canny
+        .as_deref()
+        .map(super::control::parse_canny)
+        .transpose()?;
+    if canny.is_some() && groups.is_empty() {
+        return Err(Error::invalid(
+            "--canny",
+            "needs a --controlnet and its --control-image",
+        ));
+    }
+    for out in [&args.out, &args.out_tensor].into_iter().flatten() {
+        io::check_writable(out)?;
+    }
     if args.init_image.is_none() {
         for (flag, given) in [
             ("--strength", args.strength.is_some()),
             ("--noise", args.noise.is_some()),
+            ("--mask", args.mask.is_some()),
         ] {
             if given {
                 return Err(Error::invalid(flag, "needs --init-image"));
@@ -103,9 +130,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(path) = &args.noise {
         request.noise = Some(io::read_tensor4(path, "noise", &device)?);
     }
+    if let Some(path) = &args.mask {
+        request.mask = Some(image::read_png(path)?);
+    }
+    request.mask_blur = args.mask_blur;
 
     let pipe = StableDiffusion::load(&*files, &device)?;
     request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
+    request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();
     let generated = pipe.generate(&request, &mut |step, total, _| {
         progress.update(step, total);
@@ -132,7 +164,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             || args.common.model.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let parameters = a1111_parameters(&request, &generated.settings, &model);
+        let mut parameters = a1111_parameters(&request, &generated.settings, &model);
+        for field in super::control::a1111(&request.controlnets, canny) {
+            parameters += &format!(", {field}");
+        }
         let png = image::encode_png(
             &image::tensor_to_image(generated.image)?,
             &[("parameters", &parameters)],

@@ -54,6 +54,25 @@ pub fn write_safetensors(path: &Path, tensors: Vec<Output>) -> Result<()> {
     write_atomic(path, &serialize(&tensors)?)
 }
 
+/// Fails early (before any work) when `path` cannot be an output file: a folder, or in a
+/// folder that does not exist.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::io(path.display(), "is a folder; give a file path"));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::io(
+            path.display(),
+            format!("cannot be written: {} is not a folder", parent.display()),
+        ));
+    }
+    Ok(())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()

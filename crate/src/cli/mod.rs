@@ -2,6 +2,7 @@
 //! write files; the maths lives in the library.
 
 mod bench;
+mod control;
 mod convert;
 mod generate;
 mod io;
@@ -73,6 +74,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Time the full-size SD 1.5 networks (random weights) on a backend.
     Bench(bench::BenchArgs),
+    /// Canny edges (OpenCV's) of a PNG, as the ControlNet canny models read them.
+    Canny(control::CannyArgs),
     /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor).
     VaeEncode {
         #[command(flatten)]
@@ -84,9 +87,13 @@ enum Command {
     },
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(*args),
+        Command::Generate(args) => {
+            let matches = matches.subcommand_matches("generate").expect("generate");
+            generate::run(*args, matches)
+        }
+        Command::Canny(args) => control::canny(args),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
         Command::EncodePrompt {
@@ -154,6 +161,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let (files, device) = open(&common)?;
             let png = image::read_png(&image)?;
             let (config, vae) = load::vae(&*files, &device, DType::F32)?;
+            if !vae.can_encode() {
+                return Err(Error::invalid(
+                    "--model",
+                    "its VAE has no encoder weights (a decoder-only VAE): it cannot encode",
+                ));
+            }
             let f = config.scale_factor();
             if png.width % f != 0 || png.height % f != 0 {
                 return Err(Error::invalid(

@@ -15,6 +15,7 @@ pub use canny::canny;
 pub use resize::{grayscale, resize_lanczos};
 
 /// An 8-bit RGB image, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub width: usize,
     pub height: usize,

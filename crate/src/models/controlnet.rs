@@ -5,7 +5,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::layers::{Conv2d, conv2d};
@@ -13,7 +13,7 @@ use super::unet::{DownBlock, MidBlock, Residuals, UNetConfig, down_path};
 use crate::config::expect_one_of;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ControlNetConfig {
     /// The keys a ControlNet shares with the UNet it copies (`block_out_channels`,

@@ -267,6 +267,11 @@ impl AutoencoderKL {
         })
     }
 
+    /// Whether the encoder's weights were loaded (a decoder-only VAE has none).
+    pub fn can_encode(&self) -> bool {
+        self.encoder.conv_in.weight.is_initialized()
+    }
+
     /// Pixels in [-1, 1] `[B, 3, H, W]` → posterior over latents `[B, C, H/f, W/f]`
     /// (unscaled: multiply by `scaling_factor` for the diffusion space).
     pub fn encode(&self, x: Tensor<4>) -> Posterior {

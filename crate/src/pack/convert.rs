@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::files::ModelFiles;
 use crate::load;
 use crate::models::clip::ClipTextModel;
+use crate::models::controlnet::ControlNetModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::quant::{BlockFormat, Precision, Scales};
@@ -242,26 +243,10 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
     // describe networks this crate runs.
     load::tokenizer(src)?;
     load::scheduler_config(src)?;
-    // The networks are built lazily: nothing is allocated to learn their shapes.
-    let device = burn::prelude::Device::flex();
-    let expected = BTreeMap::from([
-        (
-            Component::TextEncoder,
-            expected_tensors(
-                &load::build::<ClipTextModel>(src, Component::TextEncoder, &device)?.1,
-            ),
-        ),
-        (
-            Component::Unet,
-            expected_tensors(
-                &load::build::<UNet2DConditionModel>(src, Component::Unet, &device)?.1,
-            ),
-        ),
-        (
-            Component::Vae,
-            expected_tensors(&load::build::<AutoencoderKL>(src, Component::Vae, &device)?.1),
-        ),
-    ]);
+    let expected = Component::PIPELINE
+        .into_iter()
+        .map(|c| Ok((c, expected_of(src, c)?)))
+        .collect::<Result<Expected>>()?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
@@ -271,6 +256,59 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
         components: BTreeMap::new(),
     };
     Ok((manifest, expected))
+}
+
+/// The tensors (checkpoint key, shape) `component` of `src` has, as its config describes
+/// it. The network is built lazily: nothing is allocated to learn the shapes.
+fn expected_of(src: &dyn ModelFiles, component: Component) -> Result<Vec<(String, Vec<usize>)>> {
+    let device = burn::prelude::Device::flex();
+    Ok(match component {
+        Component::TextEncoder => {
+            expected_tensors(&load::build::<ClipTextModel>(src, component, &device)?.1)
+        }
+        Component::Unet => {
+            expected_tensors(&load::build::<UNet2DConditionModel>(src, component, &device)?.1)
+        }
+        Component::Vae => {
+            expected_tensors(&load::build::<AutoencoderKL>(src, component, &device)?.1)
+        }
+        Component::ControlNet => {
+            expected_tensors(&load::build::<ControlNetModel>(src, component, &device)?.1)
+        }
+    })
+}
+
+/// Converts one `component` published on its own (a ControlNet; `src` seen through
+/// `files::ComponentDir`, or a single file) into a pack at `out`, which must not exist.
+pub fn convert_component(
+    src: &dyn ModelFiles,
+    component: Component,
+    precision: Precision,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    let path = component.config();
+    let config: serde_json::Value =
+        crate::config::parse(&src.display(&path), &src.require_text(&path)?)?;
+    let expected = Expected::from([(component, expected_of(src, component)?)]);
+    let mut manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        quant: precision,
+        configs: BTreeMap::from([(path, config)]),
+        tokenizer: BTreeMap::new(),
+        components: BTreeMap::new(),
+    };
+    write_new_folder(out, |dir| {
+        let (path, bytes) = weight_file(src, component)?;
+        let file = src.display(&path);
+        let st = SafetensorsFile::parse(&bytes, &file)?;
+        let sources = st.tensors().map(Source::from).collect();
+        let policy = (precision, Policy::Pack);
+        let (entry, report) = write_component(&expected, sources, &file, component, policy, dir)?;
+        manifest.components.insert(component, entry);
+        finish_manifest(&manifest, dir)?;
+        Ok(vec![report])
+    })
 }
 
 fn write(

@@ -93,6 +93,32 @@ impl<F: ModelFiles> ModelFiles for PackFiles<F> {
     }
 }
 
+/// The component (a ControlNet, a VAE) at `path`: a pack holding it, or the folder it is
+/// published as (`config.json` and weights at its root).
+#[cfg(not(target_family = "wasm"))]
+pub fn open_component(path: &std::path::Path, component: Component) -> Result<Box<dyn ModelFiles>> {
+    use crate::files::{ComponentDir, DirFiles};
+    if !path.is_dir() {
+        return Err(Error::io(
+            path.display(),
+            format!("is not a {component} folder (config.json and weights) or pack"),
+        ));
+    }
+    if let Some(pack) = PackFiles::open(DirFiles(path.to_path_buf()))? {
+        if !pack.manifest.components.contains_key(&component) {
+            return Err(Error::io(
+                path.join(MANIFEST).display(),
+                format!("is a pack without a {component}"),
+            ));
+        }
+        return Ok(Box::new(pack));
+    }
+    Ok(Box::new(ComponentDir {
+        inner: DirFiles(path.to_path_buf()),
+        component,
+    }))
+}
+
 /// The model each of `urls` belongs to, for listing a cache by model: the folder of a
 /// `manifest.json` (a pack), `model_index.json` (a diffusers pipeline) or `config.json` (a
 /// component published on its own) among `urls`. A file belongs to the outermost such

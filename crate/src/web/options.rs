@@ -1,54 +1,135 @@
-//! The options object of `Pipeline.generate`, read into a [`Request`].
+//! The options object of `Pipeline.generate`, read into a [`Request`] (see `GenerateOptions`
+//! in the TypeScript declarations), and `ImageData` in and out.
 
 use burn::prelude::*;
-use js_sys::{Float32Array, Function, Reflect};
+use js_sys::{Float32Array, Function, Reflect, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 
 use super::Hooks;
-use crate::pipeline::{Request, StableDiffusion};
+use super::handles::{self, Loaded};
+use crate::image::Image;
+use crate::pipeline::{Control, Request, StableDiffusion};
 
-/// `{ prompt, negativePrompt?, steps?, guidance?, scheduler?, seed?, width?, height?,
-///    latents?: Float32Array, loras?: [{ lora, scale? }], onStep?: (step, total) => void,
-///    signal?: AbortSignal }`
-/// `pipe_id` identifies the pipeline, whose LoRAs alone may be used.
+fn error(message: String) -> JsValue {
+    js_sys::Error::new(&message).into()
+}
+
+fn field(object: &JsValue, key: &str) -> Option<JsValue> {
+    Reflect::get(object, &key.into())
+        .ok()
+        .filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+fn number(object: &JsValue, key: &str, name: &str) -> Result<Option<f64>, JsValue> {
+    field(object, key)
+        .map(|v| {
+            v.as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| error(format!("generate: `{name}` must be a finite number")))
+        })
+        .transpose()
+}
+
+/// An `ImageData` (or any `{ width, height, data }` of RGBA bytes) as an RGB image; alpha
+/// is ignored. `name` names it in errors.
+pub fn image_data(value: &JsValue, name: &str) -> Result<Image, JsValue> {
+    let bad = || {
+        error(format!(
+            "{name} must be an ImageData (width, height, RGBA data)"
+        ))
+    };
+    let size = |key: &str| {
+        field(value, key)
+            .and_then(|v| v.as_f64())
+            .filter(|x| *x >= 1.0 && x.fract() == 0.0)
+            .map(|x| x as usize)
+    };
+    let (Some(width), Some(height)) = (size("width"), size("height")) else {
+        return Err(bad());
+    };
+    let data: Uint8ClampedArray = field(value, "data")
+        .ok_or_else(bad)?
+        .dyn_into()
+        .map_err(|_| bad())?;
+    if data.length() as usize != width * height * 4 {
+        return Err(error(format!(
+            "{name}: {} bytes of data for {width}×{height} RGBA pixels",
+            data.length()
+        )));
+    }
+    let rgb = data
+        .to_vec()
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    Ok(Image { width, height, rgb })
+}
+
+/// A new `ImageData` of `rgba` pixels.
+pub fn new_image_data(rgba: &[u8], width: usize, height: usize) -> Result<JsValue, JsValue> {
+    let constructor: Function = Reflect::get(&js_sys::global(), &"ImageData".into())?.dyn_into()?;
+    let data = Uint8ClampedArray::from(rgba);
+    let args = js_sys::Array::of3(&data, &(width as u32).into(), &(height as u32).into());
+    Reflect::construct(&constructor, &args)
+}
+
+/// `[1, 3, H, W]` in [-1, 1], as diffusers' image processor normalises an init image.
+fn image_tensor(image: &Image, device: &Device) -> Tensor<4> {
+    crate::image::image_to_tensor(image, device)
+}
+
+/// The `Float32Array` `key` as a tensor of `shape`.
+fn array(
+    options: &JsValue,
+    key: &str,
+    shape: [usize; 4],
+    device: &Device,
+) -> Result<Option<Tensor<4>>, JsValue> {
+    let Some(value) = field(options, key) else {
+        return Ok(None);
+    };
+    let count = shape.iter().product::<usize>();
+    let what = || {
+        error(format!(
+            "generate: `{key}` must be a Float32Array of {shape:?} = {count} values"
+        ))
+    };
+    let array: Float32Array = value.dyn_into().map_err(|_| what())?;
+    let values = array.to_vec();
+    if values.len() != count {
+        return Err(what());
+    }
+    Ok(Some(Tensor::from_data(
+        TensorData::new(values, shape),
+        device,
+    )))
+}
+
+/// Reads `generate`'s options. `pipe_id` identifies the pipeline, whose LoRAs and
+/// ControlNets alone may be used.
 pub fn parse(
     options: &JsValue,
     pipe: &StableDiffusion,
     pipe_id: u32,
 ) -> Result<(Request, Hooks), JsValue> {
-    let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
-    let bad = |key: &str, what: &str| -> JsValue {
-        js_sys::Error::new(&format!("generate: `{key}` must be {what}")).into()
-    };
-    let number = |key: &str| -> Result<Option<f64>, JsValue> {
-        let v = get(key);
-        if v.is_undefined() || v.is_null() {
-            return Ok(None);
-        }
-        v.as_f64()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| bad(key, "a finite number"))
-    };
+    let bad = |key: &str, what: &str| error(format!("generate: `{key}` must be {what}"));
     let count = |key: &str| -> Result<Option<usize>, JsValue> {
-        match number(key)? {
+        match number(options, key, key)? {
             Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
             Some(_) => Err(bad(key, "a whole number ≥ 0")),
             None => Ok(None),
         }
     };
     let text = |key: &str| -> Result<Option<String>, JsValue> {
-        let v = get(key);
-        if v.is_undefined() || v.is_null() {
-            return Ok(None);
-        }
-        v.as_string().map(Some).ok_or_else(|| bad(key, "a string"))
+        field(options, key)
+            .map(|v| v.as_string().ok_or_else(|| bad(key, "a string")))
+            .transpose()
     };
 
     let mut request = Request::new(text("prompt")?.ok_or_else(|| bad("prompt", "a string"))?);
     request.negative_prompt = text("negativePrompt")?.unwrap_or_default();
     request.steps = count("steps")?;
-    if let Some(g) = number("guidance")? {
+    if let Some(g) = number(options, "guidance", "guidance")? {
         request.guidance = g;
     }
     request.scheduler = text("scheduler")?;
@@ -58,63 +139,93 @@ pub fn parse(
     };
     request.width = count("width")?;
     request.height = count("height")?;
-    let latents = get("latents");
-    if !latents.is_undefined() && !latents.is_null() {
-        let array: Float32Array = latents
-            .dyn_into()
-            .map_err(|_| bad("latents", "a Float32Array"))?;
-        let f = pipe.vae_scale_factor();
-        let size = pipe.default_size();
-        let shape = [
-            1,
-            pipe.unet_config.in_channels,
-            request.height.unwrap_or(size) / f,
-            request.width.unwrap_or(size) / f,
-        ];
-        let values = array.to_vec();
-        if values.len() != shape.iter().product::<usize>() {
-            let what = format!(
-                "a Float32Array of {shape:?} = {} values",
-                shape.iter().product::<usize>()
-            );
-            return Err(bad("latents", &what));
-        }
-        request.latents = Some(Tensor::from_data(
-            TensorData::new(values, shape),
-            &pipe.device,
-        ));
+    let device = &pipe.device;
+    if let Some(value) = field(options, "initImage") {
+        let image = image_data(&value, "generate: `initImage`")?;
+        request.width = Some(image.width);
+        request.height = Some(image.height);
+        request.init_image = Some(image_tensor(&image, device));
     }
-    let loras = get("loras");
-    if !loras.is_undefined() && !loras.is_null() {
-        let list: js_sys::Array = loras
-            .dyn_into()
-            .map_err(|_| bad("loras", "an array of { lora, scale? }"))?;
-        for (i, entry) in list.iter().enumerate() {
-            let key = format!("loras[{i}]");
-            let field =
-                |name: &str| Reflect::get(&entry, &name.into()).unwrap_or(JsValue::UNDEFINED);
-            let id = field("lora")
-                .is_object()
-                .then(|| Reflect::get(&field("lora"), &"id".into()).ok())
-                .flatten()
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| bad(&format!("{key}.lora"), "a Lora from loadLora"))?;
-            let lora = super::lora_by_id(id as u32, pipe_id)
-                .map_err(|why| js_sys::Error::new(&format!("generate: `{key}.lora` {why}")))?;
-            let scale = match field("scale") {
-                v if v.is_undefined() || v.is_null() => 1.0,
-                v => v
-                    .as_f64()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| bad(&format!("{key}.scale"), "a finite number"))?,
-            };
-            request.loras.push((lora, scale as f32));
-        }
+    if let Some(strength) = number(options, "strength", "strength")? {
+        request.strength = strength;
     }
-    let on_step = get("onStep");
+    if let Some(value) = field(options, "mask") {
+        request.mask = Some(image_data(&value, "generate: `mask`")?);
+    }
+    if let Some(blur) = number(options, "maskBlur", "maskBlur")? {
+        request.mask_blur = blur as f32;
+    }
+    // Latents and noise are the size of the output in latents.
+    let f = pipe.vae_scale_factor();
+    let size = pipe.default_size();
+    let shape = [
+        1,
+        pipe.vae_config.latent_channels,
+        request.height.unwrap_or(size) / f,
+        request.width.unwrap_or(size) / f,
+    ];
+    request.latents = array(options, "latents", shape, device)?;
+    request.noise = array(options, "noise", shape, device)?;
+
+    for (i, entry) in list(options, "loras")?.iter().enumerate() {
+        let key = format!("loras[{i}]");
+        let Loaded::Lora(lora) = handle(entry, "lora", &key, pipe_id)? else {
+            return Err(bad(&format!("{key}.lora"), "a Lora from loadLora"));
+        };
+        let scale = number(entry, "scale", &format!("{key}.scale"))?.unwrap_or(1.0);
+        request.loras.push((lora, scale as f32));
+    }
+    for (i, entry) in list(options, "controlnets")?.iter().enumerate() {
+        let key = format!("controlnets[{i}]");
+        let Loaded::ControlNet(controlnet) = handle(entry, "controlnet", &key, pipe_id)? else {
+            return Err(bad(
+                &format!("{key}.controlnet"),
+                "a ControlNet from loadControlNet",
+            ));
+        };
+        let image =
+            field(entry, "image").ok_or_else(|| bad(&format!("{key}.image"), "an ImageData"))?;
+        let image = image_data(&image, &format!("generate: `{key}.image`"))?;
+        let value = |name: &str, default: f64| -> Result<f32, JsValue> {
+            Ok(number(entry, name, &format!("{key}.{name}"))?.unwrap_or(default) as f32)
+        };
+        request.controlnets.push(Control {
+            scale: value("scale", 1.0)?,
+            start: value("start", 0.0)?,
+            end: value("end", 1.0)?,
+            ..Control::new(controlnet, image)
+        });
+    }
+
     let hooks = Hooks {
-        on_step: on_step.dyn_into::<Function>().ok(),
-        signal: Some(get("signal")).filter(|s| !s.is_undefined() && !s.is_null()),
+        on_step: field(options, "onStep").and_then(|f| f.dyn_into::<Function>().ok()),
+        signal: field(options, "signal"),
     };
     Ok((request, hooks))
+}
+
+/// The array `key` of `options` (empty when absent).
+fn list(options: &JsValue, key: &str) -> Result<Vec<JsValue>, JsValue> {
+    match field(options, key) {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .dyn_into::<js_sys::Array>()
+            .map(|a| a.iter().collect())
+            .map_err(|_| error(format!("generate: `{key}` must be an array"))),
+    }
+}
+
+/// What the handle in `entry[member]` (`key` in errors) stands for.
+fn handle(entry: &JsValue, member: &str, key: &str, pipe_id: u32) -> Result<Loaded, JsValue> {
+    // A freed handle's getter throws: that reads as no id.
+    let id = field(entry, member)
+        .and_then(|h| Reflect::get(&h, &"id".into()).ok())
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| {
+            error(format!(
+                "generate: `{key}.{member}` must be a handle from this package, alive"
+            ))
+        })?;
+    handles::lookup(id as u32, pipe_id)
+        .map_err(|why| error(format!("generate: `{key}.{member}` {why}")))
 }

@@ -112,6 +112,8 @@ pub struct ModuleLoader<M> {
     dtype: DType,
     applied: HashSet<String>,
     params: HashSet<String>,
+    /// Checkpoint-key prefixes a file may leave out entirely (a decoder-only VAE).
+    optional: &'static [&'static str],
 }
 
 impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
@@ -122,6 +124,16 @@ impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
             dtype,
             applied: HashSet::new(),
             params: HashSet::new(),
+            optional: &[],
+        }
+    }
+
+    /// The loader for `component`'s weights: what the component may lack is allowed to
+    /// be missing (see `Component::optional_parts`).
+    pub fn for_component(module: M, component: crate::component::Component, dtype: DType) -> Self {
+        Self {
+            optional: component.optional_parts(),
+            ..Self::new(module, dtype)
         }
     }
 
@@ -177,12 +189,30 @@ impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
             // No tensor at all: apply none to learn what the model expected.
             self.apply(Vec::new(), source)?;
         }
-        let mut missing: Vec<&String> = self.params.difference(&self.applied).collect();
+        let mut missing: Vec<String> = self
+            .params
+            .difference(&self.applied)
+            .map(|path| checkpoint_name(path))
+            .collect();
         missing.sort();
-        if let Some(path) = missing.first() {
+        // A part left out entirely is allowed; one left out in part is a damaged file.
+        let whole = |prefix: &&str| {
+            let applied = self
+                .applied
+                .iter()
+                .any(|p| checkpoint_name(p).starts_with(*prefix));
+            !applied
+        };
+        missing.retain(|key| {
+            !self
+                .optional
+                .iter()
+                .any(|prefix| key.starts_with(*prefix) && whole(prefix))
+        });
+        if let Some(key) = missing.first() {
             return Err(Error::MissingTensor {
                 file: source.into(),
-                key: checkpoint_name(path),
+                key: key.clone(),
             });
         }
         Ok(self.module)

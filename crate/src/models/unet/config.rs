@@ -1,13 +1,13 @@
 //! `unet/config.json`, as diffusers' `UNet2DConditionModel` reads it.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{PerBlock, expect_one_of};
 use crate::error::{Error, Result};
 use crate::models::resnet::ResnetConfig;
 use crate::models::transformer::Transformer2DConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UNetConfig {
     pub sample_size: usize,

@@ -1,0 +1,389 @@
+//! A generation: how it starts (checks, prompt embeddings, the starting latents for
+//! text-to-image, img2img or inpainting) and each denoising step, as diffusers' pipelines
+//! run them.
+
+use burn::prelude::*;
+
+use super::control::{self, ActiveControl};
+use super::inpaint::{self, Inpaint, Mask};
+use super::{Generated, Request, Settings, StableDiffusion};
+use crate::component::Component;
+use crate::error::{Error, Result};
+use crate::lora;
+use crate::models::unet::UNet2DConditionModel;
+use crate::schedulers::{self, NoiseSource, Scheduler};
+
+/// A generation in progress: the scheduler's state and the current latents.
+pub struct Generation<'a> {
+    pipe: &'a StableDiffusion,
+    /// The pipeline's UNet with the request's LoRAs attached.
+    unet: UNet2DConditionModel,
+    settings: Settings,
+    scheduler: Box<dyn Scheduler>,
+    rng: Box<dyn NoiseSource>,
+    latents: Tensor<4>,
+    /// Text embeddings: `[negative, positive]` under classifier-free guidance.
+    context: Tensor<3>,
+    timestep_cond: Option<Tensor<2>>,
+    /// (scale, rescale) when running classifier-free guidance.
+    guidance: Option<(f64, f64)>,
+    controls: Vec<ActiveControl>,
+    inpaint: Option<Inpaint>,
+    /// Pasting the init image back: the image `[1, 3, H, W]` in [0, 1] and the blurred mask.
+    overlay: Option<(Tensor<4>, Tensor<4>)>,
+    start: usize,
+    index: usize,
+}
+
+impl StableDiffusion {
+    /// Prepares `request`: checks it, encodes the prompts and draws the starting latents.
+    /// The caller then runs [`Generation::step`] until done, free to yield, report progress
+    /// or cancel in between (the browser awaits its read-backs there).
+    ///
+    /// `rng` supplies all noise: the initial latents unless given, img2img's noise unless
+    /// given, then the stochastic schedulers' per-step noise, in that order.
+    pub fn start(
+        &self,
+        request: &Request,
+        mut rng: Box<dyn NoiseSource>,
+    ) -> Result<Generation<'_>> {
+        let scheduler_name = request
+            .scheduler
+            .clone()
+            .unwrap_or_else(|| self.default_scheduler().to_string());
+        let steps = request
+            .steps
+            .unwrap_or(if scheduler_name == "lcm" { 4 } else { 20 });
+        let scheduler =
+            schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
+        let (height, width) = self.check_size(request)?;
+        if request.clip_skip >= self.text_encoder.num_layers() {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!(
+                    "{} (the text encoder has {} layers)",
+                    request.clip_skip,
+                    self.text_encoder.num_layers()
+                ),
+            ));
+        }
+        if !request.guidance.is_finite() || !request.guidance_rescale.is_finite() {
+            return Err(Error::invalid("guidance", "must be a finite number"));
+        }
+        if request.mask.is_some() && request.init_image.is_none() {
+            return Err(Error::invalid("mask", "needs an init image"));
+        }
+        if (request.init_image.is_some() || self.is_inpainting()) && !self.vae.can_encode() {
+            return Err(Error::invalid(
+                "init image",
+                "this model's VAE has no encoder weights (a decoder-only VAE): it cannot \
+                 encode an image for img2img or inpainting",
+            ));
+        }
+        if request.init_image.is_some() && !(request.strength > 0.0 && request.strength <= 1.0) {
+            return Err(Error::invalid(
+                "strength",
+                format!("{} is not in (0, 1]", request.strength),
+            ));
+        }
+        if !(request.mask_blur >= 0.0 && request.mask_blur <= 256.0) {
+            return Err(Error::invalid(
+                "mask blur",
+                format!("{} is not in [0, 256] pixels", request.mask_blur),
+            ));
+        }
+        let f = self.vae_scale_factor();
+        let shape = [1, self.vae_config.latent_channels, height / f, width / f];
+        let device = &self.device;
+
+        // LCM-distilled UNets take the guidance scale as an embedding instead of running
+        // classifier-free guidance.
+        let timestep_cond = self
+            .unet_config
+            .time_cond_proj_dim
+            .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device));
+        let guided = request.guidance > 1.0 && timestep_cond.is_none();
+        let batch = if guided { 2 } else { 1 };
+        let text_encoder = lora::apply(&self.text_encoder, Component::TextEncoder, &request.loras);
+        let positive = self.encode_prompt(&text_encoder, &request.prompt, request.clip_skip)?;
+        let context = if guided {
+            let negative =
+                self.encode_prompt(&text_encoder, &request.negative_prompt, request.clip_skip)?;
+            Tensor::cat(vec![negative, positive], 0)
+        } else {
+            positive
+        };
+        let controls = request
+            .controlnets
+            .iter()
+            .map(|c| ActiveControl::new(c, width, height, batch, device))
+            .collect::<Result<Vec<_>>>()?;
+
+        // What the mask repaints: the request's, or everything when an inpainting model
+        // is asked for a plain text-to-image.
+        let inpainting_model = self.is_inpainting();
+        let mask = match (
+            &request.mask,
+            inpainting_model && request.init_image.is_none(),
+        ) {
+            (Some(mask), _) => Some(Mask::new(mask, width, height, f, device)?),
+            (None, true) => Some(Mask::full(width, height, f, device)),
+            (None, false) => None,
+        };
+        let encode = |image: Tensor<4>| -> Result<Tensor<4>> {
+            let latents = self.vae.encode(image).mean * self.vae_config.scaling_factor;
+            check_shape(latents, shape, "init image")
+        };
+        let image_latents = match &request.init_image {
+            Some(image) => Some(encode(image.clone())?),
+            None => None,
+        };
+
+        // diffusers' get_timesteps: skip the first (1 − strength) of the steps.
+        let strength = request
+            .init_image
+            .as_ref()
+            .map_or(1.0, |_| request.strength);
+        let kept = ((steps as f64 * strength) as usize).min(steps);
+        let start = (steps - kept) * scheduler.order();
+        if start >= scheduler.timesteps().len() {
+            return Err(Error::invalid(
+                "strength",
+                format!("{strength} leaves no step to run"),
+            ));
+        }
+        let given = |t: &Option<Tensor<4>>, name: &str| -> Result<Option<Tensor<4>>> {
+            t.as_ref()
+                .map(|t| check_shape(t.clone(), shape, name))
+                .transpose()
+        };
+        let (latents, noise) = match (&image_latents, &mask) {
+            // Text-to-image: pure noise.
+            (None, _) => {
+                let noise = match given(&request.latents, "latents")? {
+                    Some(latents) => latents,
+                    None => rng.noise(shape, device),
+                };
+                (noise.clone() * scheduler.init_noise_sigma(), noise)
+            }
+            // Inpainting: pure noise at full strength, else the init image noised to the
+            // start; the same noise blends the kept part back in. Given latents are that
+            // noise, as in diffusers.
+            (Some(image_latents), Some(_)) => {
+                let latents = given(&request.latents, "latents")?;
+                let noise = match (given(&request.noise, "noise")?, &latents) {
+                    (Some(noise), _) => noise,
+                    (None, Some(latents)) => latents.clone(),
+                    (None, None) => rng.noise(shape, device),
+                };
+                let start_latents = if strength >= 1.0 {
+                    latents.unwrap_or_else(|| noise.clone()) * scheduler.init_noise_sigma()
+                } else {
+                    scheduler.add_noise(image_latents.clone(), noise.clone(), start)
+                };
+                (start_latents, noise)
+            }
+            // img2img: the init image noised to the start step.
+            (Some(image_latents), None) => {
+                let noise = match given(&request.noise, "noise")? {
+                    Some(noise) => noise,
+                    None => rng.noise(shape, device),
+                };
+                let latents = scheduler.add_noise(image_latents.clone(), noise.clone(), start);
+                (latents, noise)
+            }
+        };
+
+        let image = request.init_image.clone();
+        let overlay = match (&mask, &image) {
+            (Some(mask), Some(image)) if request.mask_blur > 0.0 => Some((
+                (image.clone() + 1.0) / 2.0,
+                inpaint::blur(mask.pixels.clone(), request.mask_blur),
+            )),
+            _ => None,
+        };
+        let inpaint = match mask {
+            None => None,
+            Some(mask) if inpainting_model => {
+                let image = image.unwrap_or_else(|| Tensor::zeros([1, 3, height, width], device));
+                let masked = encode(mask.masked_image(image))?;
+                Some(Inpaint::Channels {
+                    mask: Tensor::cat(vec![mask.latents; batch], 0),
+                    masked_image_latents: Tensor::cat(vec![masked; batch], 0),
+                })
+            }
+            Some(mask) => Some(Inpaint::Blend {
+                mask: mask.latents,
+                image_latents: image_latents.expect("a mask needs an init image"),
+                noise,
+            }),
+        };
+
+        let settings = Settings {
+            steps,
+            scheduler: scheduler_name,
+            guidance: request.guidance,
+            seed: request.seed,
+            width,
+            height,
+            strength: request.init_image.as_ref().map(|_| request.strength),
+        };
+        Ok(Generation {
+            pipe: self,
+            unet: lora::apply(&self.unet, Component::Unet, &request.loras),
+            settings,
+            scheduler,
+            rng,
+            latents,
+            context,
+            timestep_cond,
+            guidance: guided.then_some((request.guidance, request.guidance_rescale)),
+            controls,
+            inpaint,
+            overlay,
+            start,
+            index: start,
+        })
+    }
+}
+
+impl Generation<'_> {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// UNet calls in this generation.
+    pub fn total(&self) -> usize {
+        self.scheduler.timesteps().len() - self.start
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.index >= self.scheduler.timesteps().len()
+    }
+
+    pub fn latents(&self) -> &Tensor<4> {
+        &self.latents
+    }
+
+    /// The largest |latent|, to read back and check for divergence (NaN or ∞).
+    pub fn max_abs(&self) -> Tensor<1> {
+        self.latents.clone().abs().max()
+    }
+
+    /// One UNet call (with the ControlNets' residuals) and scheduler step; returns (steps
+    /// done, total).
+    pub fn step(&mut self) -> (usize, usize) {
+        let i = self.index;
+        let t = self.scheduler.timesteps()[i] as f32;
+        let latents = self.latents.clone();
+        let input = match self.guidance {
+            Some(_) => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+            None => latents.clone(),
+        };
+        let input = self.scheduler.scale_model_input(input, i);
+        let residuals = control::residuals(
+            &self.controls,
+            &input,
+            t,
+            &self.context,
+            &self.timestep_cond,
+            (i - self.start, self.total()),
+        );
+        let output = self.unet.forward(
+            Inpaint::unet_input(&self.inpaint, input),
+            t,
+            self.context.clone(),
+            self.timestep_cond.clone(),
+            residuals,
+        );
+        let output = match self.guidance {
+            Some((scale, rescale)) => {
+                let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
+                let guided = uncond.clone() + (cond.clone() - uncond) * scale;
+                rescale_guidance(guided, cond, rescale)
+            }
+            None => output,
+        };
+        let mut latents = self.scheduler.step(output, i, latents, self.rng.as_mut());
+        if let Some(Inpaint::Blend {
+            mask,
+            image_latents,
+            noise,
+        }) = &self.inpaint
+        {
+            // The kept part follows the init image: noised to the next step, clean after
+            // the last one.
+            let next = i + 1;
+            let kept = if next < self.scheduler.timesteps().len() {
+                self.scheduler
+                    .add_noise(image_latents.clone(), noise.clone(), next)
+            } else {
+                image_latents.clone()
+            };
+            let keep = mask.clone().neg() + 1.0;
+            latents = kept * keep + latents * mask.clone();
+        }
+        self.latents = latents;
+        self.index += 1;
+        (self.index - self.start, self.total())
+    }
+
+    /// Decodes the final latents (and pastes the init image back outside the blurred mask,
+    /// when asked).
+    pub fn finish(self) -> Generated {
+        let vae = &self.pipe.vae;
+        let image = vae.decode(self.latents.clone() / self.pipe.vae_config.scaling_factor);
+        let mut image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        if let Some((init, weight)) = self.overlay {
+            image = init * (weight.clone().neg() + 1.0) + image * weight;
+        }
+        let [_, c, h, w] = image.dims();
+        let image = image.reshape([c, h, w]).permute([1, 2, 0]);
+        Generated {
+            settings: self.settings,
+            latents: self.latents,
+            image,
+        }
+    }
+}
+
+fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<4>> {
+    if t.dims() == expected {
+        Ok(t)
+    } else {
+        Err(Error::invalid(
+            name,
+            format!("has shape {:?}, expected {expected:?}", t.dims()),
+        ))
+    }
+}
+
+/// diffusers' `rescale_noise_cfg` (Lin et al. 2023, §3.4): pulls the guided prediction's
+/// standard deviation back towards the conditional one's.
+fn rescale_guidance(guided: Tensor<4>, cond: Tensor<4>, rescale: f64) -> Tensor<4> {
+    if rescale <= 0.0 {
+        return guided;
+    }
+    let std = |t: &Tensor<4>| {
+        let [b, c, h, w] = t.dims();
+        t.clone()
+            .reshape([b, c * h * w])
+            .var(1)
+            .sqrt()
+            .reshape([b, 1, 1, 1])
+    };
+    let rescaled = guided.clone() * (std(&cond) / std(&guided));
+    rescaled * rescale + guided * (1.0 - rescale)
+}
+
+/// LCM's embedding of the guidance scale `w` (sinusoidal, as for timesteps).
+fn guidance_scale_embedding(w: f64, dim: usize, device: &Device) -> Tensor<2> {
+    let w = w * 1000.0;
+    let half = dim / 2;
+    let scale = 10000f64.ln() / (half as f64 - 1.0);
+    let freqs: Vec<f64> = (0..half).map(|i| (i as f64 * -scale).exp() * w).collect();
+    let mut values: Vec<f32> = freqs.iter().map(|x| x.sin() as f32).collect();
+    values.extend(freqs.iter().map(|x| x.cos() as f32));
+    values.resize(dim, 0.0);
+    Tensor::from_data(TensorData::new(values, [1, dim]), device)
+}

@@ -1,0 +1,317 @@
+//! Text-to-image, img2img and inpainting, with LoRAs and ControlNets: the algorithms of
+//! diffusers' Stable Diffusion pipelines, reading like them. The pipeline holds the loaded
+//! networks; `generate` runs one request (see `generation` for its steps).
+
+mod control;
+mod generation;
+mod inpaint;
+mod request;
+
+pub use control::{ControlNet, check_fits};
+pub use generation::Generation;
+pub use request::{Control, Generated, OnStep, Request, Settings};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::component::Component;
+use crate::error::{Error, Result};
+use crate::files::{ModelFiles, sha256_hex};
+use crate::load;
+use crate::lora::{self, Lora, LoraFile};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+#[cfg(not(target_family = "wasm"))]
+use crate::noise::Generator;
+#[cfg(not(target_family = "wasm"))]
+use crate::schedulers::NoiseSource;
+use crate::schedulers::{self, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::expected_tensors;
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    pub vae: AutoencoderKL,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+}
+
+/// What a pipeline is made of: the tokenizer, the networks (with or without their weights
+/// yet) and their configs. [`Parts::build`] reads and checks everything but the weights,
+/// which each edge then loads its own way (whole files natively, streamed in the browser),
+/// and [`StableDiffusion::from_parts`] assembles the result.
+pub struct Parts {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    pub vae: AutoencoderKL,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+}
+
+impl Parts {
+    /// Reads the configs and tokenizer of `files` and builds the networks, their weights
+    /// not yet loaded (nothing is allocated).
+    pub fn build(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+        let tokenizer = load::tokenizer(files)?;
+        let scheduler_config = load::scheduler_config(files)?;
+        let (text_config, text_encoder) =
+            load::build::<ClipTextModel>(files, Component::TextEncoder, device)?;
+        let (unet_config, unet) = load::build(files, Component::Unet, device)?;
+        let (vae_config, vae) = load::build::<AutoencoderKL>(files, Component::Vae, device)?;
+        fits_together(files, &text_config, &unet_config, &vae_config)?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+        })
+    }
+}
+
+/// Checks that the networks of `files` fit each other: the text embeddings are as wide as
+/// the UNet's cross-attention, and the UNet reads and writes the VAE's latents.
+fn fits_together(
+    files: &dyn ModelFiles,
+    text: &ClipTextConfig,
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+) -> Result<()> {
+    let unet_file = files.display(&Component::Unet.config());
+    let n = unet.block_out_channels.len();
+    let cross = unet
+        .cross_attention_dim
+        .expand(n, &unet_file, "cross_attention_dim")?;
+    if let Some(dim) = cross.iter().find(|&&d| d != text.hidden_size) {
+        return Err(Error::config(
+            &unet_file,
+            "cross_attention_dim",
+            format!(
+                "is {dim} but the text encoder ({}) has hidden_size {}",
+                files.display(&Component::TextEncoder.config()),
+                text.hidden_size
+            ),
+        ));
+    }
+    let latent = vae.latent_channels;
+    let vae_file = files.display(&Component::Vae.config());
+    for (key, value, allowed) in [
+        ("in_channels", unet.in_channels, [latent, 2 * latent + 1]),
+        ("out_channels", unet.out_channels, [latent, latent]),
+    ] {
+        if !allowed.contains(&value) {
+            return Err(Error::config(
+                &unet_file,
+                key,
+                format!(
+                    "is {value} but the VAE ({vae_file}) has latent_channels {latent} (an \
+                     inpainting UNet reads {})",
+                    2 * latent + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl StableDiffusion {
+    /// Loads the pipeline `files` holds, its weights read whole.
+    pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+        let dtype = DType::F32;
+        let mut parts = Parts::build(files, device)?;
+        parts.text_encoder = load::weights(
+            files,
+            Component::TextEncoder,
+            parts.text_encoder,
+            device,
+            dtype,
+        )?;
+        parts.unet = load::weights(files, Component::Unet, parts.unet, device, dtype)?;
+        parts.vae = load::weights(files, Component::Vae, parts.vae, device, dtype)?;
+        Ok(Self::from_parts(parts, device))
+    }
+
+    /// The pipeline made of `parts`, whose weights are loaded, running on `device`.
+    pub fn from_parts(parts: Parts, device: &Device) -> Self {
+        let Parts {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+        } = parts;
+        Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+            device: device.clone(),
+        }
+    }
+
+    /// Whether the UNet is an inpainting model's (its input: latents, mask, masked image).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet_config.in_channels == 2 * self.vae_config.latent_channels + 1
+    }
+
+    /// The ControlNet whose config `files` holds (see `files::ComponentDir` for a
+    /// published folder), checked to fit this pipeline's UNet before any weight is read,
+    /// then loaded. `name` is how it is shown.
+    pub fn load_controlnet(&self, files: &dyn ModelFiles, name: &str) -> Result<ControlNet> {
+        let (config, model) = self.build_controlnet(files)?;
+        let model = load::weights(
+            files,
+            Component::ControlNet,
+            model,
+            &self.device,
+            DType::F32,
+        )?;
+        Ok(ControlNet {
+            name: name.into(),
+            config,
+            model,
+        })
+    }
+
+    /// The ControlNet `files` describes, checked to fit, its weights not yet loaded (the
+    /// browser streams them).
+    pub fn build_controlnet(
+        &self,
+        files: &dyn ModelFiles,
+    ) -> Result<(ControlNetConfig, ControlNetModel)> {
+        let (config, model) =
+            load::build::<ControlNetModel>(files, Component::ControlNet, &self.device)?;
+        let file = files.display(&Component::ControlNet.config());
+        check_fits(
+            &config,
+            &file,
+            &self.unet_config,
+            self.vae_config.latent_channels,
+        )?;
+        Ok((config, model))
+    }
+
+    /// The scheduler the model ships with, or DDIM if its class is not one of ours.
+    pub fn default_scheduler(&self) -> &'static str {
+        schedulers::name_of_class(&self.scheduler_config).unwrap_or("ddim")
+    }
+
+    /// Pixels per latent along each side.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_config.scale_factor()
+    }
+
+    /// The image size the UNet was trained for.
+    pub fn default_size(&self) -> usize {
+        self.unet_config.sample_size * self.vae_scale_factor()
+    }
+
+    /// The weight matrices a LoRA may adapt, in the text encoder and the UNet.
+    pub fn lora_targets(&self) -> lora::Targets {
+        lora::Targets::from([
+            (Component::TextEncoder, expected_tensors(&self.text_encoder)),
+            (Component::Unet, expected_tensors(&self.unet)),
+        ])
+    }
+
+    /// Reads the LoRA file `bytes` (named `file` in messages) and matches it to this
+    /// pipeline's networks, on its device. `name` is how it is shown (A1111 uses the file
+    /// name without extension).
+    pub fn load_lora(&self, bytes: &[u8], file: &str, name: &str) -> Result<Lora> {
+        let parsed = LoraFile::parse(bytes, file)?;
+        let hash = sha256_hex(bytes)[..12].to_string();
+        Lora::new(&parsed, name, &hash, &self.lora_targets(), &self.device)
+    }
+
+    /// The text embeddings of `text` through `text_encoder` (the pipeline's, with the
+    /// request's LoRAs attached).
+    fn encode_prompt(
+        &self,
+        text_encoder: &ClipTextModel,
+        text: &str,
+        clip_skip: usize,
+    ) -> Result<Tensor<3>> {
+        let ids = self.tokenizer.encode(text)?;
+        Ok(text_encoder.encode(&ids, clip_skip, &self.device))
+    }
+
+    /// Runs `request` to the end, drawing all noise from its seed (native: it reads the
+    /// latents back after each step to stop on non-finite values).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn generate(&self, request: &Request, on_step: &mut OnStep) -> Result<Generated> {
+        self.generate_with_noise(request, Box::new(Generator::new(request.seed)), on_step)
+    }
+
+    /// Like [`generate`](Self::generate), with the noise drawn from `rng`.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn generate_with_noise(
+        &self,
+        request: &Request,
+        rng: Box<dyn NoiseSource>,
+        on_step: &mut OnStep,
+    ) -> Result<Generated> {
+        let mut generation = self.start(request, rng)?;
+        while !generation.is_done() {
+            let (step, total) = generation.step();
+            let max = generation.max_abs().into_scalar::<f32>();
+            check_finite(max, step, total)?;
+            if !on_step(step, total, generation.latents()) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(generation.finish())
+    }
+
+    fn check_size(&self, request: &Request) -> Result<(usize, usize)> {
+        let f = self.vae_scale_factor();
+        let default = self.default_size();
+        let size = |name: &str, v: Option<usize>| -> Result<usize> {
+            let v = v.unwrap_or(default);
+            // The UNet halves the latent once per down block; it must divide evenly.
+            let multiple = f * (1 << (self.unet_config.block_out_channels.len() - 1));
+            if v == 0 || !v.is_multiple_of(multiple) {
+                return Err(Error::invalid(
+                    name,
+                    format!("{v} is not a positive multiple of {multiple}"),
+                ));
+            }
+            Ok(v)
+        };
+        match &request.init_image {
+            Some(image) => {
+                let [_, _, h, w] = image.dims();
+                Ok((size("height", Some(h))?, size("width", Some(w))?))
+            }
+            None => Ok((
+                size("height", request.height)?,
+                size("width", request.width)?,
+            )),
+        }
+    }
+}
+
+/// Fails when sampling diverged: `max_abs` is the largest |latent| after `step`.
+pub fn check_finite(max_abs: f32, step: usize, total: usize) -> Result<()> {
+    if max_abs.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Backend(format!(
+            "sampling diverged: non-finite latents after step {step} of {total}"
+        )))
+    }
+}

@@ -1,0 +1,130 @@
+//! What a generation is asked for and what it returns.
+
+use std::sync::Arc;
+
+use burn::prelude::*;
+
+use super::control::ControlNet;
+use crate::image::Image;
+use crate::lora::Lora;
+
+/// One generation. `Request::new(prompt)` gives the model's defaults.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// `None`: the default for the scheduler (4 for LCM, 20 otherwise).
+    pub steps: Option<usize>,
+    pub guidance: f64,
+    /// diffusers' `guidance_rescale` (0 = off).
+    pub guidance_rescale: f64,
+    /// A name from [`crate::schedulers::SCHEDULERS`]; `None`: the model's own.
+    pub scheduler: Option<String>,
+    pub seed: u64,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Initial noise `[1, C, h, w]`, as diffusers' `latents` (scaled by init_noise_sigma).
+    pub latents: Option<Tensor<4>>,
+    /// img2img and inpainting: the init image `[1, 3, H, W]` in [-1, 1], and how much to
+    /// change it, in (0, 1].
+    pub init_image: Option<Tensor<4>>,
+    pub strength: f64,
+    /// The noise added to the init latents and used for inpainting's blending (drawn from
+    /// the seed if `None`).
+    pub noise: Option<Tensor<4>>,
+    /// Inpainting: the mask, white (≥ 0.5 as grayscale) where to repaint, the size of the
+    /// init image. An inpainting model with no init image repaints everything.
+    pub mask: Option<Image>,
+    /// Inpainting: after decoding, paste the init image back outside the mask blurred by
+    /// this many pixels (A1111's "mask blur"); 0 = off, as diffusers.
+    pub mask_blur: f32,
+    /// DDIM's η.
+    pub eta: f64,
+    pub clip_skip: usize,
+    /// LoRAs (see [`super::StableDiffusion::load_lora`]) with their scales, applied to the
+    /// text encoder and the UNet.
+    pub loras: Vec<(Arc<Lora>, f32)>,
+    /// ControlNets with their control images; their residuals add up.
+    pub controlnets: Vec<Control>,
+}
+
+impl Request {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            steps: None,
+            guidance: 7.5,
+            guidance_rescale: 0.0,
+            scheduler: None,
+            seed: 0,
+            width: None,
+            height: None,
+            latents: None,
+            init_image: None,
+            strength: 0.8,
+            noise: None,
+            mask: None,
+            mask_blur: 0.0,
+            eta: 0.0,
+            clip_skip: 0,
+            loras: Vec::new(),
+            controlnets: Vec::new(),
+        }
+    }
+}
+
+/// One ControlNet in a request.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub controlnet: Arc<ControlNet>,
+    /// The control image, any size: it is resized to the output size (Lanczos, as
+    /// diffusers does).
+    pub image: Image,
+    /// `controlnet_conditioning_scale`.
+    pub scale: f32,
+    /// The fraction of the steps during which it is active (diffusers'
+    /// `control_guidance_start` / `_end`).
+    pub start: f32,
+    pub end: f32,
+}
+
+impl Control {
+    pub fn new(controlnet: Arc<ControlNet>, image: Image) -> Self {
+        Self {
+            controlnet,
+            image,
+            scale: 1.0,
+            start: 0.0,
+            end: 1.0,
+        }
+    }
+}
+
+/// What a generation runs with, every default resolved: what the result and the PNG's
+/// parameters report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Inference steps asked for (img2img runs the last `strength` of them).
+    pub steps: usize,
+    /// The scheduler's name (see `schedulers::SCHEDULERS`).
+    pub scheduler: String,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// img2img's and inpainting's strength; `None` for text-to-image.
+    pub strength: Option<f64>,
+}
+
+/// What `generate` returns.
+pub struct Generated {
+    pub settings: Settings,
+    /// The final latents, before VAE decoding.
+    pub latents: Tensor<4>,
+    /// `[H, W, 3]` in [0, 1], as diffusers' `output_type="np"`.
+    pub image: Tensor<3>,
+}
+
+/// Called after each step with (step, total, current latents); returning `false` cancels.
+pub type OnStep<'a> = dyn FnMut(usize, usize, &Tensor<4>) -> bool + 'a;

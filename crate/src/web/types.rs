@@ -1,0 +1,124 @@
+//! The TypeScript declarations of the package's options, results and worker messages
+//! (wasm-bindgen writes the classes' own).
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** Download progress of one file, in bytes (`total` is null when the server does not say). */
+export interface LoadProgress { loaded: number; total: number | null; file: string }
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep the files in IndexedDB (default true). */
+  cache?: boolean;
+}
+export type SchedulerName = "ddim" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras"
+  | "heun" | "pndm" | "unipc" | "lcm" | "ddpm";
+/** A ControlNet in a generation. */
+export interface ControlNetUse {
+  controlnet: ControlNet;
+  /** The control image, any size (resized to the output size); alpha is ignored. */
+  image: ImageData;
+  /** Conditioning scale (default 1). */
+  scale?: number;
+  /** The fraction of the steps during which it acts (default 0 to 1). */
+  start?: number;
+  end?: number;
+}
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  /** Default: 20 (4 for LCM). */
+  steps?: number;
+  /** Classifier-free guidance scale (default 7.5); 1 or less runs the UNet once per step. */
+  guidance?: number;
+  /** Default: the model's own scheduler. */
+  scheduler?: SchedulerName;
+  /** Default: random (returned in the result). */
+  seed?: number;
+  /** Default: the model's own size; with an init image, its size. */
+  width?: number;
+  height?: number;
+  /** The initial noise [1, 4, height/8, width/8] for SD (used as is, times the scheduler's
+   *  initial sigma; with an inpainting mask at strength 1 too). */
+  latents?: Float32Array;
+  /** img2img and inpainting: the image to start from (alpha ignored). */
+  initImage?: ImageData;
+  /** How much to change the init image, in (0, 1] (default 0.8). */
+  strength?: number;
+  /** The noise added to the init image's latents (and blending the kept part back in when
+   *  inpainting), [1, 4, h, w]; default: drawn from the seed. */
+  noise?: Float32Array;
+  /** Inpainting: white where to repaint (read as grayscale, alpha ignored), the init
+   *  image's size. An inpainting model without an init image repaints everything. */
+  mask?: ImageData;
+  /** Inpainting: paste the init image back outside the mask blurred by this many pixels
+   *  (default 0 = off). */
+  maskBlur?: number;
+  /** LoRAs loaded with this pipeline's `loadLora`, each at its scale (default 1; 0 or
+   *  negative allowed). */
+  loras?: { lora: Lora; scale?: number }[];
+  /** ControlNets loaded with this pipeline's `loadControlNet`; their residuals add up. */
+  controlnets?: ControlNetUse[];
+  /** After each step, with the current latents [1, 4, h, w] (for previews). */
+  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>) => void;
+  signal?: AbortSignal;
+}
+/** What ran, every default resolved (the model's own scheduler, LCM's 4 steps, …). */
+export interface GenerateResult {
+  width: number;
+  height: number;
+  /** RGBA, row-major, ready for `new ImageData(pixels, width, height)`. */
+  pixels: Uint8ClampedArray<ArrayBuffer>;
+  /** The final latents, before VAE decoding. */
+  latents: Float32Array<ArrayBuffer>;
+  seed: number;
+  steps: number;
+  scheduler: SchedulerName;
+  guidance: number;
+}
+export interface LoraOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep a fetched file in IndexedDB (default true). */
+  cache?: boolean;
+  /** How the LoRA is named in parameters (default: the file name without extension). */
+  name?: string;
+}
+export interface CachedFile { url: string; bytes: number | null; complete: boolean }
+/** A cached model: a pack, a diffusers folder or a single file, with its files. */
+export interface CachedModel { url: string; bytes: number; complete: boolean; files: CachedFile[] }
+
+/** A LoRA loaded in the worker, named by its id in `generate`'s `loras`. */
+export interface WorkerLora { id: number; name: string; hash: string }
+/** A ControlNet loaded in the worker, named by its id in `generate`'s `controlnets`. */
+export interface WorkerControlNet { id: number; name: string }
+/** `generate`'s options as the worker takes them: LoRAs and ControlNets by id. */
+export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | "loras" | "controlnets"> & {
+  loras?: { lora: number; scale?: number }[];
+  controlnets?: (Omit<ControlNetUse, "controlnet"> & { controlnet: number })[];
+};
+/** Messages to the package's `worker.js`; a request's `id` comes back in its reply. */
+export type WorkerRequest =
+  | { type: "load"; url: string; cache?: boolean; id?: number }
+  | { type: "generate"; options: WorkerGenerateOptions; id?: number }
+  | { type: "loadLora"; source: string | Uint8Array; name?: string; id?: number }
+  | { type: "freeLora"; lora: number; id?: number }
+  | { type: "loadControlNet"; url: string; id?: number }
+  | { type: "freeControlNet"; controlnet: number; id?: number }
+  | { type: "canny"; image: ImageData; low: number; high: number; id?: number }
+  | { type: "abort"; id?: number }
+  | { type: "cached"; id?: number }
+  | { type: "deleteCached"; url: string; id?: number };
+/** Messages from `worker.js`. */
+export type WorkerMessage =
+  | ({ type: "progress" } & LoadProgress)
+  | { type: "loaded"; url: string; id?: number }
+  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer> }
+  | { type: "result"; result: GenerateResult; id?: number }
+  | { type: "loraLoaded"; lora: WorkerLora; id?: number }
+  | { type: "controlnetLoaded"; controlnet: WorkerControlNet; id?: number }
+  | { type: "canny"; image: ImageData; id?: number }
+  | { type: "cached"; cached: CachedModel[]; id?: number }
+  | { type: "deleted"; url: string; id?: number }
+  | { type: "error"; message: string; name: string; id?: number };
+"#;
