@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Goldens, fails_with, fixtures, model_dir, ok, rel_l2, webdiffusion};
+use common::{Goldens, copy_dir, fails_with, fixtures, model_dir, ok, rel_l2, webdiffusion};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn read_f64(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
@@ -38,19 +38,6 @@ fn copy_model(name: &str, dir: &Path) -> PathBuf {
     let dst = dir.join(name);
     copy_dir(&model_dir(name), &dst);
     dst
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let target = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -533,6 +520,35 @@ fn generate_refuses_bad_requests() {
         &generate(&["--init-image", init.to_str().unwrap(), "--strength", "1.5"]),
         &["strength", "1.5"],
         &out,
+    );
+    fails_with(&generate(&["--dtype", "f64"]), &["dtype", "f64"], &out);
+    // Outputs that cannot be written are refused before any work.
+    fails_with(
+        &webdiffusion(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "x",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]),
+        &["is a folder"],
+        &out,
+    );
+    let nowhere = dir.path().join("missing/out.png");
+    fails_with(
+        &webdiffusion(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "x",
+            "--out",
+            nowhere.to_str().unwrap(),
+        ]),
+        &["missing", "not a folder"],
+        &nowhere,
     );
 }
 

@@ -276,3 +276,207 @@ fn canny_edges_are_opencvs() {
         );
     }
 }
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_cli_runs_controlnets_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(
+        &Goldens::load("pipeline-sd1-tiny"),
+        "latents",
+        "latents",
+        &latents,
+    );
+    let out = dir.path().join("out.safetensors");
+    let png = dir.path().join("out.png");
+    let cn = fixtures().join("controlnet-sd1-tiny");
+    let control = fixtures().join("controlnet/control-a.png");
+    let model = model_dir("sd1-tiny");
+    common::ok(&common::webdiffusion(&[
+        "generate",
+        "--model",
+        arg(&model),
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "8",
+        "--latents",
+        arg(&latents),
+        "--controlnet",
+        arg(&cn),
+        "--control-image",
+        arg(&control),
+        "--control-scale",
+        "0.8",
+        "--control-start",
+        "0.25",
+        "--control-end",
+        "0.75",
+        "--out-tensor",
+        arg(&out),
+        "--out",
+        arg(&png),
+    ]));
+    let goldens = Goldens::file("controlnet/goldens-sd1-tiny.safetensors");
+    let err = rel_l2(
+        &common::read_tensor(&out, "latents"),
+        goldens.values("window.latents"),
+    );
+    assert!(err <= 1e-3, "CLI ControlNet window: latents rel-L2 {err:e}");
+    let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).into_owned();
+    assert!(
+        text.contains(
+            "ControlNet 0: \"Module: none, Model: controlnet-sd1-tiny, Weight: 0.8, Guidance Start: 0.25, Guidance End: 0.75\""
+        ),
+        "A1111's ControlNet field"
+    );
+
+    // The built-in canny: edges as OpenCV draws them, and on a control image before use.
+    let edges = dir.path().join("edges.png");
+    let canny = fixtures().join("canny");
+    let input = canny.join("shapes-96x96.png");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args([
+            "canny",
+            "--image",
+            arg(&input),
+            "--low",
+            "100",
+            "--high",
+            "200",
+        ])
+        .args(["--out", arg(&edges)])
+        .output()
+        .unwrap();
+    common::ok(&run);
+    assert_eq!(
+        gray(&edges),
+        gray(&canny.join("shapes-96x96.canny-100-200.png"))
+    );
+    common::ok(&common::webdiffusion(&[
+        "generate",
+        "--model",
+        arg(&model),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--controlnet",
+        arg(&cn),
+        "--control-image",
+        arg(&control),
+        "--canny",
+        "100,200",
+        "--out",
+        arg(&png),
+    ]));
+    let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).into_owned();
+    assert!(text.contains("Module: canny"), "canny recorded");
+}
+
+#[test]
+fn bad_controlnet_input_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let model = model_dir("sd1-tiny");
+    let cn = fixtures().join("controlnet-sd1-tiny");
+    let control = fixtures().join("controlnet/control-a.png");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            arg(&model),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            arg(&out),
+        ];
+        args.extend_from_slice(extra);
+        common::webdiffusion(&args)
+    };
+    let not_png = dir.path().join("control.png");
+    std::fs::write(&not_png, b"not a png").unwrap();
+    common::fails_with(
+        &run(&["--controlnet", arg(&cn), "--control-image", arg(&not_png)]),
+        &["control.png", "PNG"],
+        &out,
+    );
+    let sd2 = fixtures().join("controlnet-sd2-tiny");
+    common::fails_with(
+        &run(&["--controlnet", arg(&sd2), "--control-image", arg(&control)]),
+        &[
+            "controlnet-sd2-tiny",
+            "block_out_channels",
+            "another model family",
+        ],
+        &out,
+    );
+    common::fails_with(
+        &run(&["--control-image", arg(&control)]),
+        &["--control-image", "--controlnet"],
+        &out,
+    );
+    common::fails_with(
+        &run(&["--controlnet", arg(&cn)]),
+        &["--control-image"],
+        &out,
+    );
+    for (flag, value) in [
+        ("--control-start", "-0.5"),
+        ("--control-end", "1.5"),
+        ("--control-start", "0.9"),
+    ] {
+        let mut args = vec![
+            "--controlnet",
+            arg(&cn),
+            "--control-image",
+            arg(&control),
+            flag,
+            value,
+        ];
+        if value == "0.9" {
+            args.extend(["--control-end", "0.2"]);
+        }
+        common::fails_with(&run(&args), &["control"], &out);
+    }
+    common::fails_with(
+        &run(&[
+            "--controlnet",
+            arg(&cn),
+            "--control-image",
+            arg(&control),
+            "--canny",
+            "100",
+        ]),
+        &["--canny", "LOW,HIGH"],
+        &out,
+    );
+    // A truncated weight file.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(cn.join("config.json"), broken.join("config.json")).unwrap();
+    let weights = std::fs::read(cn.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::write(
+        broken.join("diffusion_pytorch_model.safetensors"),
+        &weights[..weights.len() / 3],
+    )
+    .unwrap();
+    common::fails_with(
+        &run(&[
+            "--controlnet",
+            arg(&broken),
+            "--control-image",
+            arg(&control),
+        ]),
+        &["broken", "diffusion_pytorch_model.safetensors"],
+        &out,
+    );
+}

@@ -105,3 +105,111 @@ fn bad_masks_are_refused_by_name() {
         assert!(error(&r).contains("strength"), "{strength}: {}", error(&r));
     }
 }
+
+fn arg(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_cli_inpaints_and_refuses_bad_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let goldens = Goldens::file("inpaint/goldens-sd1-tiny.safetensors");
+    let noise = dir.path().join("noise.safetensors");
+    common::write_golden(&goldens, "s075.noise", "noise", &noise);
+    let model = model_dir("sd1-tiny");
+    let init = fixtures().join("goldens/sd1-tiny-vae-input.png");
+    let mask = fixtures().join("inpaint/mask-32.png");
+    let out = dir.path().join("out.safetensors");
+    let png = dir.path().join("out.png");
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            arg(&model),
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--negative-prompt",
+            "blurry, low quality",
+            "--steps",
+            "8",
+            "--init-image",
+            arg(&init),
+        ];
+        args.extend_from_slice(extra);
+        common::webdiffusion(&args)
+    };
+    common::ok(&generate(&[
+        "--mask",
+        arg(&mask),
+        "--strength",
+        "0.75",
+        "--noise",
+        arg(&noise),
+        "--out-tensor",
+        arg(&out),
+    ]));
+    let err = rel_l2(
+        &common::read_tensor(&out, "latents"),
+        goldens.values("s075.latents"),
+    );
+    assert!(err <= TOL, "CLI inpainting: latents rel-L2 {err:e}");
+
+    let not_png = dir.path().join("mask.png");
+    std::fs::write(&not_png, b"GIF89a").unwrap();
+    common::fails_with(
+        &generate(&["--mask", arg(&not_png), "--out", arg(&png)]),
+        &["mask.png", "PNG"],
+        &png,
+    );
+    let black = fixtures().join("inpaint/mask-black-32.png");
+    common::fails_with(
+        &generate(&["--mask", arg(&black), "--out", arg(&png)]),
+        &["mask", "all black"],
+        &png,
+    );
+    common::fails_with(
+        &generate(&[
+            "--mask",
+            arg(&mask),
+            "--strength",
+            "1.5",
+            "--out",
+            arg(&png),
+        ]),
+        &["strength", "1.5"],
+        &png,
+    );
+
+    // A VAE published without its encoder cannot encode the init image.
+    let copy = dir.path().join("decoder-only");
+    common::copy_dir(&model, &copy);
+    let vae = copy.join("vae/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&vae).unwrap();
+    let st = webdiffusion::weights::safetensors::SafetensorsFile::parse(&bytes, "vae").unwrap();
+    let kept: Vec<_> = st
+        .tensors()
+        .filter(|(t, _)| !t.name.starts_with("encoder.") && !t.name.starts_with("quant_conv."))
+        .map(|(t, data)| (t.name.clone(), t.dtype, t.shape.clone(), data.to_vec()))
+        .collect();
+    std::fs::write(
+        &vae,
+        webdiffusion::weights::safetensors::serialize(&kept).unwrap(),
+    )
+    .unwrap();
+    let args = [
+        "generate",
+        "--model",
+        arg(&copy),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--out",
+        arg(&png),
+    ];
+    common::ok(&common::webdiffusion(&args));
+    std::fs::remove_file(&png).unwrap();
+    let mut args = args.to_vec();
+    args.extend(["--init-image", arg(&init)]);
+    common::fails_with(&common::webdiffusion(&args), &["no encoder"], &png);
+}

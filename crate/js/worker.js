@@ -38,6 +38,7 @@ self.onmessage = async ({ data }) => {
     if (data.type === "load") {
       const loaded = await Pipeline.load(data.url, {
         cache: data.cache ?? true,
+        dtype: data.dtype,
         onProgress: (p) => self.postMessage({ type: "progress", ...p }),
       });
       // Release the previous model's GPU memory (and its LoRAs and ControlNets) before

@@ -27,6 +27,39 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// Reads a compute precision: `f32` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<burn::tensor::DType> {
+    match s {
+        "f32" => Ok(burn::tensor::DType::F32),
+        "f16" => Ok(burn::tensor::DType::F16),
+        other => Err(Error::invalid(
+            "dtype",
+            format!("{other:?} (expected f32 or f16)"),
+        )),
+    }
+}
+
+/// The precision the networks compute in: `requested`, or by default f16 on a GPU that
+/// offers it (`shader-f16` in WebGPU terms) and f32 elsewhere. f16 where the device has
+/// no f16 arithmetic is an error, not a silent fallback.
+pub fn compute_dtype(
+    backend: Backend,
+    device: &burn::prelude::Device,
+    requested: Option<burn::tensor::DType>,
+) -> Result<burn::tensor::DType> {
+    use burn::tensor::DType;
+    let has_f16 = device.supports_dtype(DType::F16);
+    match requested {
+        Some(DType::F16) if !has_f16 => Err(Error::invalid(
+            "dtype",
+            "f16: this device has no half-precision arithmetic (WebGPU's shader-f16); use f32",
+        )),
+        Some(dtype) => Ok(dtype),
+        None if has_f16 && backend == Backend::Wgpu => Ok(DType::F16),
+        None => Ok(DType::F32),
+    }
+}
+
 /// Opens `backend`, or with `None` wgpu when an adapter exists and the CPU otherwise.
 #[cfg(not(target_family = "wasm"))]
 pub fn open(backend: Option<Backend>) -> Result<(Backend, Device)> {

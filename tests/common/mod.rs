@@ -181,3 +181,50 @@ pub fn fails_with(out: &Output, needles: &[&str], out_file: &Path) {
         out_file.display()
     );
 }
+
+/// Writes golden `name` of `goldens` as the f32 tensor `as_name` of a safetensors file.
+pub fn write_golden(goldens: &Goldens, name: &str, as_name: &str, path: &Path) {
+    let bytes: Vec<u8> = goldens
+        .values(name)
+        .iter()
+        .flat_map(|v| (*v as f32).to_le_bytes())
+        .collect();
+    let tensors = [(
+        as_name.to_string(),
+        safetensors::Dtype::F32,
+        goldens.shape(name).to_vec(),
+        bytes,
+    )];
+    std::fs::write(
+        path,
+        webdiffusion::weights::safetensors::serialize(&tensors).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The f32 tensor `name` of the safetensors file at `path`.
+pub fn read_tensor(path: &Path, name: &str) -> Vec<f64> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = path.display().to_string();
+    let st = webdiffusion::weights::safetensors::SafetensorsFile::parse(&bytes, &file).unwrap();
+    let (info, data) = st.get(name).unwrap();
+    webdiffusion::weights::floats(info.dtype, data)
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Copies the folder `src` to `dst`, recursively.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -151,20 +151,23 @@ test("a full disk rejects clearly and leaves no half-written entry", async () =>
 
 test("bad URLs reject with clear errors", async () => {
   const page = await openPage();
-  const errors = await page.evaluate(async ({ missing, unreachable }) => {
+  const errors = await page.evaluate(async ({ missing, unreachable, model }) => {
     const messages = [];
-    for (const url of [missing, unreachable]) {
+    for (const [url, options] of [[missing, {}], [unreachable, {}], [model, { dtype: "f16" }]]) {
       try {
-        await window.webdiffusion.Pipeline.load(url, { cache: false });
+        await window.webdiffusion.Pipeline.load(url, { cache: false, ...options });
         messages.push("resolved");
       } catch (e) {
         messages.push(e.message);
       }
     }
     return messages;
-  }, { missing: `${server.base}/no/such/model`, unreachable: "http://127.0.0.1:9/model" });
+  }, { missing: `${server.base}/no/such/model`, unreachable: "http://127.0.0.1:9/model",
+    model: server.base + MODEL });
   assert.match(errors[0], /no\/such\/model.*404/);
   assert.match(errors[1], /127\.0\.0\.1:9.*download failed|download failed.*127\.0\.0\.1:9/);
+  // SwiftShader has no shader-f16: f32 is chosen by default, and asking for f16 is refused.
+  assert.match(errors[2], /dtype.*shader-f16/);
   await page.close();
 });
 

@@ -1,5 +1,6 @@
 // The customisation tools in headless Chromium (WebGPU on SwiftShader), against the
-// diffusers goldens of the tiny fixtures: LoRA (by URL and from bytes).
+// diffusers goldens of the tiny fixtures: LoRA (by URL and from bytes), ControlNet with a
+// guidance window, canny(), img2img, and inpainting with a 9-channel and a 4-channel model.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -66,6 +67,85 @@ test("a LoRA loaded by URL or from bytes gives diffusers' latents; a freed one i
   assert.deepEqual(out.names, ["lora1-sd1-tiny.kohya", "style", 12]);
   assert.match(out.freed ?? "", /loras\[0\]\.lora/);
   assert.match(out.wrong ?? "", /lora1-sd2-tiny\.kohya\.safetensors.*do not fit/);
+  await page.close();
+});
+
+/// In the page: the PNG at `url` as ImageData.
+const IMAGE_DATA = `async (url) => {
+  const bitmap = await createImageBitmap(await (await fetch(url)).blob());
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  return ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+}`;
+
+test("a ControlNet with a guidance window gives diffusers' latents; canny() is OpenCV's", async () => {
+  const page = await openPage();
+  const latents = golden("goldens/pipeline-sd1-tiny.safetensors", "latents");
+  const out = await page.evaluate(async ({ base, latents, prompt, negative, imageData }) => {
+    const { Pipeline, canny } = window.webdiffusion;
+    const load = eval(imageData);
+    const pipe = await Pipeline.load(`${base}/sd1-tiny`, {});
+    const controlnet = await pipe.loadControlNet(`${base}/controlnet-sd1-tiny`);
+    const image = await load(`${base}/controlnet/control-a.png`);
+    const r = await pipe.generate({ prompt, negativePrompt: negative, steps: 8, guidance: 7.5,
+      latents: Float32Array.from(latents),
+      controlnets: [{ controlnet, image, scale: 0.8, start: 0.25, end: 0.75 }] });
+    let wrong = null;
+    try {
+      await pipe.loadControlNet(`${base}/controlnet-sd2-tiny`);
+    } catch (e) {
+      wrong = e.message;
+    }
+    const edges = canny(await load(`${base}/canny/shapes-96x96.png`), 100, 200);
+    const opencv = await load(`${base}/canny/shapes-96x96.canny-100-200.png`);
+    let differ = 0;
+    for (let i = 0; i < edges.data.length; i += 4) differ += edges.data[i] !== opencv.data[i];
+    return { latents: Array.from(r.latents), name: controlnet.name, wrong, differ,
+      edges: [edges.width, edges.height, edges.data.filter((v, i) => i % 4 === 0 && v === 255).length] };
+  }, { base: `${server.base}${FIX}`, latents: Array.from(latents), prompt: PROMPT, negative: NEGATIVE,
+    imageData: IMAGE_DATA });
+  const err = relL2(Float32Array.from(out.latents), golden("controlnet/goldens-sd1-tiny.safetensors", "window.latents"));
+  assert.ok(err <= 1e-3, `ControlNet window: latents rel-L2 ${err}`);
+  assert.equal(out.name, "controlnet-sd1-tiny");
+  assert.match(out.wrong ?? "", /controlnet-sd2-tiny\/config\.json.*another model family/);
+  assert.equal(out.differ, 0, "canny() matches OpenCV pixel for pixel");
+  assert.ok(out.edges[0] === 96 && out.edges[1] === 96 && out.edges[2] > 50);
+  await page.close();
+});
+
+test("img2img and both kinds of inpainting give diffusers' latents", async () => {
+  const page = await openPage();
+  const pipeline = golden("goldens/pipeline-sd1-tiny.safetensors", "img2img.noise");
+  const inpaint = (model, name) => golden(`inpaint/goldens-${model}.safetensors`, name);
+  const out = await page.evaluate(async ({ base, noise, s075, latents, prompt, negative, imageData }) => {
+    const { Pipeline } = window.webdiffusion;
+    const load = eval(imageData);
+    const initImage = await load(`${base}/goldens/sd1-tiny-vae-input.png`);
+    const mask = await load(`${base}/inpaint/mask-32.png`);
+    const common = { prompt, negativePrompt: negative, steps: 8, guidance: 7.5 };
+    const sd1 = await Pipeline.load(`${base}/sd1-tiny`, {});
+    const img2img = await sd1.generate({ ...common, initImage, strength: 0.6,
+      noise: Float32Array.from(noise) });
+    const blend = await sd1.generate({ ...common, initImage, mask, strength: 1,
+      latents: Float32Array.from(latents) });
+    sd1.free();
+    const inpainting = await Pipeline.load(`${base}/sd1-tiny-inpaint`, {});
+    const channels = await inpainting.generate({ ...common, initImage, mask, strength: 0.75,
+      noise: Float32Array.from(s075) });
+    return [img2img, blend, channels].map((r) => Array.from(r.latents));
+  }, { base: `${server.base}${FIX}`, noise: Array.from(pipeline), latents: Array.from(inpaint("sd1-tiny", "latents_in")),
+    s075: Array.from(inpaint("sd1-tiny-inpaint", "s075.noise")), prompt: PROMPT, negative: NEGATIVE,
+    imageData: IMAGE_DATA });
+  const expected = [
+    ["img2img", golden("goldens/pipeline-sd1-tiny.safetensors", "img2img.own.latents")],
+    ["4-channel inpainting at strength 1", inpaint("sd1-tiny", "s1.latents")],
+    ["9-channel inpainting at strength 0.75", inpaint("sd1-tiny-inpaint", "s075.latents")],
+  ];
+  for (const [i, [what, want]] of expected.entries()) {
+    const err = relL2(Float32Array.from(out[i]), want);
+    assert.ok(err <= 1e-3, `${what}: latents rel-L2 ${err}`);
+  }
   await page.close();
 });
 

@@ -29,10 +29,10 @@ pub struct ControlArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub control_scale: Vec<f32>,
     /// The fraction of the steps at which it starts acting (default 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub control_start: Vec<f32>,
     /// The fraction of the steps at which it stops (default 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub control_end: Vec<f32>,
     /// Run Canny edge detection (OpenCV's, thresholds LOW,HIGH) on the control images first.
     #[arg(long, value_name = "LOW,HIGH")]

@@ -106,7 +106,7 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
             }
         }
     }
-    let (files, device) = open(&args.common)?;
+    let (files, device, dtype) = open(&args.common)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut request = Request::new(args.prompt.clone());
     request.negative_prompt = args.negative_prompt.clone();
@@ -135,7 +135,7 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     }
     request.mask_blur = args.mask_blur;
 
-    let pipe = StableDiffusion::load(&*files, &device)?;
+    let pipe = StableDiffusion::load_with(&*files, &device, dtype)?;
     request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
     request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();

@@ -35,6 +35,25 @@ impl Output {
         })
     }
 
+    /// [`f32`](Self::f32), refusing non-finite values: `network` produced them.
+    pub fn f32_finite<const D: usize>(
+        name: &str,
+        tensor: Tensor<D>,
+        network: &str,
+    ) -> Result<Self> {
+        let output = Self::f32(name, tensor)?;
+        let finite = output
+            .bytes
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
+        if !finite {
+            return Err(Error::Backend(format!(
+                "{network} produced non-finite values (NaN or infinity); nothing was written"
+            )));
+        }
+        Ok(output)
+    }
+
     pub fn i64(name: &str, shape: Vec<usize>, values: &[i64]) -> Self {
         Self {
             name: name.into(),

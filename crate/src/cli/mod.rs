@@ -7,6 +7,7 @@ mod convert;
 mod generate;
 mod io;
 mod lora;
+mod networks;
 
 use std::path::PathBuf;
 
@@ -14,15 +15,10 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 
-use webdiffusion::component::Component;
 use webdiffusion::device::{self, Backend};
-use webdiffusion::error::{Error, Result};
+use webdiffusion::error::Result;
 use webdiffusion::files::ModelFiles;
-use webdiffusion::models::unet::UNet2DConditionModel;
-use webdiffusion::weights::expected_tensors;
-use webdiffusion::{image, load, pack};
-
-use io::Output;
+use webdiffusion::pack;
 
 #[derive(Parser)]
 #[command(name = "webdiffusion", version, about = "Stable Diffusion on burn")]
@@ -40,6 +36,10 @@ pub struct Common {
     /// cpu or wgpu (default: wgpu when an adapter exists, else cpu).
     #[arg(long)]
     backend: Option<Backend>,
+    /// f32 or f16: what the networks compute in (default: f16 on GPUs that offer it, f32
+    /// elsewhere). The scheduler always works in f32.
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -102,91 +102,25 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             clip_skip,
             loras,
             out,
-        } => {
-            let (files, device) = open(&common)?;
-            let tokenizer = load::tokenizer(&*files)?;
-            let (_, text_encoder) = load::text_encoder(&*files, &device, DType::F32)?;
-            // A LoRA file also adapts the UNet: its layers are matched against the UNet's
-            // (built from its config, weights not loaded) so that a wrong file is refused.
-            let (_, unet) = load::build::<UNet2DConditionModel>(&*files, Component::Unet, &device)?;
-            let targets = webdiffusion::lora::Targets::from([
-                (Component::TextEncoder, expected_tensors(&text_encoder)),
-                (Component::Unet, expected_tensors(&unet)),
-            ]);
-            let loras = lora::load(&loras, &targets, &device)?;
-            let text_encoder =
-                webdiffusion::lora::apply(&text_encoder, Component::TextEncoder, &loras);
-            if clip_skip >= text_encoder.num_layers() {
-                return Err(Error::invalid(
-                    "--clip-skip",
-                    format!(
-                        "{clip_skip} (the text encoder has {} layers)",
-                        text_encoder.num_layers()
-                    ),
-                ));
-            }
-            let ids = tokenizer.encode(&prompt)?;
-            let embeds = text_encoder.encode(&ids, clip_skip, &device);
-            let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-            io::write_safetensors(
-                &out,
-                vec![
-                    Output::i64("input_ids", vec![1, ids.len()], &ids),
-                    Output::f32("prompt_embeds", embeds)?,
-                ],
-            )
-        }
+        } => networks::encode_prompt(&common, &prompt, clip_skip, &loras, &out),
         Command::VaeDecode {
             common,
             latents,
             out,
-        } => {
-            let (files, device) = open(&common)?;
-            let latents = io::read_tensor4(&latents, "latents", &device)?;
-            let (config, vae) = load::vae(&*files, &device, DType::F32)?;
-            let [_, c, _, _] = latents.dims();
-            if c != config.latent_channels {
-                return Err(Error::invalid(
-                    "--latents",
-                    format!(
-                        "has {c} channels, the VAE expects {}",
-                        config.latent_channels
-                    ),
-                ));
-            }
-            let image = vae.decode(latents / config.scaling_factor);
-            io::write_safetensors(&out, vec![Output::f32("image", image)?])
-        }
-        Command::VaeEncode { common, image, out } => {
-            let (files, device) = open(&common)?;
-            let png = image::read_png(&image)?;
-            let (config, vae) = load::vae(&*files, &device, DType::F32)?;
-            if !vae.can_encode() {
-                return Err(Error::invalid(
-                    "--model",
-                    "its VAE has no encoder weights (a decoder-only VAE): it cannot encode",
-                ));
-            }
-            let f = config.scale_factor();
-            if png.width % f != 0 || png.height % f != 0 {
-                return Err(Error::invalid(
-                    "--image",
-                    format!(
-                        "{} is {}×{}; width and height must be multiples of {f}",
-                        image.display(),
-                        png.width,
-                        png.height
-                    ),
-                ));
-            }
-            let posterior = vae.encode(image::image_to_tensor(&png, &device));
-            io::write_safetensors(&out, vec![Output::f32("mean", posterior.mean)?])
-        }
+        } => networks::vae_decode(&common, &latents, &out),
+        Command::VaeEncode { common, image, out } => networks::vae_encode(&common, &image, &out),
     }
 }
 
-pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device)> {
+/// The model's files, the device and the compute precision `common` asks for.
+pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device, DType)> {
+    let requested = common
+        .dtype
+        .as_deref()
+        .map(device::parse_dtype)
+        .transpose()?;
     let files = pack::open_dir(&common.model)?;
-    let (_, device) = device::open(common.backend)?;
-    Ok((files, device))
+    let (backend, device) = device::open(common.backend)?;
+    let dtype = device::compute_dtype(backend, &device, requested)?;
+    Ok((files, device, dtype))
 }

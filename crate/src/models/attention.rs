@@ -7,13 +7,12 @@
 //! are split into blocks so that even where burn falls back to materialising the scores
 //! (as it does on wgpu without autotune) no block's scores exceed [`MAX_SCORE_BYTES`].
 
-use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::layers::{Linear, group_norm, linear};
+use super::layers::{GroupNorm, Linear, group_norm, linear};
 
 /// The largest score matrix one attention call may need (f32), well inside WebGPU's
 /// default 128 MiB binding limit.

@@ -1,13 +1,13 @@
 //! transformers' `CLIPTextModel`: token and position embeddings, a stack of pre-norm
 //! transformer layers with causal self-attention, and a final layer norm.
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
+use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid};
 use serde::Deserialize;
 
 use super::attention::{merge_heads, scaled_dot_product, split_heads};
-use super::layers::{Linear, layer_norm, linear};
+use super::layers::{LayerNorm, Linear, layer_norm, linear};
 use super::split_embedding::SplitEmbedding;
 use crate::config::expect_one_of;
 use crate::error::{Error, Result};

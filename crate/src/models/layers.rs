@@ -12,17 +12,19 @@
 //! block-quantized tensor when transposing it.)
 
 use burn::module::Param;
-use burn::nn::{GroupNorm, GroupNormConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module::conv2d as conv2d_op;
 use burn::tensor::ops::ConvOptions;
 
 /// The weight as a float tensor of `dtype`, dequantized (for this call only) if it is
-/// stored quantized.
+/// stored quantized. (A weight with a LoRA attached arrives already composed, in the
+/// LoRA's precision.)
 fn float_weight(weight: Tensor<2>, dtype: DType) -> Tensor<2> {
     match weight.dtype() {
         DType::QFloat(_) => weight.dequantize().cast(dtype),
+        d if d != dtype => weight.cast(dtype),
         _ => weight,
     }
 }
@@ -112,14 +114,74 @@ pub fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear 
     }
 }
 
+/// `nn.GroupNorm(groups, channels, eps)` with affine parameters. Statistics are taken in
+/// f32 whatever the compute precision (as PyTorch's half-precision kernels accumulate in
+/// f32): half-precision sums of 4096 pixels lose the mean.
+#[derive(Module, Debug)]
+pub struct GroupNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    /// Normalises `x` `[B, C, …]` over each group of channels (and every position).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let (batch, channels) = (dims[0], dims[1]);
+        let dtype = x.dtype();
+        let per_group = dims[1..].iter().product::<usize>() / self.groups;
+        let grouped = x.cast(DType::F32).reshape([batch, self.groups, per_group]);
+        let normalized = normalize(grouped, self.eps).reshape(dims);
+        let mut affine = [1; D];
+        affine[1] = channels;
+        let weight = self.weight.val().cast(DType::F32).reshape(affine);
+        let bias = self.bias.val().cast(DType::F32).reshape(affine);
+        (normalized * weight + bias).cast(dtype)
+    }
+}
+
+/// `nn.LayerNorm(dim, eps)` with affine parameters, over the last dimension; statistics in
+/// f32, as [`GroupNorm`].
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let normalized = normalize(x.cast(DType::F32), self.eps);
+        let weight = self.weight.val().cast(DType::F32).unsqueeze::<D>();
+        let bias = self.bias.val().cast(DType::F32).unsqueeze::<D>();
+        (normalized * weight + bias).cast(dtype)
+    }
+}
+
+/// `(x − mean) / √(var + eps)` over the last dimension (population variance).
+fn normalize<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    (x - mean) / (var + eps).sqrt()
+}
+
 /// `nn.GroupNorm(groups, channels, eps)` with affine parameters.
 pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels)
-        .with_epsilon(eps)
-        .init(device)
+    GroupNorm {
+        weight: Initializer::Ones.init([channels], device),
+        bias: Initializer::Zeros.init([channels], device),
+        groups,
+        eps,
+    }
 }
 
 /// `nn.LayerNorm(dim, eps)` with affine parameters.
 pub fn layer_norm(dim: usize, eps: f64, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(dim).with_epsilon(eps).init(device)
+    LayerNorm {
+        weight: Initializer::Ones.init([dim], device),
+        bias: Initializer::Zeros.init([dim], device),
+        eps,
+    }
 }

@@ -1,12 +1,11 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the UNet and the VAE.
 
-use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 
-use super::layers::{Conv2d, Linear, conv2d, group_norm, linear};
+use super::layers::{Conv2d, GroupNorm, Linear, conv2d, group_norm, linear};
 
 /// Two 3×3 convolutions with group norm and SiLU, the timestep embedding added in between
 /// (UNet only), and a 1×1 `conv_shortcut` when the channel count changes.

@@ -51,7 +51,8 @@ impl SplitEmbedding {
                 .greater_equal_elem(0)
                 .bool_and(local.clone().lower_elem(rows));
             let rows_of = embedding(weight, local.clamp(0, rows - 1));
-            let masked = rows_of * inside.float().unsqueeze_dim::<3>(2);
+            let inside = inside.float().cast(rows_of.dtype()).unsqueeze_dim::<3>(2);
+            let masked = rows_of * inside;
             out = Some(match out {
                 Some(sum) => sum + masked,
                 None => masked,

@@ -1,12 +1,11 @@
 //! diffusers' `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`:
 //! self-attention over the pixels, cross-attention to the text, and a GEGLU feed-forward.
 
-use burn::nn::{GroupNorm, LayerNorm};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
 use super::attention::Attention;
-use super::layers::{Conv2d, Linear, conv2d, group_norm, layer_norm, linear};
+use super::layers::{Conv2d, GroupNorm, LayerNorm, Linear, conv2d, group_norm, layer_norm, linear};
 
 /// `proj_in`/`proj_out`: a 1×1 convolution in SD 1.x, a linear layer in SD 2.x
 /// (`use_linear_projection`). The variant name is not part of the checkpoint key.

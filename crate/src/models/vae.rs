@@ -1,13 +1,12 @@
 //! `AutoencoderKL`: the encoder maps pixels to a Gaussian posterior over latents, the
 //! decoder maps latents back to pixels. Built from `vae/config.json`.
 
-use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 use super::attention::Attention;
-use super::layers::{Conv2d, conv2d, group_norm};
+use super::layers::{Conv2d, GroupNorm, conv2d, group_norm};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::config::expect_one_of;
 use crate::error::{Error, Result};

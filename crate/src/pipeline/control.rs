@@ -113,6 +113,7 @@ impl ActiveControl {
         width: usize,
         height: usize,
         batch: usize,
+        dtype: burn::tensor::DType,
         device: &Device,
     ) -> Result<Self> {
         for (name, value) in [("start", control.start), ("end", control.end)] {
@@ -138,7 +139,7 @@ impl ActiveControl {
         );
         Ok(Self {
             controlnet: control.controlnet.clone(),
-            image: Tensor::cat(vec![image; batch], 0),
+            image: Tensor::cat(vec![image; batch], 0).cast(dtype),
             scale: control.scale,
             start: control.start as f64,
             end: control.end as f64,

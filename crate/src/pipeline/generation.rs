@@ -3,6 +3,7 @@
 //! run them.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::control::{self, ActiveControl};
 use super::inpaint::{self, Inpaint, Mask};
@@ -98,10 +99,11 @@ impl StableDiffusion {
 
         // LCM-distilled UNets take the guidance scale as an embedding instead of running
         // classifier-free guidance.
+        let dtype = self.dtype;
         let timestep_cond = self
             .unet_config
             .time_cond_proj_dim
-            .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device));
+            .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device).cast(dtype));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
         let batch = if guided { 2 } else { 1 };
         let text_encoder = lora::apply(&self.text_encoder, Component::TextEncoder, &request.loras);
@@ -116,7 +118,7 @@ impl StableDiffusion {
         let controls = request
             .controlnets
             .iter()
-            .map(|c| ActiveControl::new(c, width, height, batch, device))
+            .map(|c| ActiveControl::new(c, width, height, batch, dtype, device))
             .collect::<Result<Vec<_>>>()?;
 
         // What the mask repaints: the request's, or everything when an inpainting model
@@ -131,7 +133,8 @@ impl StableDiffusion {
             (None, false) => None,
         };
         let encode = |image: Tensor<4>| -> Result<Tensor<4>> {
-            let latents = self.vae.encode(image).mean * self.vae_config.scaling_factor;
+            let mean = self.vae.encode(image.cast(self.vae_dtype())).mean;
+            let latents = mean.cast(DType::F32) * self.vae_config.scaling_factor;
             check_shape(latents, shape, "init image")
         };
         let image_latents = match &request.init_image {
@@ -208,8 +211,8 @@ impl StableDiffusion {
                 let image = image.unwrap_or_else(|| Tensor::zeros([1, 3, height, width], device));
                 let masked = encode(mask.masked_image(image))?;
                 Some(Inpaint::Channels {
-                    mask: Tensor::cat(vec![mask.latents; batch], 0),
-                    masked_image_latents: Tensor::cat(vec![masked; batch], 0),
+                    mask: Tensor::cat(vec![mask.latents; batch], 0).cast(dtype),
+                    masked_image_latents: Tensor::cat(vec![masked; batch], 0).cast(dtype),
                 })
             }
             Some(mask) => Some(Inpaint::Blend {
@@ -265,6 +268,11 @@ impl Generation<'_> {
         &self.latents
     }
 
+    /// The largest |value| of the text embeddings, to read back and check.
+    pub fn context_max_abs(&self) -> Tensor<1> {
+        self.context.clone().abs().max()
+    }
+
     /// The largest |latent|, to read back and check for divergence (NaN or ∞).
     pub fn max_abs(&self) -> Tensor<1> {
         self.latents.clone().abs().max()
@@ -280,7 +288,11 @@ impl Generation<'_> {
             Some(_) => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
             None => latents.clone(),
         };
-        let input = self.scheduler.scale_model_input(input, i);
+        // The scheduler works in f32; the networks in the pipeline's precision.
+        let input = self
+            .scheduler
+            .scale_model_input(input, i)
+            .cast(self.pipe.dtype);
         let residuals = control::residuals(
             &self.controls,
             &input,
@@ -289,13 +301,16 @@ impl Generation<'_> {
             &self.timestep_cond,
             (i - self.start, self.total()),
         );
-        let output = self.unet.forward(
-            Inpaint::unet_input(&self.inpaint, input),
-            t,
-            self.context.clone(),
-            self.timestep_cond.clone(),
-            residuals,
-        );
+        let output = self
+            .unet
+            .forward(
+                Inpaint::unet_input(&self.inpaint, input),
+                t,
+                self.context.clone(),
+                self.timestep_cond.clone(),
+                residuals,
+            )
+            .cast(DType::F32);
         let output = match self.guidance {
             Some((scale, rescale)) => {
                 let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
@@ -332,7 +347,10 @@ impl Generation<'_> {
     /// when asked).
     pub fn finish(self) -> Generated {
         let vae = &self.pipe.vae;
-        let image = vae.decode(self.latents.clone() / self.pipe.vae_config.scaling_factor);
+        let latents = self.latents.clone() / self.pipe.vae_config.scaling_factor;
+        let image = vae
+            .decode(latents.cast(self.pipe.vae_dtype()))
+            .cast(DType::F32);
         let mut image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
         if let Some((init, weight)) = self.overlay {
             image = init * (weight.clone().neg() + 1.0) + image * weight;

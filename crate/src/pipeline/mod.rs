@@ -40,6 +40,9 @@ pub struct StableDiffusion {
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
+    /// What the networks compute in (f32, or f16 on GPUs with `shader-f16`); the scheduler's
+    /// state stays f32 whatever it is.
+    pub dtype: DType,
 }
 
 /// What a pipeline is made of: the tokenizer, the networks (with or without their weights
@@ -54,12 +57,14 @@ pub struct Parts {
     pub vae: AutoencoderKL,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
+    /// The compute precision the weights are to be loaded in (see [`Parts::dtype_of`]).
+    pub dtype: DType,
 }
 
 impl Parts {
     /// Reads the configs and tokenizer of `files` and builds the networks, their weights
-    /// not yet loaded (nothing is allocated).
-    pub fn build(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+    /// not yet loaded (nothing is allocated); they will compute in `dtype`.
+    pub fn build(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let tokenizer = load::tokenizer(files)?;
         let scheduler_config = load::scheduler_config(files)?;
         let (text_config, text_encoder) =
@@ -75,7 +80,17 @@ impl Parts {
             vae,
             vae_config,
             scheduler_config,
+            dtype,
         })
+    }
+
+    /// The precision `component`'s weights are loaded and run in: the compute dtype, except
+    /// for a VAE whose config asks to run in f32 (`force_upcast`, as diffusers does).
+    pub fn dtype_of(&self, component: Component) -> DType {
+        match component {
+            Component::Vae if self.vae_config.force_upcast => DType::F32,
+            _ => self.dtype,
+        }
     }
 }
 
@@ -125,19 +140,29 @@ fn fits_together(
 }
 
 impl StableDiffusion {
-    /// Loads the pipeline `files` holds, its weights read whole.
+    /// Loads the pipeline `files` holds, its weights read whole, computing in f32.
     pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
-        let mut parts = Parts::build(files, device)?;
+        Self::load_with(files, device, DType::F32)
+    }
+
+    /// Loads the pipeline `files` holds, computing in `dtype` (see `device::compute_dtype`).
+    pub fn load_with(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let mut parts = Parts::build(files, device, dtype)?;
+        let dtype_of = |c| parts.dtype_of(c);
+        let (text, unet, vae) = (
+            dtype_of(Component::TextEncoder),
+            dtype_of(Component::Unet),
+            dtype_of(Component::Vae),
+        );
         parts.text_encoder = load::weights(
             files,
             Component::TextEncoder,
             parts.text_encoder,
             device,
-            dtype,
+            text,
         )?;
-        parts.unet = load::weights(files, Component::Unet, parts.unet, device, dtype)?;
-        parts.vae = load::weights(files, Component::Vae, parts.vae, device, dtype)?;
+        parts.unet = load::weights(files, Component::Unet, parts.unet, device, unet)?;
+        parts.vae = load::weights(files, Component::Vae, parts.vae, device, vae)?;
         Ok(Self::from_parts(parts, device))
     }
 
@@ -151,6 +176,7 @@ impl StableDiffusion {
             vae,
             vae_config,
             scheduler_config,
+            dtype,
         } = parts;
         Self {
             tokenizer,
@@ -161,6 +187,16 @@ impl StableDiffusion {
             vae_config,
             scheduler_config,
             device: device.clone(),
+            dtype,
+        }
+    }
+
+    /// The precision the VAE runs in (f32 when its config says `force_upcast`).
+    pub fn vae_dtype(&self) -> DType {
+        if self.vae_config.force_upcast {
+            DType::F32
+        } else {
+            self.dtype
         }
     }
 
@@ -265,16 +301,25 @@ impl StableDiffusion {
         rng: Box<dyn NoiseSource>,
         on_step: &mut OnStep,
     ) -> Result<Generated> {
+        let read = |t: Tensor<1>| t.into_scalar::<f32>();
         let mut generation = self.start(request, rng)?;
+        check_finite(
+            "the text encoder",
+            read(generation.context_max_abs()),
+            self.dtype,
+        )?;
         while !generation.is_done() {
             let (step, total) = generation.step();
-            let max = generation.max_abs().into_scalar::<f32>();
-            check_finite(max, step, total)?;
+            let what = format!("the UNet at step {step} of {total}");
+            check_finite(&what, read(generation.max_abs()), self.dtype)?;
             if !on_step(step, total, generation.latents()) {
                 return Err(Error::Cancelled);
             }
         }
-        Ok(generation.finish())
+        let generated = generation.finish();
+        let image_max = generated.image.clone().abs().max();
+        check_finite("the VAE decoder", read(image_max), self.vae_dtype())?;
+        Ok(generated)
     }
 
     fn check_size(&self, request: &Request) -> Result<(usize, usize)> {
@@ -305,13 +350,18 @@ impl StableDiffusion {
     }
 }
 
-/// Fails when sampling diverged: `max_abs` is the largest |latent| after `step`.
-pub fn check_finite(max_abs: f32, step: usize, total: usize) -> Result<()> {
+/// Fails when a network's output is not finite: `max_abs` is its largest |value|, read
+/// back; `what` names the network (and step), `dtype` what it computed in. A NaN is never
+/// passed on as a black image.
+pub fn check_finite(what: &str, max_abs: f32, dtype: DType) -> Result<()> {
     if max_abs.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Backend(format!(
-            "sampling diverged: non-finite latents after step {step} of {total}"
-        )))
+        return Ok(());
     }
+    let hint = match dtype {
+        DType::F32 => "",
+        _ => "; in half precision a model can overflow: try f32",
+    };
+    Err(Error::Backend(format!(
+        "{what} produced non-finite values (NaN or infinity){hint}"
+    )))
 }

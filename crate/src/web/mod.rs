@@ -109,19 +109,33 @@ impl Pipeline {
     ) -> Result<Pipeline, JsValue> {
         console_error_panic_hook::set_once();
         let device = device().await?;
+        let requested = match options
+            .as_ref()
+            .and_then(|o| Reflect::get(o, &"dtype".into()).ok())
+            .and_then(|d| d.as_string())
+        {
+            Some(name) => Some(crate::device::parse_dtype(&name).map_err(js_error)?),
+            None => None,
+        };
+        let dtype = crate::device::compute_dtype(crate::device::Backend::Wgpu, &device, requested)
+            .map_err(js_error)?;
         let source = source(&url, &options);
         let files = source.pipeline().await?;
         let files = &*files;
-        let mut parts = Parts::build(files, &device).map_err(js_error)?;
+        let mut parts = Parts::build(files, &device, dtype).map_err(js_error)?;
+        let on = |component| (&device, parts.dtype_of(component));
+        let (text, unet, vae) = (
+            on(Component::TextEncoder),
+            on(Component::Unet),
+            on(Component::Vae),
+        );
         parts.text_encoder = source
-            .stream(files, Component::TextEncoder, parts.text_encoder, &device)
+            .stream(files, Component::TextEncoder, parts.text_encoder, text)
             .await?;
         parts.unet = source
-            .stream(files, Component::Unet, parts.unet, &device)
+            .stream(files, Component::Unet, parts.unet, unet)
             .await?;
-        parts.vae = source
-            .stream(files, Component::Vae, parts.vae, &device)
-            .await?;
+        parts.vae = source.stream(files, Component::Vae, parts.vae, vae).await?;
         Ok(Pipeline {
             inner: Rc::new(StableDiffusion::from_parts(parts, &device)),
             id: handles::next_id(),
@@ -182,9 +196,9 @@ impl Pipeline {
         let source = source(&url, &options);
         let files = source.component(Component::ControlNet).await?;
         let (config, model) = self.inner.build_controlnet(&*files).map_err(js_error)?;
-        let device = &self.inner.device;
+        let on = (&self.inner.device, self.inner.dtype);
         let model = source
-            .stream(&*files, Component::ControlNet, model, device)
+            .stream(&*files, Component::ControlNet, model, on)
             .await?;
         let name = file_name(&url, "");
         let controlnet = ControlNet {
@@ -208,13 +222,16 @@ impl Pipeline {
         let mut generation = pipe
             .start(&request, Box::new(Generator::new(request.seed)))
             .map_err(js_error)?;
+        let max = read_f32(generation.context_max_abs().reshape([1])).await?[0];
+        check_finite("the text encoder", max, pipe.dtype).map_err(js_error)?;
         while !generation.is_done() {
             if hooks.aborted() {
                 return Err(abort_error());
             }
             let (step, total) = generation.step();
             let max = read_f32(generation.max_abs().reshape([1])).await?[0];
-            check_finite(max, step, total).map_err(js_error)?;
+            let what = format!("the UNet at step {step} of {total}");
+            check_finite(&what, max, pipe.dtype).map_err(js_error)?;
             if let Some(on_step) = &hooks.on_step {
                 // The current latents go along for previews (a few KB to read back).
                 let latents = read_f32(generation.latents().clone().reshape([-1])).await?;
@@ -229,6 +246,8 @@ impl Pipeline {
         let settings = &out.settings;
         let [height, width, _] = out.image.dims();
         let rgb = read_f32(out.image.reshape([height * width * 3])).await?;
+        let max = rgb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        check_finite("the VAE decoder", max, pipe.vae_dtype()).map_err(js_error)?;
         let mut rgba = Vec::with_capacity(width * height * 4);
         for px in rgb.chunks_exact(3) {
             rgba.extend(

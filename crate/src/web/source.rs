@@ -134,14 +134,14 @@ impl Source {
         files: &dyn ModelFiles,
         component: Component,
         module: M,
-        device: &Device,
+        (device, dtype): (&Device, DType),
     ) -> Result<M, JsValue>
     where
         M: Module + ModuleSnapshot + 'static,
     {
         let WeightFiles { choices, reader } = files.weights(component, device).map_err(js_error)?;
         let state = Rc::new(RefCell::new(Streaming {
-            loader: ModuleLoader::for_component(module, component, DType::F32),
+            loader: ModuleLoader::for_component(module, component, dtype),
             reader,
             bad_bytes: false,
         }));

@@ -11,6 +11,10 @@ export interface LoadOptions {
   onProgress?: (progress: LoadProgress) => void;
   /** Keep the files in IndexedDB (default true). */
   cache?: boolean;
+  /** What the networks compute in: f16 (half the GPU memory; the default where the
+   *  adapter offers `shader-f16`) or f32 (the default elsewhere; asking for f16 there is an
+   *  error). */
+  dtype?: "f32" | "f16";
 }
 export type SchedulerName = "ddim" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras"
   | "heun" | "pndm" | "unipc" | "lcm" | "ddpm";
@@ -99,7 +103,7 @@ export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | 
 };
 /** Messages to the package's `worker.js`; a request's `id` comes back in its reply. */
 export type WorkerRequest =
-  | { type: "load"; url: string; cache?: boolean; id?: number }
+  | { type: "load"; url: string; cache?: boolean; dtype?: "f32" | "f16"; id?: number }
   | { type: "generate"; options: WorkerGenerateOptions; id?: number }
   | { type: "loadLora"; source: string | Uint8Array; name?: string; id?: number }
   | { type: "freeLora"; lora: number; id?: number }

@@ -3,8 +3,8 @@
 //! burn-store finds each parameter by its path, and the Rust field names mirror the
 //! checkpoint keys; only the places where diffusers' module lists hold a single layer
 //! (`to_out.0`, `ff.net.0`), older VAE attention names and transformers' `text_model.`
-//! prefix are renamed. [`checkpoint_name`] undoes [`field_path`] so that errors name keys
-//! as the file does.
+//! prefix are renamed (the norms name their parameters `weight`/`bias` as PyTorch does).
+//! [`checkpoint_name`] undoes [`field_path`] so that errors name keys as the file does.
 
 /// Checkpoint key patterns → field paths, applied in order.
 const KEY_REMAPPING: &[(&str, &str)] = &[
@@ -29,8 +29,6 @@ const KEY_NAMES: &[(&str, &str)] = &[
     (".to_out.", ".to_out.0."),
     (".ff.geglu.", ".ff.net.0.proj."),
     (".ff.proj_out.", ".ff.net.2."),
-    (".gamma", ".weight"),
-    (".beta", ".bias"),
 ];
 
 /// Buffers some checkpoints carry that are not parameters (CLIP's `position_ids`).
@@ -101,11 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn norm_parameters_and_embedding_blocks_are_named_as_checkpoints() {
-        assert_eq!(
-            checkpoint_name("final_layer_norm.gamma"),
-            "final_layer_norm.weight"
-        );
+    fn embedding_blocks_are_named_as_checkpoints() {
         assert_eq!(
             checkpoint_name("embeddings.token_embedding.parts.2"),
             "embeddings.token_embedding.weight#rows-block-2"

@@ -13,10 +13,7 @@ pub use safetensors::{SafetensorsReader, floats};
 use std::collections::{HashMap, HashSet};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::store::burn_pack::Tensor as PackTensor;
-use burn::store::{
-    ApplyError, ApplyResult, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot, bridge,
-};
+use burn::store::{ApplyError, ApplyResult, FloatCastAdapter, ModuleSnapshot, bridge};
 use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result, Shape};
@@ -80,31 +77,6 @@ pub fn tensor_data(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> T
         .collect()
 }
 
-/// PyTorch names a norm's affine parameters `weight`/`bias`, burn `gamma`/`beta`. Linear and
-/// convolution weights keep PyTorch's `[out, in]` layout here (see `layers`), so nothing is
-/// transposed.
-#[derive(Clone)]
-struct NormNames;
-
-impl ModuleAdapter for NormNames {
-    fn adapt(&self, tensor: PackTensor, _ctx: ModuleContext<'_>) -> PackTensor {
-        tensor
-    }
-
-    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
-        let norm = matches!(container_type, "Struct:GroupNorm" | "Struct:LayerNorm");
-        match param_name {
-            "gamma" if norm => Some("weight".into()),
-            "beta" if norm => Some("bias".into()),
-            _ => None,
-        }
-    }
-
-    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
-        Box::new(self.clone())
-    }
-}
-
 /// A module whose parameters are filled in batches of tensors, checking that each
 /// tensor belongs to it and, at the end, that none is missing.
 pub struct ModuleLoader<M> {
@@ -143,7 +115,7 @@ impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
             .into_iter()
             .map(|(key, data)| bridge::from_data(data, field_path(&key), None))
             .collect();
-        let adapter = NormNames.chain(FloatCastAdapter::to(self.dtype));
+        let adapter = FloatCastAdapter::to(self.dtype);
         let result = self
             .module
             .apply(tensors, None, Some(Box::new(adapter)), true);

@@ -7,12 +7,11 @@ mod config;
 pub use blocks::{DownBlock, MidBlock, UpBlock, down_path, up_path};
 pub use config::{BlockPlan, UNetConfig};
 
-use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
-use super::layers::{Conv2d, conv2d, group_norm};
+use super::layers::{Conv2d, GroupNorm, conv2d, group_norm};
 use crate::error::Result;
 
 #[derive(Module, Debug)]

@@ -1,0 +1,132 @@
+//! `encode-prompt`, `vae-decode` and `vae-encode`: one network at a time, for checking
+//! against other implementations.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use webdiffusion::component::Component;
+use webdiffusion::error::{Error, Result};
+use webdiffusion::models::clip::ClipTextModel;
+use webdiffusion::models::unet::UNet2DConditionModel;
+use webdiffusion::models::vae::{AutoencoderKL, VaeConfig};
+use webdiffusion::weights::expected_tensors;
+use webdiffusion::{image, load};
+
+use super::io::{self, Output};
+use super::{Common, lora, open};
+
+/// Tokenizes `prompt` and runs the text encoder (with `loras`), writing `input_ids` and
+/// `prompt_embeds`.
+pub fn encode_prompt(
+    common: &Common,
+    prompt: &str,
+    clip_skip: usize,
+    loras: &lora::LoraArgs,
+    out: &Path,
+) -> Result<()> {
+    io::check_writable(out)?;
+    let (files, device, dtype) = open(common)?;
+    let tokenizer = load::tokenizer(&*files)?;
+    let (_, text_encoder) =
+        load::network::<ClipTextModel>(&*files, Component::TextEncoder, &device, dtype)?;
+    // A LoRA file also adapts the UNet: its layers are matched against the UNet's (built
+    // from its config, weights not loaded) so that a wrong file is refused.
+    let (_, unet) = load::build::<UNet2DConditionModel>(&*files, Component::Unet, &device)?;
+    let targets = webdiffusion::lora::Targets::from([
+        (Component::TextEncoder, expected_tensors(&text_encoder)),
+        (Component::Unet, expected_tensors(&unet)),
+    ]);
+    let loras = lora::load(loras, &targets, &device)?;
+    let text_encoder = webdiffusion::lora::apply(&text_encoder, Component::TextEncoder, &loras);
+    if clip_skip >= text_encoder.num_layers() {
+        return Err(Error::invalid(
+            "--clip-skip",
+            format!(
+                "{clip_skip} (the text encoder has {} layers)",
+                text_encoder.num_layers()
+            ),
+        ));
+    }
+    let ids = tokenizer.encode(prompt)?;
+    let embeds = text_encoder.encode(&ids, clip_skip, &device);
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    io::write_safetensors(
+        out,
+        vec![
+            Output::i64("input_ids", vec![1, ids.len()], &ids),
+            Output::f32_finite("prompt_embeds", embeds, "the text encoder")?,
+        ],
+    )
+}
+
+/// The VAE of `common`'s model, in the precision it runs in (f32 when its config says
+/// `force_upcast`).
+fn vae(common: &Common) -> Result<(VaeConfig, AutoencoderKL, DType, Device)> {
+    let (files, device, dtype) = open(common)?;
+    let (config, vae) = load::build::<AutoencoderKL>(&*files, Component::Vae, &device)?;
+    let dtype = if config.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    };
+    let vae = load::weights(&*files, Component::Vae, vae, &device, dtype)?;
+    Ok((config, vae, dtype, device))
+}
+
+/// Decodes pipeline-space `latents` to the raw decoder output `image`.
+pub fn vae_decode(common: &Common, latents: &Path, out: &Path) -> Result<()> {
+    io::check_writable(out)?;
+    let (config, vae, dtype, device) = vae(common)?;
+    let latents = io::read_tensor4(latents, "latents", &device)?;
+    let [_, c, _, _] = latents.dims();
+    if c != config.latent_channels {
+        return Err(Error::invalid(
+            "--latents",
+            format!(
+                "has {c} channels, the VAE expects {}",
+                config.latent_channels
+            ),
+        ));
+    }
+    let image = vae.decode((latents / config.scaling_factor).cast(dtype));
+    io::write_safetensors(
+        out,
+        vec![Output::f32_finite("image", image, "the VAE decoder")?],
+    )
+}
+
+/// Encodes a PNG to the posterior `mean` (not multiplied by the scaling factor).
+pub fn vae_encode(common: &Common, image: &Path, out: &Path) -> Result<()> {
+    io::check_writable(out)?;
+    let (config, vae, dtype, device) = vae(common)?;
+    if !vae.can_encode() {
+        return Err(Error::invalid(
+            "--model",
+            "its VAE has no encoder weights (a decoder-only VAE): it cannot encode",
+        ));
+    }
+    let png = image::read_png(image)?;
+    let f = config.scale_factor();
+    if png.width % f != 0 || png.height % f != 0 {
+        return Err(Error::invalid(
+            "--image",
+            format!(
+                "{} is {}×{}; width and height must be multiples of {f}",
+                image.display(),
+                png.width,
+                png.height
+            ),
+        ));
+    }
+    let posterior = vae.encode(image::image_to_tensor(&png, &device).cast(dtype));
+    io::write_safetensors(
+        out,
+        vec![Output::f32_finite(
+            "mean",
+            posterior.mean,
+            "the VAE encoder",
+        )?],
+    )
+}

@@ -1,0 +1,132 @@
+//! Half precision on the GPU (wgpu; lavapipe offers `shader-f16`, so CI runs it): the whole
+//! pipeline in f16 against diffusers' float32 goldens, for every scheduler on both fixtures
+//! and for packs, within 3e-3 (SD 1.x-like) and 5e-3 (SD 2.x-like, v-prediction) image
+//! rel-L2 — diffusers' own float16 runs of the same cases land at 1.0e-3 and 2.0e-3.
+
+mod common;
+
+use std::collections::VecDeque;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use common::{Goldens, MODELS, model_dir, rel_l2, to_f64};
+use webdiffusion::device::{self, Backend};
+use webdiffusion::files::DirFiles;
+use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::quant::Precision;
+use webdiffusion::schedulers::NoiseSource;
+
+/// The wgpu device when it has f16 arithmetic; `None` (skipped) otherwise, unless CI asks
+/// for wgpu (WEBDIFFUSION_TEST_WGPU=1), where a missing adapter or f16 is a failure.
+fn f16_device() -> Option<Device> {
+    let required = std::env::var("WEBDIFFUSION_TEST_WGPU").as_deref() == Ok("1");
+    let device = match device::open(Some(Backend::Wgpu)) {
+        Ok((_, device)) => device,
+        Err(e) if required => panic!("WEBDIFFUSION_TEST_WGPU=1 but {e}"),
+        Err(_) => return None,
+    };
+    match device::compute_dtype(Backend::Wgpu, &device, None) {
+        Ok(DType::F16) => Some(device),
+        _ if required => panic!("the wgpu adapter has no f16"),
+        _ => None,
+    }
+}
+
+fn limit(model: &str) -> f64 {
+    if model == "sd1-tiny" { 3e-3 } else { 5e-3 }
+}
+
+struct Recorded(VecDeque<Tensor<4>>);
+
+impl NoiseSource for Recorded {
+    fn noise(&mut self, _shape: [usize; 4], _device: &Device) -> Tensor<4> {
+        self.0
+            .pop_front()
+            .expect("more noise drawn than diffusers did")
+    }
+}
+
+fn run(pipe: &StableDiffusion, goldens: &Goldens, scheduler: &str, device: &Device) -> Vec<f64> {
+    let mut r = Request::new("a photograph of an astronaut riding a horse");
+    r.negative_prompt = "blurry, low quality".into();
+    r.steps = Some(8);
+    r.guidance = 7.5;
+    r.scheduler = Some(scheduler.into());
+    r.latents = Some(goldens.tensor::<4>("latents", device));
+    let mut noise = VecDeque::new();
+    while goldens.has(&format!("{scheduler}.noise.{}", noise.len())) {
+        let key = format!("{scheduler}.noise.{}", noise.len());
+        noise.push_back(goldens.tensor::<4>(&key, device));
+    }
+    let out = pipe
+        .generate_with_noise(&r, Box::new(Recorded(noise)), &mut |_, _, _| true)
+        .unwrap();
+    to_f64(out.image)
+}
+
+#[test]
+fn every_scheduler_in_f16_stays_near_diffusers_float32() {
+    let Some(device) = f16_device() else {
+        eprintln!("skipping: no wgpu adapter with f16");
+        return;
+    };
+    for model in MODELS {
+        let goldens = Goldens::load(&format!("pipeline-{model}"));
+        let pipe =
+            StableDiffusion::load_with(&DirFiles(model_dir(model)), &device, DType::F16).unwrap();
+        assert_eq!(
+            pipe.unet.conv_in.weight.val().dtype(),
+            DType::F16,
+            "weights in f16"
+        );
+        for scheduler in [
+            "ddim",
+            "euler",
+            "euler-a",
+            "dpmpp-2m",
+            "dpmpp-2m-karras",
+            "heun",
+            "pndm",
+            "unipc",
+        ] {
+            let image = run(&pipe, &goldens, scheduler, &device);
+            let err = rel_l2(&image, goldens.values(&format!("{scheduler}.image")));
+            eprintln!("{model} {scheduler} f16: image rel-L2 {err:.2e}");
+            assert!(
+                err <= limit(model),
+                "{model} {scheduler} f16: image rel-L2 {err:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn packs_in_f16_stay_near_diffusers_float32() {
+    let Some(device) = f16_device() else {
+        eprintln!("skipping: no wgpu adapter with f16");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for model in MODELS {
+        let goldens = Goldens::load(&format!("pipeline-{model}"));
+        // f16 weights computed in f16 hold the f16 limits; q8 weights their own.
+        for (precision, limit) in [(Precision::F16, limit(model)), (Precision::Q8, 5e-3)] {
+            let out = dir.path().join(format!("{model}-{}", precision.name()));
+            webdiffusion::pack::convert::convert(&DirFiles(model_dir(model)), precision, &out)
+                .unwrap();
+            let files = webdiffusion::pack::open_dir(&out).unwrap();
+            let pipe = StableDiffusion::load_with(&*files, &device, DType::F16).unwrap();
+            let image = run(&pipe, &goldens, "ddim", &device);
+            let err = rel_l2(&image, goldens.values("ddim.image"));
+            eprintln!(
+                "{model} {} pack in f16: image rel-L2 {err:.2e}",
+                precision.name()
+            );
+            assert!(
+                err <= limit,
+                "{model} {} pack in f16: image rel-L2 {err:e}",
+                precision.name()
+            );
+        }
+    }
+}
