@@ -39,6 +39,9 @@ self.onmessage = async ({ data }) => {
       const loaded = await Pipeline.load(data.url, {
         cache: data.cache ?? true,
         dtype: data.dtype,
+        vae: data.vae,
+        previewVae: data.previewVae,
+        limits: data.limits,
         onProgress: (p) => self.postMessage({ type: "progress", ...p }),
       });
       // Release the previous model's GPU memory (and its LoRAs and ControlNets) before
@@ -58,7 +61,10 @@ self.onmessage = async ({ data }) => {
         loras: byId(data.options.loras, "lora", loras, "LoRA"),
         controlnets: byId(data.options.controlnets, "controlnet", controlnets, "ControlNet"),
         signal: controller.signal,
-        onStep: (step, total, latents) => self.postMessage({ type: "step", step, total, latents }, [latents.buffer]),
+        onStep: (step, total, latents, preview) => self.postMessage(
+          { type: "step", step, total, latents, preview },
+          preview ? [latents.buffer, preview.pixels.buffer] : [latents.buffer],
+        ),
       });
       self.postMessage({ type: "result", result, id: data.id }, [result.pixels.buffer, result.latents.buffer]);
     } else if (data.type === "loadLora") {

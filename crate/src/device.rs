@@ -117,3 +117,39 @@ fn wgpu() -> std::result::Result<(Device, String), String> {
     })
     .clone()
 }
+
+/// A wgpu device requested at WebGPU's default limits (128 MiB per storage binding, 256 MiB
+/// per buffer, 16 KiB of workgroup memory, …) rather than the adapter's own, with the
+/// adapter's features: what many GPUs give a web page.
+pub async fn wgpu_at_default_limits() -> std::result::Result<burn::prelude::Device, String> {
+    use burn::tensor::wgpu::{WgpuSetup, wgpu};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: None,
+            required_features: adapter.features() - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS,
+            required_limits: wgpu::Limits::default(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let backend = adapter.get_info().backend;
+    let setup = WgpuSetup {
+        instance,
+        adapter,
+        device,
+        queue,
+        backend,
+    };
+    burn::prelude::Device::wgpu_options()
+        .setup(setup)
+        .init()
+        .map_err(|e| e.to_string())
+}

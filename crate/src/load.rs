@@ -6,7 +6,6 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleSnapshot;
 use burn::tensor::DType;
-use serde::de::DeserializeOwned;
 
 use crate::component::{self, Component};
 use crate::config::parse;
@@ -15,14 +14,18 @@ use crate::files::{ModelFiles, WeightFiles};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
-use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::models::vae::{Vae, VaeConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::ModuleLoader;
 
 /// A network built from a `config.json`.
 pub trait Network: Module + ModuleSnapshot + Sized {
-    type Config: DeserializeOwned;
+    type Config;
+
+    /// Reads the config `text` (the contents of `file`).
+    fn parse_config(file: &str, text: &str) -> Result<Self::Config>;
+
     /// Builds the network `config` (read from `file`, named in errors) describes, with lazy
     /// parameters: nothing is allocated before weights are loaded.
     fn build(config: &Self::Config, file: &str, device: &Device) -> Result<Self>;
@@ -30,6 +33,9 @@ pub trait Network: Module + ModuleSnapshot + Sized {
 
 impl Network for ClipTextModel {
     type Config = ClipTextConfig;
+    fn parse_config(file: &str, text: &str) -> Result<ClipTextConfig> {
+        parse(file, text)
+    }
     fn build(config: &ClipTextConfig, file: &str, device: &Device) -> Result<Self> {
         ClipTextModel::new(config, file, device)
     }
@@ -37,6 +43,9 @@ impl Network for ClipTextModel {
 
 impl Network for UNet2DConditionModel {
     type Config = UNetConfig;
+    fn parse_config(file: &str, text: &str) -> Result<UNetConfig> {
+        parse(file, text)
+    }
     fn build(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
         UNet2DConditionModel::new(config, file, device)
     }
@@ -44,22 +53,22 @@ impl Network for UNet2DConditionModel {
 
 impl Network for ControlNetModel {
     type Config = ControlNetConfig;
+    fn parse_config(file: &str, text: &str) -> Result<ControlNetConfig> {
+        parse(file, text)
+    }
     fn build(config: &ControlNetConfig, file: &str, device: &Device) -> Result<Self> {
         ControlNetModel::new(config, file, device)
     }
 }
 
-impl Network for AutoencoderKL {
+impl Network for Vae {
     type Config = VaeConfig;
-    fn build(config: &VaeConfig, file: &str, device: &Device) -> Result<Self> {
-        AutoencoderKL::new(config, file, device)
+    fn parse_config(file: &str, text: &str) -> Result<VaeConfig> {
+        VaeConfig::parse(file, text)
     }
-}
-
-/// `component`'s config, parsed.
-pub fn config<T: DeserializeOwned>(files: &dyn ModelFiles, component: Component) -> Result<T> {
-    let path = component.config();
-    parse(&files.display(&path), &files.require_text(&path)?)
+    fn build(config: &VaeConfig, file: &str, device: &Device) -> Result<Self> {
+        Vae::new(config, file, device)
+    }
 }
 
 /// `component` as its config describes it, its weights not yet loaded.
@@ -68,8 +77,10 @@ pub fn build<N: Network>(
     component: Component,
     device: &Device,
 ) -> Result<(N::Config, N)> {
-    let config = config(files, component)?;
-    let network = N::build(&config, &files.display(&component.config()), device)?;
+    let path = component.config();
+    let file = files.display(&path);
+    let config = N::parse_config(&file, &files.require_text(&path)?)?;
+    let network = N::build(&config, &file, device)?;
     Ok((config, network))
 }
 
@@ -163,10 +174,6 @@ pub fn unet(
 }
 
 /// The VAE of `files` with its weights, in `dtype`.
-pub fn vae(
-    files: &dyn ModelFiles,
-    device: &Device,
-    dtype: DType,
-) -> Result<(VaeConfig, AutoencoderKL)> {
+pub fn vae(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<(VaeConfig, Vae)> {
     network(files, Component::Vae, device, dtype)
 }

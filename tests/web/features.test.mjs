@@ -1,6 +1,7 @@
 // The customisation tools in headless Chromium (WebGPU on SwiftShader), against the
 // diffusers goldens of the tiny fixtures: LoRA (by URL and from bytes), ControlNet with a
-// guidance window, canny(), img2img, and inpainting with a 9-channel and a 4-channel model.
+// guidance window, canny(), img2img, inpainting with a 9-channel and a 4-channel model, and
+// TAESD (final decoder and previews) on a device at WebGPU's default limits.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -146,6 +147,38 @@ test("img2img and both kinds of inpainting give diffusers' latents", async () =>
     const err = relL2(Float32Array.from(out[i]), want);
     assert.ok(err <= 1e-3, `${what}: latents rel-L2 ${err}`);
   }
+  await page.close();
+});
+
+test("at WebGPU's default limits, TAESD decodes the final image and each step's preview", async () => {
+  const page = await openPage();
+  const latents = golden("goldens/pipeline-sd1-tiny.safetensors", "latents");
+  const out = await page.evaluate(async ({ base, latents, prompt, negative }) => {
+    const { Pipeline } = window.webdiffusion;
+    const taesd = `${base}/taesd-tiny`;
+    const pipe = await Pipeline.load(`${base}/sd1-tiny`, { limits: "default", vae: taesd, previewVae: taesd });
+    const previews = [];
+    const r = await pipe.generate({ prompt, negativePrompt: negative, steps: 8, guidance: 7.5,
+      latents: Float32Array.from(latents),
+      onStep: (step, total, _, preview) => previews.push([preview?.width, preview?.height, preview?.pixels.length]) });
+    let other = null;
+    try {
+      await Pipeline.load(`${base}/sd1-tiny`, {});
+    } catch (e) {
+      other = e.message;
+    }
+    return { latents: Array.from(r.latents), pixels: Array.from(r.pixels), size: [r.width, r.height], previews, other };
+  }, { base: `${server.base}${FIX}`, latents: Array.from(latents), prompt: PROMPT, negative: NEGATIVE });
+  const own = golden("goldens/pipeline-sd1-tiny.safetensors", "own.latents");
+  const err = relL2(Float32Array.from(out.latents), own);
+  assert.ok(err <= 1e-3, `latents with TAESD as the VAE: rel-L2 ${err}`);
+  assert.deepEqual(out.size, [128, 128]);
+  const rgb = out.pixels.filter((_, i) => i % 4 !== 3).map((v) => v / 255);
+  const image = relL2(Float32Array.from(rgb), golden("taesd/goldens.safetensors", "pipeline.image"));
+  assert.ok(image <= 5e-3, `TAESD image: rel-L2 ${image}`);
+  assert.equal(out.previews.length, 9, "a preview after every UNet call (PNDM: 9)");
+  assert.deepEqual(out.previews[0], [128, 128, 128 * 128 * 4]);
+  assert.match(out.other ?? "", /limits/);
   await page.close();
 });
 

@@ -19,7 +19,7 @@ use webdiffusion::load::{self, Network};
 use webdiffusion::lora::{self, Format, Layer, Lora, LoraFile, Stored, Target, Targets};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::unet::UNet2DConditionModel;
-use webdiffusion::models::vae::AutoencoderKL;
+use webdiffusion::models::vae::Vae;
 use webdiffusion::noise::Generator;
 use webdiffusion::pack::convert::{Policy, encode};
 use webdiffusion::pack::{TensorEntry, decode};
@@ -194,7 +194,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let on = |dtype| (&device, dtype);
     let text: ClipTextModel = random_network(&sd15, Component::TextEncoder, precision, on(dtype))?;
     let unet: UNet2DConditionModel = random_network(&sd15, Component::Unet, precision, on(dtype))?;
-    let vae: Option<AutoencoderKL> = match args.no_vae {
+    let vae: Option<Vae> = match args.no_vae {
         true => None,
         false => Some(random_network(
             &sd15,

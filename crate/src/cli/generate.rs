@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::DType;
 
+use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::image;
 use webdiffusion::pipeline::{Request, Settings, StableDiffusion};
@@ -70,6 +71,10 @@ pub struct GenerateArgs {
     mask_blur: f32,
     #[command(flatten)]
     control: super::control::ControlArgs,
+    /// Another VAE to decode (and encode) with: a folder or pack of an AutoencoderKL or of
+    /// an AutoencoderTiny (TAESD, much faster); the output size follows its scale factor.
+    #[arg(long)]
+    vae: Option<PathBuf>,
     /// The PNG to write (default: webdiffusion-SEED.png unless --out-tensor is given).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -135,7 +140,12 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     }
     request.mask_blur = args.mask_blur;
 
-    let pipe = StableDiffusion::load_with(&*files, &device, dtype)?;
+    let vae = args
+        .vae
+        .as_deref()
+        .map(|path| webdiffusion::pack::open_component(path, Component::Vae))
+        .transpose()?;
+    let pipe = StableDiffusion::load_from(&*files, vae.as_deref(), &device, dtype)?;
     request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
     request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();

@@ -63,6 +63,10 @@ enum Command {
     VaeDecode {
         #[command(flatten)]
         common: Common,
+        /// Another VAE to use instead of the model's (a folder or pack: AutoencoderKL or
+        /// AutoencoderTiny/TAESD).
+        #[arg(long)]
+        vae: Option<PathBuf>,
         #[arg(long)]
         latents: PathBuf,
         #[arg(long)]
@@ -76,10 +80,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Canny edges (OpenCV's) of a PNG, as the ControlNet canny models read them.
     Canny(control::CannyArgs),
-    /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor).
+    /// Encode a PNG to the posterior `mean` (not multiplied by the scaling factor); with an
+    /// AutoencoderTiny, its `latents`.
     VaeEncode {
         #[command(flatten)]
         common: Common,
+        /// Another VAE to use instead of the model's (see vae-decode).
+        #[arg(long)]
+        vae: Option<PathBuf>,
         #[arg(long)]
         image: PathBuf,
         #[arg(long)]
@@ -105,10 +113,16 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         } => networks::encode_prompt(&common, &prompt, clip_skip, &loras, &out),
         Command::VaeDecode {
             common,
+            vae,
             latents,
             out,
-        } => networks::vae_decode(&common, &latents, &out),
-        Command::VaeEncode { common, image, out } => networks::vae_encode(&common, &image, &out),
+        } => networks::vae_decode(&common, vae.as_deref(), &latents, &out),
+        Command::VaeEncode {
+            common,
+            vae,
+            image,
+            out,
+        } => networks::vae_encode(&common, vae.as_deref(), &image, &out),
     }
 }
 

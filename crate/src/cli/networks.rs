@@ -10,9 +10,9 @@ use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::unet::UNet2DConditionModel;
-use webdiffusion::models::vae::{AutoencoderKL, VaeConfig};
+use webdiffusion::models::vae::{Vae, VaeConfig};
 use webdiffusion::weights::expected_tensors;
-use webdiffusion::{image, load};
+use webdiffusion::{image, load, pack};
 
 use super::io::{self, Output};
 use super::{Common, lora, open};
@@ -61,12 +61,16 @@ pub fn encode_prompt(
     )
 }
 
-/// The VAE of `common`'s model, in the precision it runs in (f32 when its config says
-/// `force_upcast`).
-fn vae(common: &Common) -> Result<(VaeConfig, AutoencoderKL, DType, Device)> {
+/// The VAE of `common`'s model, or the one at `other`, in the precision it runs in (f32
+/// when its config says `force_upcast`).
+fn vae(common: &Common, other: Option<&Path>) -> Result<(VaeConfig, Vae, DType, Device)> {
     let (files, device, dtype) = open(common)?;
-    let (config, vae) = load::build::<AutoencoderKL>(&*files, Component::Vae, &device)?;
-    let dtype = if config.force_upcast {
+    let files = match other {
+        Some(path) => pack::open_component(path, Component::Vae)?,
+        None => files,
+    };
+    let (config, vae) = load::build::<Vae>(&*files, Component::Vae, &device)?;
+    let dtype = if config.force_upcast() {
         DType::F32
     } else {
         dtype
@@ -76,31 +80,32 @@ fn vae(common: &Common) -> Result<(VaeConfig, AutoencoderKL, DType, Device)> {
 }
 
 /// Decodes pipeline-space `latents` to the raw decoder output `image`.
-pub fn vae_decode(common: &Common, latents: &Path, out: &Path) -> Result<()> {
+pub fn vae_decode(common: &Common, other: Option<&Path>, latents: &Path, out: &Path) -> Result<()> {
     io::check_writable(out)?;
-    let (config, vae, dtype, device) = vae(common)?;
+    let (config, vae, dtype, device) = vae(common, other)?;
     let latents = io::read_tensor4(latents, "latents", &device)?;
     let [_, c, _, _] = latents.dims();
-    if c != config.latent_channels {
+    if c != config.latent_channels() {
         return Err(Error::invalid(
             "--latents",
             format!(
                 "has {c} channels, the VAE expects {}",
-                config.latent_channels
+                config.latent_channels()
             ),
         ));
     }
-    let image = vae.decode((latents / config.scaling_factor).cast(dtype));
+    let image = vae.decode((latents / config.scaling_factor()).cast(dtype));
     io::write_safetensors(
         out,
         vec![Output::f32_finite("image", image, "the VAE decoder")?],
     )
 }
 
-/// Encodes a PNG to the posterior `mean` (not multiplied by the scaling factor).
-pub fn vae_encode(common: &Common, image: &Path, out: &Path) -> Result<()> {
+/// Encodes a PNG: AutoencoderKL's posterior `mean` (not multiplied by the scaling factor),
+/// or AutoencoderTiny's `latents`.
+pub fn vae_encode(common: &Common, other: Option<&Path>, image: &Path, out: &Path) -> Result<()> {
     io::check_writable(out)?;
-    let (config, vae, dtype, device) = vae(common)?;
+    let (config, vae, dtype, device) = vae(common, other)?;
     if !vae.can_encode() {
         return Err(Error::invalid(
             "--model",
@@ -120,13 +125,13 @@ pub fn vae_encode(common: &Common, image: &Path, out: &Path) -> Result<()> {
             ),
         ));
     }
-    let posterior = vae.encode(image::image_to_tensor(&png, &device).cast(dtype));
+    let latents = vae.encode(image::image_to_tensor(&png, &device).cast(dtype));
+    let name = match vae {
+        Vae::Kl(_) => "mean",
+        Vae::Tiny(_) => "latents",
+    };
     io::write_safetensors(
         out,
-        vec![Output::f32_finite(
-            "mean",
-            posterior.mean,
-            "the VAE encoder",
-        )?],
+        vec![Output::f32_finite(name, latents, "the VAE encoder")?],
     )
 }

@@ -28,7 +28,7 @@ use crate::load;
 use crate::models::clip::ClipTextModel;
 use crate::models::controlnet::ControlNetModel;
 use crate::models::unet::UNet2DConditionModel;
-use crate::models::vae::AutoencoderKL;
+use crate::models::vae::Vae;
 use crate::quant::{BlockFormat, Precision, Scales};
 use crate::weights::safetensors::SafetensorsFile;
 use crate::weights::{check_tensors, expected_tensors, floats};
@@ -269,9 +269,7 @@ fn expected_of(src: &dyn ModelFiles, component: Component) -> Result<Vec<(String
         Component::Unet => {
             expected_tensors(&load::build::<UNet2DConditionModel>(src, component, &device)?.1)
         }
-        Component::Vae => {
-            expected_tensors(&load::build::<AutoencoderKL>(src, component, &device)?.1)
-        }
+        Component::Vae => expected_tensors(&load::build::<Vae>(src, component, &device)?.1),
         Component::ControlNet => {
             expected_tensors(&load::build::<ControlNetModel>(src, component, &device)?.1)
         }

@@ -7,9 +7,10 @@ use super::{ComponentEntry, StoredDType, TensorEntry, matrix};
 use crate::error::{Error, Result};
 use crate::weights::{TensorReader, Tensors, tensor_data};
 
-/// Takes a component's shards in order, each in pieces, and returns a tensor once every
-/// shard holding it has arrived and matched its sha256. Holds at most one shard plus a
-/// tensor that continues into the next.
+/// Takes a component's shards in order, each in pieces, and returns each tensor as soon as
+/// its bytes have arrived, holding only the bytes of tensors not yet complete. Each shard's
+/// size and sha256 are checked at its end: a mismatch fails the load, and a failed load
+/// drops the module, so a damaged shard never becomes part of a model.
 pub struct ShardReader {
     component: ComponentEntry,
     /// Each shard as named in errors.
@@ -17,12 +18,12 @@ pub struct ShardReader {
     /// Tensor indices by stream offset, with their start in the stream.
     order: Vec<(u64, usize)>,
     next: usize,
-    /// The shard being received (`None` before the first), its bytes so far and their hash.
+    /// The shard being received (`None` before the first), its size so far and its hash.
     shard: Option<usize>,
-    pending: Vec<u8>,
+    received: u64,
     hasher: Sha256,
-    /// Checked bytes not yet used; `checked[0]` is at stream offset `offset`.
-    checked: Vec<u8>,
+    /// Bytes received and not yet used; `buffer[0]` is at stream offset `offset`.
+    buffer: Vec<u8>,
     offset: u64,
     /// Whether the device's shaders read f16 quantization scales.
     f16_scales: bool,
@@ -45,9 +46,9 @@ impl ShardReader {
             order,
             next: 0,
             shard: None,
-            pending: Vec::new(),
+            received: 0,
             hasher: Sha256::new(),
-            checked: Vec::new(),
+            buffer: Vec::new(),
             offset: 0,
             f16_scales,
         }
@@ -68,7 +69,7 @@ impl TensorReader for ShardReader {
             ));
         }
         self.shard = Some(next);
-        self.pending.clear();
+        self.received = 0;
         self.hasher = Sha256::new();
         Ok(())
     }
@@ -76,29 +77,28 @@ impl TensorReader for ShardReader {
     fn push(&mut self, piece: &[u8]) -> Result<Tensors> {
         let i = self.current();
         let shard = &self.component.shards[i];
-        let received = (self.pending.len() + piece.len()) as u64;
-        if received > shard.bytes {
+        self.received += piece.len() as u64;
+        if self.received > shard.bytes {
             return Err(Error::io(
                 &self.names[i],
                 format!("has more than the {} bytes the manifest lists", shard.bytes),
             ));
         }
         self.hasher.update(piece);
-        self.pending.extend_from_slice(piece);
-        Ok(Vec::new())
+        self.buffer.extend_from_slice(piece);
+        self.ready()
     }
 
     fn end(&mut self) -> Result<Tensors> {
         let i = self.current();
         let shard = &self.component.shards[i];
         let name = &self.names[i];
-        if self.pending.len() as u64 != shard.bytes {
+        if self.received != shard.bytes {
             return Err(Error::io(
                 name,
                 format!(
                     "has {} bytes, the manifest lists {}",
-                    self.pending.len(),
-                    shard.bytes
+                    self.received, shard.bytes
                 ),
             ));
         }
@@ -113,8 +113,7 @@ impl TensorReader for ShardReader {
                 ),
             ));
         }
-        self.checked.append(&mut self.pending);
-        self.ready()
+        Ok(Vec::new())
     }
 
     fn finish(&self) -> Result<()> {
@@ -133,9 +132,9 @@ impl TensorReader for ShardReader {
 }
 
 impl ShardReader {
-    /// Every tensor whose bytes have all arrived and been checked.
+    /// Every tensor whose bytes have all arrived.
     fn ready(&mut self) -> Result<Tensors> {
-        let end = self.offset + self.checked.len() as u64;
+        let end = self.offset + self.buffer.len() as u64;
         let mut batch = Vec::new();
         let mut consumed = self.offset;
         while let Some(&(start, i)) = self.order.get(self.next) {
@@ -144,12 +143,12 @@ impl ShardReader {
                 break;
             }
             let a = (start - self.offset) as usize;
-            let bytes = &self.checked[a..a + entry.length as usize];
+            let bytes = &self.buffer[a..a + entry.length as usize];
             batch.extend(decode(entry, bytes, self.f16_scales));
             consumed = start + entry.length;
             self.next += 1;
         }
-        self.checked.drain(..(consumed - self.offset) as usize);
+        self.buffer.drain(..(consumed - self.offset) as usize);
         self.offset = consumed;
         Ok(batch)
     }

@@ -30,7 +30,7 @@ pub struct Generation<'a> {
     guidance: Option<(f64, f64)>,
     controls: Vec<ActiveControl>,
     inpaint: Option<Inpaint>,
-    /// Pasting the init image back: the image `[1, 3, H, W]` in [0, 1] and the blurred mask.
+    /// Pasting the init image back: the image `[1, 3, H, W]` in [-1, 1] and the blurred mask.
     overlay: Option<(Tensor<4>, Tensor<4>)>,
     start: usize,
     index: usize,
@@ -94,7 +94,7 @@ impl StableDiffusion {
             ));
         }
         let f = self.vae_scale_factor();
-        let shape = [1, self.vae_config.latent_channels, height / f, width / f];
+        let shape = [1, self.vae_config.latent_channels(), height / f, width / f];
         let device = &self.device;
 
         // LCM-distilled UNets take the guidance scale as an embedding instead of running
@@ -133,8 +133,8 @@ impl StableDiffusion {
             (None, false) => None,
         };
         let encode = |image: Tensor<4>| -> Result<Tensor<4>> {
-            let mean = self.vae.encode(image.cast(self.vae_dtype())).mean;
-            let latents = mean.cast(DType::F32) * self.vae_config.scaling_factor;
+            let latents = self.vae.encode(image.cast(self.vae_dtype()));
+            let latents = latents.cast(DType::F32) * self.vae_config.scaling_factor();
             check_shape(latents, shape, "init image")
         };
         let image_latents = match &request.init_image {
@@ -200,7 +200,7 @@ impl StableDiffusion {
         let image = request.init_image.clone();
         let overlay = match (&mask, &image) {
             (Some(mask), Some(image)) if request.mask_blur > 0.0 => Some((
-                (image.clone() + 1.0) / 2.0,
+                image.clone(),
                 inpaint::blur(mask.pixels.clone(), request.mask_blur),
             )),
             _ => None,
@@ -266,6 +266,14 @@ impl Generation<'_> {
 
     pub fn latents(&self) -> &Tensor<4> {
         &self.latents
+    }
+
+    /// The current latents decoded by the preview decoder (TAESD), `[H, W, 3]` in [0, 1];
+    /// `None` without one.
+    pub fn preview(&self) -> Option<Tensor<3>> {
+        let (config, vae) = self.pipe.preview.as_ref()?;
+        let latents = self.latents.clone() / config.scaling_factor();
+        Some(to_image(vae.decode(latents.cast(self.pipe.dtype))))
     }
 
     /// The largest |value| of the text embeddings, to read back and check.
@@ -347,22 +355,28 @@ impl Generation<'_> {
     /// when asked).
     pub fn finish(self) -> Generated {
         let vae = &self.pipe.vae;
-        let latents = self.latents.clone() / self.pipe.vae_config.scaling_factor;
-        let image = vae
+        let latents = self.latents.clone() / self.pipe.vae_config.scaling_factor();
+        let mut image = vae
             .decode(latents.cast(self.pipe.vae_dtype()))
             .cast(DType::F32);
-        let mut image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
         if let Some((init, weight)) = self.overlay {
             image = init * (weight.clone().neg() + 1.0) + image * weight;
         }
-        let [_, c, h, w] = image.dims();
-        let image = image.reshape([c, h, w]).permute([1, 2, 0]);
+        let image = to_image(image);
         Generated {
             settings: self.settings,
             latents: self.latents,
             image,
         }
     }
+}
+
+/// A decoder's output `[1, 3, H, W]`, roughly in [-1, 1], as the image `[H, W, 3]` in
+/// [0, 1].
+fn to_image(image: Tensor<4>) -> Tensor<3> {
+    let image = (image.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0);
+    let [_, c, h, w] = image.dims();
+    image.reshape([c, h, w]).permute([1, 2, 0])
 }
 
 fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<4>> {

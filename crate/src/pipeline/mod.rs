@@ -22,7 +22,7 @@ use crate::lora::{self, Lora, LoraFile};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
-use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::models::vae::{Vae, VaeConfig};
 #[cfg(not(target_family = "wasm"))]
 use crate::noise::Generator;
 #[cfg(not(target_family = "wasm"))]
@@ -36,13 +36,15 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
     pub unet_config: UNetConfig,
-    pub vae: AutoencoderKL,
+    pub vae: Vae,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
     /// What the networks compute in (f32, or f16 on GPUs with `shader-f16`); the scheduler's
     /// state stays f32 whatever it is.
     pub dtype: DType,
+    /// A small decoder (TAESD) for previews of the latents while they are denoised.
+    pub preview: Option<(VaeConfig, Vae)>,
 }
 
 /// What a pipeline is made of: the tokenizer, the networks (with or without their weights
@@ -54,7 +56,7 @@ pub struct Parts {
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
     pub unet_config: UNetConfig,
-    pub vae: AutoencoderKL,
+    pub vae: Vae,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     /// The compute precision the weights are to be loaded in (see [`Parts::dtype_of`]).
@@ -70,7 +72,7 @@ impl Parts {
         let (text_config, text_encoder) =
             load::build::<ClipTextModel>(files, Component::TextEncoder, device)?;
         let (unet_config, unet) = load::build(files, Component::Unet, device)?;
-        let (vae_config, vae) = load::build::<AutoencoderKL>(files, Component::Vae, device)?;
+        let (vae_config, vae) = load::build::<Vae>(files, Component::Vae, device)?;
         fits_together(files, &text_config, &unet_config, &vae_config)?;
         Ok(Self {
             tokenizer,
@@ -84,11 +86,22 @@ impl Parts {
         })
     }
 
+    /// Replaces the model's VAE by the one `files` holds (`vae/config.json` and its
+    /// weights; see `files::ComponentDir` for a published VAE folder), checking that it
+    /// reads the UNet's latents. Its weights are not loaded yet.
+    pub fn replace_vae(&mut self, files: &dyn ModelFiles, device: &Device) -> Result<()> {
+        let (config, vae) = load::build::<Vae>(files, Component::Vae, device)?;
+        check_same_latents(&config, &self.vae_config, files)?;
+        self.vae = vae;
+        self.vae_config = config;
+        Ok(())
+    }
+
     /// The precision `component`'s weights are loaded and run in: the compute dtype, except
     /// for a VAE whose config asks to run in f32 (`force_upcast`, as diffusers does).
     pub fn dtype_of(&self, component: Component) -> DType {
         match component {
-            Component::Vae if self.vae_config.force_upcast => DType::F32,
+            Component::Vae if self.vae_config.force_upcast() => DType::F32,
             _ => self.dtype,
         }
     }
@@ -118,15 +131,46 @@ fn fits_together(
             ),
         ));
     }
-    let latent = vae.latent_channels;
-    let vae_file = files.display(&Component::Vae.config());
+    check_vae_fits(
+        vae,
+        &files.display(&Component::Vae.config()),
+        unet,
+        &unet_file,
+    )
+}
+
+/// Checks that another VAE (`config`, from `files`) reads the latents of the model's own.
+fn check_same_latents(config: &VaeConfig, own: &VaeConfig, files: &dyn ModelFiles) -> Result<()> {
+    if config.latent_channels() == own.latent_channels() {
+        return Ok(());
+    }
+    Err(Error::config(
+        &files.display(&Component::Vae.config()),
+        "latent_channels",
+        format!(
+            "is {} but the model's latents have {}",
+            config.latent_channels(),
+            own.latent_channels()
+        ),
+    ))
+}
+
+/// Checks that the UNet (whose config is `unet_file`) reads and writes the latents of the
+/// VAE `vae` (read from `vae_file`).
+fn check_vae_fits(
+    vae: &VaeConfig,
+    vae_file: &str,
+    unet: &UNetConfig,
+    unet_file: &str,
+) -> Result<()> {
+    let latent = vae.latent_channels();
     for (key, value, allowed) in [
         ("in_channels", unet.in_channels, [latent, 2 * latent + 1]),
         ("out_channels", unet.out_channels, [latent, latent]),
     ] {
         if !allowed.contains(&value) {
             return Err(Error::config(
-                &unet_file,
+                unet_file,
                 key,
                 format!(
                     "is {value} but the VAE ({vae_file}) has latent_channels {latent} (an \
@@ -147,9 +191,23 @@ impl StableDiffusion {
 
     /// Loads the pipeline `files` holds, computing in `dtype` (see `device::compute_dtype`).
     pub fn load_with(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_from(files, None, device, dtype)
+    }
+
+    /// [`load_with`](Self::load_with), with the VAE `vae` holds instead of the model's own
+    /// (an `AutoencoderKL` such as a fine-tuned one, or TAESD).
+    pub fn load_from(
+        files: &dyn ModelFiles,
+        vae: Option<&dyn ModelFiles>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let mut parts = Parts::build(files, device, dtype)?;
+        if let Some(vae) = vae {
+            parts.replace_vae(vae, device)?;
+        }
         let dtype_of = |c| parts.dtype_of(c);
-        let (text, unet, vae) = (
+        let (text, unet, vae_dtype) = (
             dtype_of(Component::TextEncoder),
             dtype_of(Component::Unet),
             dtype_of(Component::Vae),
@@ -162,7 +220,8 @@ impl StableDiffusion {
             text,
         )?;
         parts.unet = load::weights(files, Component::Unet, parts.unet, device, unet)?;
-        parts.vae = load::weights(files, Component::Vae, parts.vae, device, vae)?;
+        let vae_files = vae.unwrap_or(files);
+        parts.vae = load::weights(vae_files, Component::Vae, parts.vae, device, vae_dtype)?;
         Ok(Self::from_parts(parts, device))
     }
 
@@ -188,12 +247,29 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             dtype,
+            preview: None,
         }
+    }
+
+    /// Loads the VAE `files` holds as the preview decoder (see [`Generation::preview`]).
+    pub fn load_preview(&mut self, files: &dyn ModelFiles) -> Result<()> {
+        let (config, vae) = self.build_preview(files)?;
+        let vae = load::weights(files, Component::Vae, vae, &self.device, self.dtype)?;
+        self.preview = Some((config, vae));
+        Ok(())
+    }
+
+    /// The preview decoder `files` describes, checked to read this model's latents, its
+    /// weights not yet loaded (the browser streams them).
+    pub fn build_preview(&self, files: &dyn ModelFiles) -> Result<(VaeConfig, Vae)> {
+        let (config, vae) = load::build::<Vae>(files, Component::Vae, &self.device)?;
+        check_same_latents(&config, &self.vae_config, files)?;
+        Ok((config, vae))
     }
 
     /// The precision the VAE runs in (f32 when its config says `force_upcast`).
     pub fn vae_dtype(&self) -> DType {
-        if self.vae_config.force_upcast {
+        if self.vae_config.force_upcast() {
             DType::F32
         } else {
             self.dtype
@@ -202,7 +278,7 @@ impl StableDiffusion {
 
     /// Whether the UNet is an inpainting model's (its input: latents, mask, masked image).
     pub fn is_inpainting(&self) -> bool {
-        self.unet_config.in_channels == 2 * self.vae_config.latent_channels + 1
+        self.unet_config.in_channels == 2 * self.vae_config.latent_channels() + 1
     }
 
     /// The ControlNet whose config `files` holds (see `files::ComponentDir` for a
@@ -237,7 +313,7 @@ impl StableDiffusion {
             &config,
             &file,
             &self.unet_config,
-            self.vae_config.latent_channels,
+            self.vae_config.latent_channels(),
         )?;
         Ok((config, model))
     }

@@ -49,12 +49,22 @@ fn js_error(e: Error) -> JsValue {
 }
 
 thread_local! {
-    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    /// The page's WebGPU device, and whether it was requested at WebGPU's default limits.
+    static DEVICE: RefCell<Option<(Device, bool)>> = const { RefCell::new(None) };
 }
 
-/// The WebGPU device, requested once per page with the adapter's own limits.
-async fn device() -> Result<Device, JsValue> {
-    if let Some(device) = DEVICE.with(|d| d.borrow().clone()) {
+/// The WebGPU device, requested once per page: with the adapter's own limits, or with
+/// WebGPU's default limits (128 MiB per storage binding, 256 MiB per buffer), which many
+/// real GPUs expose, when `default_limits` (for checking that a model runs within them).
+async fn device(default_limits: bool) -> Result<Device, JsValue> {
+    if let Some((device, defaults)) = DEVICE.with(|d| d.borrow().clone()) {
+        if defaults != default_limits {
+            return Err(js_sys::Error::new(
+                "this page's WebGPU device was requested with other limits; `limits` can \
+                 only be chosen by the page's first load",
+            )
+            .into());
+        }
         return Ok(device);
     }
     if !has_webgpu() {
@@ -64,11 +74,15 @@ async fn device() -> Result<Device, JsValue> {
         )
         .into());
     }
-    let device = Device::wgpu_options()
-        .init_async()
-        .await
-        .map_err(|e| js_sys::Error::new(&format!("could not open a WebGPU device: {e}")))?;
-    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    let device = match default_limits {
+        true => crate::device::wgpu_at_default_limits().await,
+        false => Device::wgpu_options()
+            .init_async()
+            .await
+            .map_err(|e| e.to_string()),
+    }
+    .map_err(|e| js_sys::Error::new(&format!("could not open a WebGPU device: {e}")))?;
+    DEVICE.with(|d| *d.borrow_mut() = Some((device.clone(), default_limits)));
     Ok(device)
 }
 
@@ -108,7 +122,20 @@ impl Pipeline {
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
     ) -> Result<Pipeline, JsValue> {
         console_error_panic_hook::set_once();
-        let device = device().await?;
+        let limits = options
+            .as_ref()
+            .and_then(|o| Reflect::get(o, &"limits".into()).ok())
+            .and_then(|l| l.as_string());
+        let default_limits = match limits.as_deref() {
+            None | Some("adapter") => false,
+            Some("default") => true,
+            Some(other) => {
+                let message =
+                    format!("load: `limits` is {other:?} (expected \"adapter\" or \"default\")");
+                return Err(js_sys::Error::new(&message).into());
+            }
+        };
+        let device = device(default_limits).await?;
         let requested = match options
             .as_ref()
             .and_then(|o| Reflect::get(o, &"dtype".into()).ok())
@@ -119,10 +146,26 @@ impl Pipeline {
         };
         let dtype = crate::device::compute_dtype(crate::device::Backend::Wgpu, &device, requested)
             .map_err(js_error)?;
+        let option = |key: &str| {
+            options
+                .as_ref()
+                .and_then(|o| Reflect::get(o, &key.into()).ok())
+                .and_then(|v| v.as_string())
+        };
         let source = source(&url, &options);
         let files = source.pipeline().await?;
         let files = &*files;
         let mut parts = Parts::build(files, &device, dtype).map_err(js_error)?;
+        // Another VAE replaces the model's own before anything is downloaded.
+        let other_vae = match option("vae") {
+            Some(vae_url) => {
+                let vae_source = Source::new(&vae_url, source.cache, source.on_progress.clone());
+                let vae_files = vae_source.component(Component::Vae).await?;
+                parts.replace_vae(&*vae_files, &device).map_err(js_error)?;
+                Some((vae_source, vae_files))
+            }
+            None => None,
+        };
         let on = |component| (&device, parts.dtype_of(component));
         let (text, unet, vae) = (
             on(Component::TextEncoder),
@@ -135,9 +178,27 @@ impl Pipeline {
         parts.unet = source
             .stream(files, Component::Unet, parts.unet, unet)
             .await?;
-        parts.vae = source.stream(files, Component::Vae, parts.vae, vae).await?;
+        parts.vae = match &other_vae {
+            Some((vae_source, vae_files)) => {
+                vae_source
+                    .stream(&**vae_files, Component::Vae, parts.vae, vae)
+                    .await?
+            }
+            None => source.stream(files, Component::Vae, parts.vae, vae).await?,
+        };
+        let mut pipe = StableDiffusion::from_parts(parts, &device);
+        if let Some(preview_url) = option("previewVae") {
+            let preview = Source::new(&preview_url, source.cache, source.on_progress.clone());
+            let preview_files = preview.component(Component::Vae).await?;
+            let (config, vae) = pipe.build_preview(&*preview_files).map_err(js_error)?;
+            let on = (&device, pipe.dtype);
+            let vae = preview
+                .stream(&*preview_files, Component::Vae, vae, on)
+                .await?;
+            pipe.preview = Some((config, vae));
+        }
         Ok(Pipeline {
-            inner: Rc::new(StableDiffusion::from_parts(parts, &device)),
+            inner: Rc::new(pipe),
             id: handles::next_id(),
         })
     }
@@ -233,10 +294,16 @@ impl Pipeline {
             let what = format!("the UNet at step {step} of {total}");
             check_finite(&what, max, pipe.dtype).map_err(js_error)?;
             if let Some(on_step) = &hooks.on_step {
-                // The current latents go along for previews (a few KB to read back).
+                // The current latents go along for previews (a few KB to read back), and the
+                // preview decoder's image when there is one.
                 let latents = read_f32(generation.latents().clone().reshape([-1])).await?;
                 let latents = Float32Array::from(latents.as_slice());
-                on_step.call3(&JsValue::NULL, &step.into(), &total.into(), &latents)?;
+                let preview = match generation.preview() {
+                    Some(image) => rgba_object(image).await?,
+                    None => JsValue::UNDEFINED,
+                };
+                let args = js_sys::Array::of4(&step.into(), &total.into(), &latents, &preview);
+                on_step.apply(&JsValue::NULL, &args)?;
             }
         }
         if hooks.aborted() {
@@ -248,21 +315,16 @@ impl Pipeline {
         let rgb = read_f32(out.image.reshape([height * width * 3])).await?;
         let max = rgb.iter().fold(0f32, |m, v| m.max(v.abs()));
         check_finite("the VAE decoder", max, pipe.vae_dtype()).map_err(js_error)?;
-        let mut rgba = Vec::with_capacity(width * height * 4);
-        for px in rgb.chunks_exact(3) {
-            rgba.extend(
-                px.iter()
-                    .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8),
-            );
-            rgba.push(255);
-        }
         let latents = read_f32(out.latents.reshape([-1])).await?;
 
         let result = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&result, &k.into(), &v);
         set("width", width.into())?;
         set("height", height.into())?;
-        set("pixels", Uint8ClampedArray::from(rgba.as_slice()).into())?;
+        set(
+            "pixels",
+            Uint8ClampedArray::from(rgba(&rgb).as_slice()).into(),
+        )?;
         set("latents", Float32Array::from(latents.as_slice()).into())?;
         set("seed", JsValue::from(settings.seed as f64))?;
         set("steps", settings.steps.into())?;
@@ -305,6 +367,31 @@ pub fn canny(
     let edges = crate::image::canny(&image, low, high);
     let rgba: Vec<u8> = edges.iter().flat_map(|&e| [e, e, e, 255]).collect();
     options::new_image_data(&rgba, image.width, image.height)
+}
+
+/// RGB values in [0, 1] as 8-bit RGBA, opaque, rounding as diffusers' `numpy_to_pil`.
+fn rgba(rgb: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rgb.len() / 3 * 4);
+    for px in rgb.chunks_exact(3) {
+        out.extend(
+            px.iter()
+                .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8),
+        );
+        out.push(255);
+    }
+    out
+}
+
+/// An image `[H, W, 3]` in [0, 1] as `{ width, height, pixels }` (RGBA).
+async fn rgba_object(image: Tensor<3>) -> Result<JsValue, JsValue> {
+    let [height, width, _] = image.dims();
+    let rgb = read_f32(image.reshape([height * width * 3])).await?;
+    let object = Object::new();
+    Reflect::set(&object, &"width".into(), &width.into())?;
+    Reflect::set(&object, &"height".into(), &height.into())?;
+    let pixels = Uint8ClampedArray::from(rgba(&rgb).as_slice());
+    Reflect::set(&object, &"pixels".into(), &pixels)?;
+    Ok(object.into())
 }
 
 async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>, JsValue> {

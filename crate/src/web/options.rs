@@ -160,7 +160,7 @@ pub fn parse(
     let size = pipe.default_size();
     let shape = [
         1,
-        pipe.vae_config.latent_channels,
+        pipe.vae_config.latent_channels(),
         request.height.unwrap_or(size) / f,
         request.width.unwrap_or(size) / f,
     ];

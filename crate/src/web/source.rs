@@ -153,7 +153,7 @@ impl Source {
                 let sink = state.clone();
                 let file = url.clone();
                 let on_chunk = Closure::<dyn FnMut(Uint8Array) -> Result<(), JsValue>>::new(
-                    move |chunk: Uint8Array| sink.borrow_mut().push(&chunk.to_vec(), &file),
+                    move |chunk: Uint8Array| sink.borrow_mut().push(&chunk, &file),
                 );
                 let found =
                     fetch_file(&url, self.cache, &self.on_progress, on_chunk.as_ref()).await;
@@ -203,14 +203,26 @@ struct Streaming<M> {
     bad_bytes: bool,
 }
 
+/// How much of a cached chunk is copied into wasm memory at once: the module's memory only
+/// grows, so the less held at a time, the smaller a page stays.
+const PIECE: u32 = 8 << 20;
+
 impl<M: Module + ModuleSnapshot> Streaming<M> {
-    fn push(&mut self, chunk: &[u8], file: &str) -> Result<(), JsValue> {
-        let result = self
-            .reader
-            .push(chunk)
-            .and_then(|tensors| self.loader.apply(tensors, file));
-        self.bad_bytes |= result.is_err();
-        result.map_err(js_error)
+    /// Takes a chunk (up to 64 MiB, in JS memory), a piece at a time.
+    fn push(&mut self, chunk: &Uint8Array, file: &str) -> Result<(), JsValue> {
+        let mut at = 0;
+        while at < chunk.length() {
+            let end = (at + PIECE).min(chunk.length());
+            let piece = chunk.subarray(at, end).to_vec();
+            let result = self
+                .reader
+                .push(&piece)
+                .and_then(|tensors| self.loader.apply(tensors, file));
+            self.bad_bytes |= result.is_err();
+            result.map_err(js_error)?;
+            at = end;
+        }
+        Ok(())
     }
 
     fn end(&mut self, file: &str) -> Result<(), JsValue> {

@@ -15,7 +15,19 @@ export interface LoadOptions {
    *  adapter offers `shader-f16`) or f32 (the default elsewhere; asking for f16 there is an
    *  error). */
   dtype?: "f32" | "f16";
+  /** Another VAE to decode (and encode) with, instead of the model's: a folder (or pack)
+   *  of an AutoencoderKL, or of an AutoencoderTiny (TAESD: much faster). */
+  vae?: string;
+  /** A preview decoder (TAESD, e.g. madebyollin/taesd): `onStep` then also receives an
+   *  image of the current latents each step. */
+  previewVae?: string;
+  /** The WebGPU device's limits: the adapter's own (default), or WebGPU's defaults (128 MiB
+   *  per storage binding, 256 MiB per buffer, as many GPUs and phones expose) to check that
+   *  a model runs within them. Only the page's first load chooses. */
+  limits?: "adapter" | "default";
 }
+/** An image of the latents while they are denoised, decoded by the preview VAE. */
+export interface Preview { width: number; height: number; pixels: Uint8ClampedArray<ArrayBuffer> }
 export type SchedulerName = "ddim" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras"
   | "heun" | "pndm" | "unipc" | "lcm" | "ddpm";
 /** A ControlNet in a generation. */
@@ -64,8 +76,9 @@ export interface GenerateOptions {
   loras?: { lora: Lora; scale?: number }[];
   /** ControlNets loaded with this pipeline's `loadControlNet`; their residuals add up. */
   controlnets?: ControlNetUse[];
-  /** After each step, with the current latents [1, 4, h, w] (for previews). */
-  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>) => void;
+  /** After each step, with the current latents [1, 4, h, w], and with a preview image when
+   *  a preview VAE was loaded. */
+  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>, preview?: Preview) => void;
   signal?: AbortSignal;
 }
 /** What ran, every default resolved (the model's own scheduler, LCM's 4 steps, …). */
@@ -103,7 +116,8 @@ export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | 
 };
 /** Messages to the package's `worker.js`; a request's `id` comes back in its reply. */
 export type WorkerRequest =
-  | { type: "load"; url: string; cache?: boolean; dtype?: "f32" | "f16"; id?: number }
+  | { type: "load"; url: string; cache?: boolean; dtype?: "f32" | "f16"; vae?: string;
+      previewVae?: string; limits?: "adapter" | "default"; id?: number }
   | { type: "generate"; options: WorkerGenerateOptions; id?: number }
   | { type: "loadLora"; source: string | Uint8Array; name?: string; id?: number }
   | { type: "freeLora"; lora: number; id?: number }
@@ -117,7 +131,7 @@ export type WorkerRequest =
 export type WorkerMessage =
   | ({ type: "progress" } & LoadProgress)
   | { type: "loaded"; url: string; id?: number }
-  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer> }
+  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer>; preview?: Preview }
   | { type: "result"; result: GenerateResult; id?: number }
   | { type: "loraLoaded"; lora: WorkerLora; id?: number }
   | { type: "controlnetLoaded"; controlnet: WorkerControlNet; id?: number }

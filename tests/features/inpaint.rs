@@ -3,10 +3,8 @@
 //! UNet and 4-channel models (blending), at strength 1 with given latents and at 0.75
 //! with given noise; an inpainting model asked for a plain text-to-image; bad masks.
 
-mod common;
-
+use crate::common::{self, Goldens, devices, fixtures, model_dir, rel_l2, to_f64};
 use burn::prelude::*;
-use common::{Goldens, devices, fixtures, model_dir, rel_l2, to_f64};
 use webdiffusion::files::DirFiles;
 use webdiffusion::image;
 use webdiffusion::pipeline::{Request, StableDiffusion};

@@ -4,12 +4,10 @@
 //! MLPs) gives diffusers' text embeddings and UNet output, on the CPU and on wgpu; a whole
 //! 8-step run; two LoRAs stacked; scale 0; and a q8 pack.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{self, Goldens, MODELS, assert_close, devices, model_dir, rel_l2, to_f64};
 use burn::prelude::*;
-use common::{Goldens, MODELS, assert_close, devices, model_dir, rel_l2, to_f64};
 use webdiffusion::component::Component;
 use webdiffusion::files::DirFiles;
 use webdiffusion::lora::{self, Lora};

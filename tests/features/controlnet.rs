@@ -3,13 +3,11 @@
 //! window, a control image of another size, two ControlNets together), scale 0, the
 //! single-file layout and a q8 pack; and Canny edges against OpenCV's.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common::{self, Goldens, assert_close, devices, fixtures, model_dir, rel_l2, to_f64};
 use burn::prelude::*;
-use common::{Goldens, assert_close, devices, fixtures, model_dir, rel_l2, to_f64};
 use webdiffusion::component::Component;
 use webdiffusion::files::DirFiles;
 use webdiffusion::image::{self, Image};

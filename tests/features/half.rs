@@ -3,13 +3,11 @@
 //! and for packs, within 3e-3 (SD 1.x-like) and 5e-3 (SD 2.x-like, v-prediction) image
 //! rel-L2 — diffusers' own float16 runs of the same cases land at 1.0e-3 and 2.0e-3.
 
-mod common;
-
 use std::collections::VecDeque;
 
+use crate::common::{Goldens, MODELS, model_dir, rel_l2, to_f64};
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{Goldens, MODELS, model_dir, rel_l2, to_f64};
 use webdiffusion::device::{self, Backend};
 use webdiffusion::files::DirFiles;
 use webdiffusion::pipeline::{Request, StableDiffusion};

@@ -3,20 +3,20 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::attention::Attention;
-use super::layers::{Conv2d, GroupNorm, conv2d, group_norm};
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::config::expect_one_of;
 use crate::error::{Error, Result};
+use crate::models::attention::Attention;
+use crate::models::layers::{Conv2d, GroupNorm, conv2d, group_norm};
+use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
 /// The VAE's normalisation epsilon (diffusers hard-codes it).
 const EPS: f64 = 1e-6;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
-pub struct VaeConfig {
+pub struct KlConfig {
     pub in_channels: usize,
     pub out_channels: usize,
     pub down_block_types: Vec<String>,
@@ -35,7 +35,7 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
 }
 
-impl Default for VaeConfig {
+impl Default for KlConfig {
     fn default() -> Self {
         Self {
             in_channels: 3,
@@ -58,7 +58,7 @@ impl Default for VaeConfig {
     }
 }
 
-impl VaeConfig {
+impl KlConfig {
     /// How many pixels one latent covers along each side.
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
@@ -196,7 +196,7 @@ pub struct Posterior {
 }
 
 impl AutoencoderKL {
-    pub fn new(config: &VaeConfig, file: &str, device: &Device) -> Result<Self> {
+    pub fn new(config: &KlConfig, file: &str, device: &Device) -> Result<Self> {
         config.validate(file)?;
         let ch = &config.block_out_channels;
         let n = ch.len();

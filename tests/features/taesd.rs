@@ -1,0 +1,168 @@
+//! TAESD (`AutoencoderTiny`) against diffusers (goldens from scripts/make_taesd_fixtures.py):
+//! decode and encode, on the CPU and on wgpu; `--vae` on `vae-decode` and `generate`; the
+//! preview decoder; a VAE that does not fit.
+
+use std::path::Path;
+
+use crate::common::{self, Goldens, assert_close, devices, fixtures, model_dir, rel_l2, to_f64};
+use burn::prelude::*;
+use burn::tensor::DType;
+use webdiffusion::component::Component;
+use webdiffusion::files::DirFiles;
+use webdiffusion::load;
+use webdiffusion::models::vae::Vae;
+use webdiffusion::pack::open_component;
+use webdiffusion::pipeline::{Request, StableDiffusion};
+
+const TOL: f64 = 1e-4;
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn decode_and_encode_match_diffusers() {
+    let goldens = Goldens::file("taesd/goldens.safetensors");
+    for (dev, device) in devices() {
+        let files = open_component(&fixtures().join("taesd-tiny"), Component::Vae).unwrap();
+        let (config, vae) =
+            load::network::<Vae>(&*files, Component::Vae, &device, DType::F32).unwrap();
+        assert_eq!(config.scale_factor(), 8);
+        assert!(matches!(vae, Vae::Tiny(_)));
+        let what = format!("TAESD on {dev}");
+        let image = vae.decode(goldens.tensor::<4>("decode.latents", &device));
+        assert_close(&goldens, "decode.image", image, TOL, &what);
+        let latents = vae.encode(goldens.tensor::<4>("encode.image", &device));
+        assert_close(&goldens, "encode.latents", latents, TOL, &what);
+    }
+}
+
+#[test]
+fn the_cli_decodes_and_generates_with_another_vae() {
+    let dir = tempfile::tempdir().unwrap();
+    let goldens = Goldens::file("taesd/goldens.safetensors");
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(&goldens, "decode.latents", "latents", &latents);
+    let out = dir.path().join("image.safetensors");
+    let model = model_dir("sd1-tiny");
+    let taesd = fixtures().join("taesd-tiny");
+    common::ok(&common::webdiffusion(&[
+        "vae-decode",
+        "--model",
+        arg(&model),
+        "--vae",
+        arg(&taesd),
+        "--latents",
+        arg(&latents),
+        "--out",
+        arg(&out),
+    ]));
+    let err = rel_l2(
+        &common::read_tensor(&out, "image"),
+        goldens.values("decode.image"),
+    );
+    assert!(err <= TOL, "vae-decode --vae: rel-L2 {err:e}");
+
+    // generate: the same latents as without --vae, decoded by TAESD at its ×8.
+    let start = dir.path().join("start.safetensors");
+    common::write_golden(
+        &Goldens::load("pipeline-sd1-tiny"),
+        "latents",
+        "latents",
+        &start,
+    );
+    common::ok(&common::webdiffusion(&[
+        "generate",
+        "--model",
+        arg(&model),
+        "--vae",
+        arg(&taesd),
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "8",
+        "--latents",
+        arg(&start),
+        "--out-tensor",
+        arg(&out),
+    ]));
+    let own = Goldens::load("pipeline-sd1-tiny");
+    let err = rel_l2(
+        &common::read_tensor(&out, "latents"),
+        own.values("own.latents"),
+    );
+    assert!(err <= 1e-3, "generate --vae: latents rel-L2 {err:e}");
+    let err = rel_l2(
+        &common::read_tensor(&out, "image"),
+        goldens.values("pipeline.image"),
+    );
+    assert!(err <= 1e-3, "generate --vae: image rel-L2 {err:e}");
+}
+
+#[test]
+fn the_preview_decoder_shows_the_current_latents() {
+    let device = Device::flex();
+    let mut pipe = StableDiffusion::load(&DirFiles(model_dir("sd1-tiny")), &device).unwrap();
+    let files = open_component(&fixtures().join("taesd-tiny"), Component::Vae).unwrap();
+    pipe.load_preview(&*files).unwrap();
+    let mut r = Request::new("x");
+    r.steps = Some(2);
+    let mut generation = pipe
+        .start(&r, Box::new(webdiffusion::noise::Generator::new(1)))
+        .unwrap();
+    generation.step();
+    let preview = generation.preview().expect("a preview");
+    assert_eq!(preview.dims(), [128, 128, 3]);
+    // TAESD's decode of those very latents, as an image.
+    let (_, vae) = pipe.preview.as_ref().unwrap();
+    let decoded = vae.decode(generation.latents().clone());
+    let expected = (decoded / 2.0 + 0.5)
+        .clamp(0.0, 1.0)
+        .reshape([3, 128, 128])
+        .permute([1, 2, 0]);
+    assert_eq!(to_f64(preview), to_f64(expected));
+}
+
+#[test]
+fn a_vae_that_does_not_fit_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_dir("sd1-tiny");
+    let out = dir.path().join("out.png");
+    let other = dir.path().join("vae");
+    common::copy_dir(&fixtures().join("taesd-tiny"), &other);
+    let config = other.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let generate = || {
+        common::webdiffusion(&[
+            "generate",
+            "--model",
+            arg(&model),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--vae",
+            arg(&other),
+            "--out",
+            arg(&out),
+        ])
+    };
+    std::fs::write(
+        &config,
+        text.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
+    )
+    .unwrap();
+    common::fails_with(
+        &generate(),
+        &["config.json", "latent_channels", "8", "4"],
+        &out,
+    );
+    std::fs::write(&config, text.replace("AutoencoderTiny", "VQModel")).unwrap();
+    common::fails_with(
+        &generate(),
+        &["config.json", "_class_name", "VQModel"],
+        &out,
+    );
+}
