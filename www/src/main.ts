@@ -1,198 +1,410 @@
-// The page: a form, progress, a live preview, a gallery and the storage panel. The model
-// runs in a Web Worker (the package's worker.js) so that the page never freezes.
-import type { CachedModel, GenerateResult, LoadProgress, SchedulerName, WorkerGenerateOptions, WorkerMessage, WorkerRequest } from "webdiffusion";
-import { a1111Parameters, downloadStatus, formatBytes, latentsToRgba, withTextChunk } from "./lib";
+// The app: wires the panels to the engine (the package's Web Worker) and to the history.
+// Generating = load the chosen model if needed → collect the panels' inputs → generate with
+// a live preview → write the PNG with its parameters → keep it in the history.
+import { Engine } from "./engine";
+import { explain, isUnsupported, type Explained } from "./errors";
+import { byId, mirrorRanges } from "./dom";
+import { readAdapter, adapterName } from "./gpu";
+import { History, thumbnail, type HistoryEntry } from "./history";
+import { imageFile, pngOf } from "./images";
+import { asParsed, parametersFromChunks, splitLoraTags, toA1111, type ParsedParameters, type Parameters } from "./params";
+import { plural } from "./format";
+import { readTextChunks, withTextChunk } from "./png";
+import { presets } from "./presets";
+import { latentSize, latentsToRgba } from "./preview";
+import type { GenerateOptions } from "./protocol";
+import { ControlNetPanel } from "./ui/controlnet";
+import { GenerationForm } from "./ui/form";
+import { HistoryView } from "./ui/history";
+import { ImagePanel } from "./ui/image";
+import { LoraPanel } from "./ui/lora";
+import { ModelPicker, type ModelChoice } from "./ui/model";
+import { ProgressView } from "./ui/progress";
+import { Stage } from "./ui/stage";
+import { StorageView } from "./ui/storage";
 
-/** Model presets; the first is the tiny test model served with the app. */
-const PRESETS: { name: string; url: string; steps: number; guidance: number }[] = [
-  { name: "Tiny test model (offline)", url: new URL("/models/sd1-tiny", location.href).href, steps: 8, guidance: 7.5 },
-  { name: "Stable Diffusion 1.5", url: "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main", steps: 20, guidance: 7.5 },
-  { name: "SD-Turbo", url: "https://huggingface.co/stabilityai/sd-turbo/resolve/main", steps: 1, guidance: 0 },
-  { name: "LCM Dreamshaper v7", url: "https://huggingface.co/SimianLuo/LCM_Dreamshaper_v7/resolve/main", steps: 4, guidance: 8 },
-];
-const SCHEDULERS: (SchedulerName | "")[] = ["", "ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras",
-  "heun", "pndm", "unipc", "lcm", "ddpm"];
+const PRESETS = presets(new URL(import.meta.env.BASE_URL, location.href).href);
+const SETTINGS = "webdiffusion-settings";
 
-const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
-const model = $<HTMLSelectElement>("model");
-const customRow = $<HTMLLabelElement>("custom-row");
-const generateButton = $<HTMLButtonElement>("generate");
-const cancelButton = $<HTMLButtonElement>("cancel");
-const errorText = $<HTMLParagraphElement>("error");
+const gpu = await readAdapter();
+const engine = new Engine();
+const history = await History.open();
+const picker = new ModelPicker(PRESETS, gpu);
+const form = new GenerationForm();
+const progress = new ProgressView();
+const stage = new Stage();
+const historyView = new HistoryView();
+const storage = new StorageView(nameOf);
+const lora = new LoraPanel(engine, async () => !!(await ensureModel()), describe);
+const controlnet = new ControlNetPanel(engine, async () => !!(await ensureModel()), describe);
+const imagePanel = new ImagePanel(() => picker.choice()?.preset?.defaults.size ?? 512);
+mirrorRanges(document);
 
-for (const [i, p] of PRESETS.entries()) model.add(new Option(p.name, String(i)));
-model.add(new Option("Custom URL…", "custom"));
-for (const s of SCHEDULERS) $<HTMLSelectElement>("scheduler").add(new Option(s || "model's own", s));
-model.onchange = () => {
-  customRow.hidden = model.value !== "custom";
-  const preset = PRESETS[Number(model.value)];
-  if (preset) {
-    $<HTMLInputElement>("steps").value = String(preset.steps);
-    $<HTMLInputElement>("guidance").value = String(preset.guidance);
-  }
-};
-model.onchange(new Event("change"));
+const generateButton = byId<HTMLButtonElement>("generate");
+const cancelButton = byId<HTMLButtonElement>("cancel");
+let loaded: ModelChoice | null = null;
+let loading: Promise<ModelChoice> | null = null;
+let busy = false;
+let previewNoted = false;
+/** The image's aspect (width, height), to lay the preview's latents out. */
+let aspect: [number, number] = [1, 1];
 
-const worker = new Worker(new URL("../node_modules/webdiffusion/worker.js", import.meta.url), { type: "module" });
-let loadedUrl: string | null = null;
-const pending = new Map<number, { resolve: (v: WorkerMessage) => void; reject: (e: Error) => void }>();
-let nextId = 0;
-const files = new Map<string, { loaded: number; total: number | null; start: number }>();
-let stepStart = 0;
+// ——— Model ———
 
-/** Sends a request to the worker; resolves with its reply. */
-function call(message: WorkerRequest): Promise<WorkerMessage> {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject });
-    worker.postMessage({ ...message, id } satisfies WorkerRequest);
-  });
-}
-
-worker.onmessage = ({ data }: MessageEvent<WorkerMessage>) => {
-  if (data.type === "progress") showDownload(data);
-  else if (data.type === "step") showStep(data.step, data.total, data.latents);
-  else if (data.id !== undefined && pending.has(data.id)) {
-    const { resolve, reject } = pending.get(data.id)!;
-    pending.delete(data.id);
-    if (data.type !== "error") return resolve(data);
-    const e = new Error(data.message);
-    e.name = data.name;
-    reject(e);
-  }
-};
-
-function showDownload(p: LoadProgress) {
-  const f = files.get(p.file) ?? { loaded: 0, total: p.total, start: performance.now() };
-  f.loaded = p.loaded;
-  f.total = p.total;
-  files.set(p.file, f);
-  const loaded = [...files.values()].reduce((n, x) => n + x.loaded, 0);
-  const total = [...files.values()].reduce((n, x) => n + (x.total ?? x.loaded), 0);
-  const first = Math.min(...[...files.values()].map((x) => x.start));
-  $("download").textContent = `Download: ${downloadStatus(loaded, total, (performance.now() - first) / 1000)}`;
-  $("files").replaceChildren(...[...files.entries()].map(([url, x]) => {
-    const li = document.createElement("li");
-    li.textContent = `${url.split("/").slice(-2).join("/")}: ${formatBytes(x.loaded)}${x.total ? ` of ${formatBytes(x.total)}` : ""}`;
-    return li;
-  }));
-}
-
-function showStep(step: number, total: number, latents: Float32Array) {
-  const rate = step / ((performance.now() - stepStart) / 1000);
-  $("progress").textContent = `Step ${step} of ${total} · ${rate.toFixed(2)} it/s`;
-  $("progress").dataset.step = String(step);
-  $("progress").dataset.total = String(total);
-  const canvas = $<HTMLCanvasElement>("preview");
-  const side = Math.round(Math.sqrt(latents.length / 4));
-  canvas.width = canvas.height = side;
-  canvas.getContext("2d")?.putImageData(new ImageData(latentsToRgba(latents, side, side), side, side), 0, 0);
-}
-
-function modelUrl(): string {
-  return model.value === "custom" ? $<HTMLInputElement>("custom-url").value.trim() : PRESETS[Number(model.value)].url;
-}
-
-const numberOf = (id: string): number | undefined => {
-  const v = $<HTMLInputElement>(id).value;
-  return v === "" ? undefined : Number(v);
-};
-
-$<HTMLFormElement>("form").onsubmit = async (event) => {
-  event.preventDefault();
-  errorText.textContent = "";
-  generateButton.disabled = true;
+/** Loads the chosen model unless it is loaded already; null when none is chosen. */
+async function ensureModel(): Promise<ModelChoice | null> {
+  const choice = picker.choice();
+  if (!choice) return null;
+  if (loaded?.key === choice.key) return loaded;
+  if (loading) await loading.catch(() => {});
+  if (loaded?.key === choice.key) return loaded;
+  loading = (async () => {
+    progress.startDownload(`Downloading ${choice.label}`, choice.expectedBytes);
+    await engine.load({ url: choice.url, dtype: choice.dtype, previewVae: choice.previewVae });
+    progress.endDownload();
+    // The worker freed the previous model's LoRAs and ControlNets with it.
+    lora.clear();
+    controlnet.clear();
+    loaded = choice;
+    previewNoted = false;
+    return choice;
+  })();
   try {
-    const url = modelUrl();
-    if (!url) throw new Error("enter the URL of a diffusers model folder");
-    if (url !== loadedUrl) {
-      files.clear();
-      await call({ type: "load", url });
-      loadedUrl = url;
-      $("download").textContent += " · done";
-    }
-    const seed = numberOf("seed") ?? Math.floor(Math.random() * 2 ** 32);
-    const options: WorkerGenerateOptions = {
-      prompt: $<HTMLTextAreaElement>("prompt").value,
-      negativePrompt: $<HTMLTextAreaElement>("negative").value,
-      steps: numberOf("steps"),
-      guidance: numberOf("guidance"),
-      scheduler: ($<HTMLSelectElement>("scheduler").value || undefined) as SchedulerName | undefined,
-      width: numberOf("width"),
-      height: numberOf("height"),
-      seed,
-    };
-    cancelButton.disabled = false;
-    stepStart = performance.now();
-    const reply = await call({ type: "generate", options });
-    if (reply.type === "result") addToGallery(reply.result, options);
-  } catch (e) {
-    const err = e as Error;
-    errorText.textContent = err.name === "AbortError" ? "Cancelled." : err.message;
+    return await loading;
   } finally {
-    generateButton.disabled = false;
+    loading = null;
+  }
+}
+
+picker.onChange = () => {
+  form.setDefaults(picker.choice()?.preset?.defaults);
+  saveSettings();
+};
+
+// ——— Generating ———
+
+async function generate() {
+  if (busy || !gpu) return;
+  const values = form.read();
+  if (!values.prompt) {
+    showError({ title: "Type a prompt first.", advice: "" });
+    byId("prompt").focus();
+    return;
+  }
+  setBusy(true);
+  hideError();
+  notice("");
+  try {
+    const model = await ensureModel();
+    if (!model) throw new Error("Enter the URL of a model folder under Model → Custom URL.");
+    // `<lora:NAME:SCALE>` typed into the prompt works as in A1111, for LoRAs loaded here.
+    const tagged = splitLoraTags(values.prompt);
+    const loras = lora.active(tagged.loras);
+    const control = await controlnet.forGenerate();
+    const image = imagePanel.forGenerate();
+    const options: GenerateOptions = {
+      prompt: tagged.prompt,
+      negativePrompt: values.negativePrompt,
+      steps: values.steps,
+      guidance: values.guidance,
+      scheduler: values.scheduler,
+      seed: values.seed,
+      // An input image sets the size.
+      ...(image ? image : { width: values.width, height: values.height }),
+      ...(loras.request.length ? { loras: loras.request } : {}),
+      ...(control ? { controlnets: [control.input] } : {}),
+    };
+    progress.startSteps(`Generating with ${model.label}`);
+    aspect = image ? [image.initImage.width, image.initImage.height] : [values.width ?? 1, values.height ?? 1];
+    cancelButton.disabled = false;
+    if (matchMedia("(max-width: 899px)").matches) byId("stage-figure").scrollIntoView({ behavior: "smooth", block: "nearest" });
+    const result = await engine.generate(options);
     cancelButton.disabled = true;
+    // What actually ran (the model's own scheduler, LCM's 4 steps, …), not what the form said.
+    const params: Parameters = {
+      prompt: tagged.prompt, negativePrompt: values.negativePrompt, steps: result.steps, scheduler: result.scheduler,
+      guidance: result.guidance, seed: result.seed, width: result.width, height: result.height, model: model.name,
+      loras: loras.uses, controlnets: control ? [control.record] : [],
+      ...(image ? { strength: image.strength, ...(image.maskBlur ? { maskBlur: image.maskBlur } : {}) } : {}),
+    };
+    const plain = new Uint8Array(await (await pngOf(result.pixels, result.width, result.height)).arrayBuffer());
+    const png = new Blob([withTextChunk(plain, "parameters", toA1111(params))], { type: "image/png" });
+    const entry = await history.add({ created: Date.now(), params, modelUrl: model.url, thumb: await thumbnail(png) }, png);
+    historyView.prepend(entry);
+    select(entry, png);
+    notice(`Done in ${plural(result.steps, "step")}: added to the history.`);
+    navigator.storage?.persist?.().catch(() => {});
+  } catch (e) {
+    stage.endPreview();
+    showError(explainError(e));
+  } finally {
+    setBusy(false);
+    progress.hide();
     refreshStorage();
   }
+}
+
+engine.onProgress = (p) => progress.onProgress(p);
+engine.onStep = (s) => {
+  progress.onStep(s.step, s.total);
+  if (s.step === s.total) progress.decoding();
+  if (s.preview) {
+    stage.preview(new ImageData(s.preview.pixels, s.preview.width, s.preview.height));
+    return;
+  }
+  const [h, w] = latentSize(s.latents, ...aspect);
+  stage.preview(new ImageData(latentsToRgba(s.latents, h, w), w, h));
+  if (loaded?.previewVae && !previewNoted) {
+    previewNoted = true;
+    notice("This version of the engine does not decode previews with TAESD yet: showing the quick preview.");
+  }
 };
 
-cancelButton.onclick = () => worker.postMessage({ type: "abort" });
+function setBusy(value: boolean) {
+  busy = value;
+  generateButton.disabled = value || !gpu;
+  cancelButton.disabled = true;
+}
 
-async function addToGallery(result: GenerateResult, options: WorkerGenerateOptions) {
-  const canvas = document.createElement("canvas");
-  canvas.width = result.width;
-  canvas.height = result.height;
-  canvas.getContext("2d")?.putImageData(new ImageData(result.pixels, result.width, result.height), 0, 0);
-  const blob = await new Promise<Blob>((ok) => canvas.toBlob((b) => ok(b as Blob), "image/png"));
-  // What actually ran (the model's own scheduler, LCM's 4 steps, …), not what the form said.
-  const parameters = a1111Parameters({
-    prompt: options.prompt, negativePrompt: options.negativePrompt ?? "", steps: result.steps,
-    sampler: result.scheduler, guidance: result.guidance, seed: result.seed,
-    width: result.width, height: result.height, model: model.selectedOptions[0].text,
-  });
-  const png = withTextChunk(new Uint8Array(await blob.arrayBuffer()), "parameters", parameters);
-  const href = URL.createObjectURL(new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }));
-  const figure = document.createElement("figure");
-  figure.innerHTML = `<img alt=""><figcaption></figcaption>`;
-  const img = figure.querySelector("img") as HTMLImageElement;
-  img.src = href;
-  img.dataset.seed = String(result.seed);
-  const caption = figure.querySelector("figcaption") as HTMLElement;
-  caption.textContent = `seed ${result.seed} · `;
-  const link = document.createElement("a");
-  link.href = href;
-  link.download = `webdiffusion-${result.seed}.png`;
-  link.textContent = "download PNG";
-  caption.append(link);
-  $("gallery").prepend(figure);
+function cancel() {
+  if (!cancelButton.disabled) engine.abort();
+}
+
+byId<HTMLFormElement>("form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  generate();
+});
+cancelButton.addEventListener("click", cancel);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+    e.preventDefault();
+    generate();
+  } else if (e.key === "Escape" && busy) {
+    cancel();
+  }
+});
+
+// ——— History and the image shown ———
+
+async function select(entry: HistoryEntry, png?: Blob) {
+  const blob = png ?? (await history.png(entry.id));
+  if (!blob) return showError({ title: "That image is no longer stored.", advice: "" });
+  stage.show(entry, blob);
+  historyView.markCurrent(entry.id);
+}
+
+historyView.onSelect = (entry) => select(entry);
+historyView.onChange = (usage) => storage.history(usage);
+
+function current(): HistoryEntry {
+  return stage.current as HistoryEntry;
+}
+
+byId("action-reuse").addEventListener("click", () => applyParameters(asParsed(current().params), "this image", current().modelUrl));
+byId("action-seed").addEventListener("click", () => {
+  form.setSeed(current().params.seed);
+  notice(`Seed ${current().params.seed} set: the next image starts from the same noise.`);
+});
+byId("action-input").addEventListener("click", async () => {
+  const png = await history.png(current().id);
+  if (!png) return;
+  await imagePanel.setImage(png);
+  const section = byId<HTMLDetailsElement>("image-section");
+  section.open = true;
+  section.querySelector("summary")?.focus();
+});
+byId("action-delete").addEventListener("click", async () => {
+  const entry = current();
+  const next = historyView.neighbour(entry.id);
+  await history.delete(entry.id);
+  historyView.remove(entry.id);
+  if (next) await select(next);
+  else stage.clear();
+  notice("Image deleted.");
+  refreshStorage();
+});
+byId("history-clear").addEventListener("click", () => {
+  byId("history-confirm").hidden = false;
+  byId("history-clear-no").focus();
+});
+byId("history-clear-no").addEventListener("click", () => {
+  byId("history-confirm").hidden = true;
+  byId("history-clear").focus();
+});
+byId("history-clear-yes").addEventListener("click", async () => {
+  await history.clear();
+  historyView.render([]);
+  stage.clear();
+  byId("history-confirm").hidden = true;
+  notice("History cleared.");
+  refreshStorage();
+});
+
+// ——— Parameters from PNGs and history ———
+
+function applyParameters(p: ParsedParameters, source: string, url?: string) {
+  form.apply(p);
+  const notes = [...p.notes];
+  if ((p.model || url) && !picker.select(p.model, url)) {
+    notes.push(`Made with “${p.model}”, which is not offered here; the current model is kept.`);
+  }
+  notes.push(...lora.apply(p.loras), ...controlnet.apply(p.controlnets));
+  imagePanel.applyStrength(p.strength, p.maskBlur);
+  notice([`Parameters taken from ${source}.`, ...notes].join(" "));
+}
+
+async function readPngInfo(file: File) {
+  try {
+    const parsed = parametersFromChunks(await readTextChunks(new Uint8Array(await file.arrayBuffer())));
+    if (!parsed) return notice(`${file.name} has no generation parameters.`);
+    applyParameters(parsed, file.name);
+  } catch {
+    notice(`${file.name} is not a PNG file: only PNGs carry parameters.`);
+  }
+}
+
+byId<HTMLInputElement>("png-info").addEventListener("change", (e) => {
+  const input = e.target as HTMLInputElement;
+  const file = input.files?.[0];
+  if (file) readPngInfo(file).finally(() => (input.value = ""));
+});
+
+// A dropped image goes where it was dropped: the input image, the control image, or
+// anywhere else, PNG info.
+document.addEventListener("dragover", (e) => {
+  if (e.dataTransfer?.types.includes("Files")) e.preventDefault();
+});
+document.addEventListener("drop", (e) => {
+  const file = imageFile(e.dataTransfer);
+  if (!file) return;
+  e.preventDefault();
+  const zone = (e.target as Element | null)?.closest?.("#init-drop, #cn-drop")?.id;
+  if (zone === "init-drop") imagePanel.setImage(file);
+  else if (zone === "cn-drop") controlnet.setImage(file);
+  else readPngInfo(file);
+});
+// A pasted image (not text into a field) becomes the input image.
+document.addEventListener("paste", (e) => {
+  const file = imageFile(e.clipboardData);
+  if (!file) return;
+  e.preventDefault();
+  byId<HTMLDetailsElement>("image-section").open = true;
+  imagePanel.setImage(file);
+});
+
+// ——— Storage ———
+
+function nameOf(url: string): string {
+  const preset = PRESETS.find((p) => p.url === url || p.q4?.url === url);
+  return preset?.name ?? url.replace(/^https?:\/\//, "");
 }
 
 async function refreshStorage() {
-  const estimate = await navigator.storage?.estimate?.();
-  if (estimate?.quota) $("estimate").textContent = `Browser storage: ${formatBytes(estimate.usage ?? 0)} used of ${formatBytes(estimate.quota)}`;
-  const reply = await call({ type: "cached" });
-  const models: CachedModel[] = reply.type === "cached" ? reply.cached : [];
-  $("cached").replaceChildren(...models.map(({ url, bytes }) => {
-    const li = document.createElement("li");
-    li.textContent = `${url} · ${formatBytes(bytes)} `;
-    const del = document.createElement("button");
-    del.textContent = "Delete";
-    del.onclick = async () => {
-      await call({ type: "deleteCached", url });
-      if (loadedUrl === url) loadedUrl = null;
-      refreshStorage();
-    };
-    li.append(del);
-    return li;
-  }));
+  await storage.render(await engine.cached().catch(() => []));
 }
 
-if (!("gpu" in navigator)) {
-  const p = $("no-webgpu");
-  p.hidden = false;
-  p.textContent = "This browser has no WebGPU, which webdiffusion needs to run the model on your GPU. " +
-    "Use a recent Chrome, Edge or Safari (or enable WebGPU in your browser's settings).";
-  generateButton.disabled = true;
-} else {
+storage.onDelete = async (url) => {
+  try {
+    await engine.deleteCached(url);
+    const still = loaded?.url === url ? " It stays loaded until you close this tab." : "";
+    notice(`Deleted ${nameOf(url)} from storage.${still}`);
+  } catch (e) {
+    showError(explainError(e));
+  }
   refreshStorage();
+};
+
+// ——— Errors and notices ———
+
+function explainError(e: unknown): Explained {
+  const stored = [
+    ...storage.models.map((m) => ({ name: nameOf(m.url), bytes: m.bytes })),
+    { name: "the history", bytes: historyView.usage().bytes },
+  ];
+  return explain(e as Error, { stored });
+}
+
+function describe(e: unknown): string {
+  const { title, advice } = explainError(e);
+  return advice ? `${title} ${advice}` : title;
+}
+
+function showError({ title, advice }: Explained) {
+  byId("error-title").textContent = title;
+  byId("error-advice").textContent = advice;
+  byId("error").hidden = false;
+}
+
+function hideError() {
+  byId("error").hidden = true;
+  byId("error-title").textContent = byId("error-advice").textContent = "";
+}
+
+function notice(text: string) {
+  byId("notice").textContent = text;
+}
+
+// ——— Settings kept across visits ———
+
+let saveTimer = 0;
+function saveSettings() {
+  clearTimeout(saveTimer);
+  saveTimer = window.setTimeout(() => {
+    localStorage.setItem(SETTINGS, JSON.stringify({ form: form.state(), model: picker.state() }));
+  }, 300);
+}
+form.onChange = saveSettings;
+
+function restoreSettings() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SETTINGS) ?? "{}");
+    if (saved.model) picker.restore(saved.model);
+    if (saved.form) form.restore(saved.form);
+  } catch {
+    localStorage.removeItem(SETTINGS);
+  }
+}
+
+// ——— Start ———
+
+/**
+ * ControlNet, Canny and input images arrived in the engine together: a worker that answers
+ * a Canny request has all three. Options on existing messages cannot be probed (an older
+ * engine ignores unknown options), so this one request stands for them.
+ */
+async function probeFeatures() {
+  await engine.cached().catch(() => {}); // the worker is up (its wasm compiled)
+  try {
+    await engine.canny(new ImageData(8, 8), 100, 200, 10_000);
+  } catch (e) {
+    const why = isUnsupported(e as Error) ? "This version of the engine has" : "The engine failed a test request, so it seems to have";
+    controlnet.unsupported(`${why} no ControlNet yet.`);
+    imagePanel.unsupported(`${why} no image-to-image or inpainting yet.`);
+  }
+}
+
+function showBanner() {
+  const banner = byId("banner");
+  if (!gpu) {
+    banner.hidden = false;
+    banner.classList.add("bad");
+    banner.textContent = "This browser offers no WebGPU, which webdiffusion needs to run the model on your GPU. " +
+      "Use a recent Chrome, Edge or Safari, or enable WebGPU in your browser's settings.";
+  } else if (gpu.fallback) {
+    banner.hidden = false;
+    banner.textContent = `WebGPU here runs on a software fallback (${adapterName(gpu)}, on the CPU): ` +
+      "the tiny test model works, real models would take many minutes per image.";
+  }
+}
+
+restoreSettings();
+form.setDefaults(picker.choice()?.preset?.defaults);
+showBanner();
+setBusy(false);
+const entries = await history.list();
+historyView.render(entries);
+if (entries[0]) await select(entries[0]);
+if (gpu) {
+  refreshStorage();
+  probeFeatures();
 }

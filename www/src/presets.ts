@@ -1,0 +1,119 @@
+// The models the picker offers. Sizes come from the repositories' files (SD 1.5 and SD 2.1
+// parameter counts: tests/fixtures/configs/param_counts.json); the engine downloads a
+// folder's fp16 weight files where the repository has them.
+import type { ModelShape } from "./memory";
+
+export interface Preset {
+  /** Short, file-name-like: what PNG parameters call the model ("Model: sd15"). */
+  id: string;
+  name: string;
+  /** A diffusers folder or a pack. */
+  url: string;
+  /** Bytes the engine downloads from `url`. */
+  download: number;
+  /** What `download` consists of, for the picker. */
+  files: string;
+  /** A q4 pack of the same model (`webdiffusion convert --quant q4`), where one is hosted. */
+  q4?: { url: string; download: number };
+  shape: ModelShape;
+  /** Defaults the form shows and sends when left empty. */
+  defaults: { steps: number; guidance: number; size: number };
+  /** Tiny Autoencoder for live previews (diffusers `AutoencoderTiny` folder). */
+  previewVae?: string;
+  description: string;
+  /** Random weights: makes coloured noise, for trying the app out offline. */
+  test?: boolean;
+}
+
+const M = 1e6;
+const HUB = "https://huggingface.co";
+/** TAESD decodes SD 1.x and 2.x latents (they share the VAE's latent space). */
+export const TAESD = `${HUB}/madebyollin/taesd/resolve/main`;
+
+/** SD 1.5's networks (SD 1.5, LCM Dreamshaper): CLIP ViT-L/14 text encoder, 49408×768 tokens. */
+const SD15: ModelShape = {
+  unet: 859.52 * M, textEncoder: 123.06 * M, vae: 83.65 * M,
+  tokenEmbedding: 49408 * 768, largestWeight: 49408 * 768,
+  // The UNet's widest convolution: 2560 → 1280 channels, 3×3 (118 MB in f32).
+  largestLayer: 1280 * 2560 * 9,
+  vaeFullResChannels: 256,
+};
+/** SD 2.1's (SD-Turbo): OpenCLIP ViT-H text encoder, 49408×1024 tokens. */
+const SD21: ModelShape = {
+  ...SD15, unet: 865.91 * M, textEncoder: 340.39 * M, tokenEmbedding: 49408 * 1024, largestWeight: 49408 * 1024,
+};
+/** tests/fixtures/sd1-tiny: widths 16/32, a 32-wide text encoder, a ×2 VAE. */
+const TINY: ModelShape = {
+  unet: 0.57 * M, textEncoder: 1.61 * M, vae: 0.17 * M,
+  tokenEmbedding: 49408 * 32, largestWeight: 49408 * 32, largestLayer: 64 * 64 * 9, vaeFullResChannels: 32,
+};
+
+/** fp16 weight files of a folder: 2 bytes per parameter (tokenizer and configs: ~2 MB). */
+const fp16Files = (s: ModelShape) => (s.unet + s.textEncoder + s.vae) * 2 + 2 * M;
+
+/** The presets, the tiny test model first; `base` is the app's URL (it serves the tiny one). */
+export function presets(base: string): Preset[] {
+  return [
+    {
+      id: "sd1-tiny",
+      name: "Tiny test model",
+      url: new URL("models/sd1-tiny", base).href,
+      download: 7.7 * M,
+      files: "served with this app",
+      shape: TINY,
+      // Few steps: it only makes noise, and on a software GPU each step takes seconds.
+      defaults: { steps: 4, guidance: 7.5, size: 32 },
+      previewVae: new URL("models/taesd-tiny", base).href,
+      description: "Makes coloured noise, not pictures: its weights are random. 32×32, for trying the app out offline.",
+      test: true,
+    },
+    {
+      id: "stable-diffusion-v1-5",
+      name: "Stable Diffusion 1.5",
+      url: `${HUB}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main`,
+      download: fp16Files(SD15),
+      files: "fp16 files",
+      shape: SD15,
+      defaults: { steps: 20, guidance: 7.5, size: 512 },
+      previewVae: TAESD,
+      description: "The classic: 512×512, works with most LoRAs and ControlNets.",
+    },
+    {
+      id: "sd-turbo",
+      name: "SD-Turbo",
+      url: `${HUB}/stabilityai/sd-turbo/resolve/main`,
+      download: fp16Files(SD21),
+      files: "fp16 files",
+      shape: SD21,
+      defaults: { steps: 1, guidance: 0, size: 512 },
+      previewVae: TAESD,
+      description: "One step, no guidance: an image in seconds. SD 2.1 based.",
+    },
+    {
+      id: "lcm-dreamshaper-v7",
+      name: "LCM Dreamshaper v7",
+      url: `${HUB}/SimianLuo/LCM_Dreamshaper_v7/resolve/main`,
+      // The repository has float32 files only.
+      download: (SD15.unet + SD15.textEncoder + SD15.vae) * 4 + 2 * M,
+      files: "float32 files",
+      shape: SD15,
+      defaults: { steps: 4, guidance: 8, size: 768 },
+      previewVae: TAESD,
+      description: "Four steps at 768×768, SD 1.5 based.",
+    },
+  ];
+}
+
+/** SD 1.5 ControlNets in diffusers layout. */
+export const CONTROLNETS = [
+  { name: "Canny edges (SD 1.5)", url: `${HUB}/lllyasviel/control_v11p_sd15_canny/resolve/main`, module: "canny" },
+  { name: "Depth (SD 1.5)", url: `${HUB}/lllyasviel/control_v11f1p_sd15_depth/resolve/main`, module: "none" },
+  { name: "OpenPose (SD 1.5)", url: `${HUB}/lllyasviel/control_v11p_sd15_openpose/resolve/main`, module: "none" },
+];
+
+/** A short name for a model URL: the hub repository's name, else the last path part. */
+export function modelName(url: string): string {
+  const parts = url.replace(/\/+$/, "").split("/");
+  const hub = parts.indexOf("resolve");
+  return (hub > 1 ? parts[hub - 1] : parts[parts.length - 1]) || url;
+}

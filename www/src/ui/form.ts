@@ -1,0 +1,118 @@
+// The prompt and the Advanced settings: empty fields mean the model's defaults, which the
+// placeholders and the section's summary show.
+import type { SchedulerName } from "webdiffusion";
+import { byId } from "../dom";
+import { plural } from "../format";
+import { SCHEDULERS, samplerName, type ParsedParameters } from "../params";
+import type { Preset } from "../presets";
+
+export interface FormValues {
+  prompt: string;
+  negativePrompt: string;
+  steps?: number;
+  guidance?: number;
+  scheduler?: SchedulerName;
+  seed: number;
+  width?: number;
+  height?: number;
+}
+
+type Defaults = Preset["defaults"] | undefined;
+
+const FIELDS = ["prompt", "negative", "steps", "guidance", "scheduler", "seed", "width", "height"] as const;
+
+export class GenerationForm {
+  onChange: () => void = () => {};
+  private defaults: Defaults;
+  private readonly prompt = byId<HTMLTextAreaElement>("prompt");
+  private readonly negative = byId<HTMLTextAreaElement>("negative");
+  private readonly steps = byId<HTMLInputElement>("steps");
+  private readonly guidance = byId<HTMLInputElement>("guidance");
+  private readonly scheduler = byId<HTMLSelectElement>("scheduler");
+  private readonly seed = byId<HTMLInputElement>("seed");
+  private readonly width = byId<HTMLInputElement>("width");
+  private readonly height = byId<HTMLInputElement>("height");
+
+  constructor() {
+    this.scheduler.add(new Option("The model's own", ""));
+    for (const s of SCHEDULERS) this.scheduler.add(new Option(s === "pndm" ? "PNDM (PLMS)" : samplerName(s), s));
+    for (const input of [this.steps, this.guidance, this.scheduler, this.seed, this.width, this.height, this.prompt, this.negative]) {
+      input.addEventListener("input", () => this.changed());
+    }
+    byId("defaults-reset").addEventListener("click", () => {
+      for (const input of [this.steps, this.guidance, this.scheduler, this.width, this.height]) input.value = "";
+      this.changed();
+    });
+  }
+
+  /** The model's defaults (undefined for a custom URL: the engine's own apply). */
+  setDefaults(defaults: Defaults) {
+    this.defaults = defaults;
+    this.steps.placeholder = String(defaults?.steps ?? 20);
+    this.guidance.placeholder = String(defaults?.guidance ?? 7.5);
+    this.width.placeholder = this.height.placeholder = defaults ? String(defaults.size) : "model's";
+    byId("defaults").textContent = defaults
+      ? `This model's defaults: ${plural(defaults.steps, "step")}, CFG ${defaults.guidance}, its own scheduler, ${defaults.size}×${defaults.size}. Empty fields use them.`
+      : "Empty fields use the engine's defaults: 20 steps (4 for LCM), CFG 7.5, the model's own scheduler and size.";
+    this.changed();
+  }
+
+  /** The values to generate with; the seed is drawn here when the field is empty. */
+  read(): FormValues {
+    return {
+      prompt: this.prompt.value.trim(),
+      negativePrompt: this.negative.value.trim(),
+      steps: number(this.steps) ?? this.defaults?.steps,
+      guidance: number(this.guidance) ?? this.defaults?.guidance,
+      scheduler: (this.scheduler.value || undefined) as SchedulerName | undefined,
+      seed: number(this.seed) ?? Math.floor(Math.random() * 2 ** 32),
+      width: number(this.width),
+      height: number(this.height),
+    };
+  }
+
+  /** Fills the fields a PNG or history entry gives; leaves the others alone. */
+  apply(p: ParsedParameters) {
+    this.prompt.value = p.prompt;
+    this.negative.value = p.negativePrompt;
+    const set = (input: HTMLInputElement, v?: number) => {
+      if (v !== undefined) input.value = String(v);
+    };
+    set(this.steps, p.steps);
+    set(this.guidance, p.guidance);
+    set(this.seed, p.seed);
+    set(this.width, p.width);
+    set(this.height, p.height);
+    this.scheduler.value = p.scheduler ?? "";
+    this.changed();
+  }
+
+  setSeed(seed: number) {
+    this.seed.value = String(seed);
+    this.changed();
+  }
+
+  state(): Record<string, string> {
+    return Object.fromEntries(FIELDS.map((id) => [id, byId<HTMLInputElement>(id).value]));
+  }
+
+  restore(state: Record<string, string>) {
+    for (const id of FIELDS) if (typeof state[id] === "string") byId<HTMLInputElement>(id).value = state[id];
+    this.changed();
+  }
+
+  private changed() {
+    const steps = number(this.steps) ?? this.defaults?.steps ?? 20;
+    const cfg = number(this.guidance) ?? this.defaults?.guidance ?? 7.5;
+    const seed = number(this.seed);
+    const w = number(this.width) ?? this.defaults?.size;
+    const h = number(this.height) ?? this.defaults?.size;
+    byId("advanced-summary").textContent = `${plural(steps, "step")} · CFG ${cfg} · seed ${seed ?? "random"}${w && h ? ` · ${w}×${h}` : ""}`;
+    this.onChange();
+  }
+}
+
+function number(input: HTMLInputElement): number | undefined {
+  const v = input.value.trim();
+  return v === "" || !Number.isFinite(Number(v)) ? undefined : Number(v);
+}

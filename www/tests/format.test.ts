@@ -1,0 +1,54 @@
+import { describe, expect, it } from "vitest";
+import { downloadStatus, formatBytes, formatDuration, plural, stepStatus } from "../src/format";
+import { latentSize, latentsToRgba } from "../src/preview";
+import { modelName, presets } from "../src/presets";
+
+describe("progress text", () => {
+  it("download: size, speed and time left", () => {
+    expect(formatBytes(3 * 1024 * 1024)).toBe("3.0 MB");
+    expect(formatBytes(2.5 * 1024 ** 3)).toBe("2.5 GB");
+    expect(downloadStatus(10 * 1024 * 1024, 40 * 1024 * 1024, 5)).toBe("10.0 MB of 40.0 MB · 2.0 MB/s · 15 s left");
+    expect(downloadStatus(1024 * 1024, null, 0)).toBe("1.0 MB");
+  });
+  it("steps: it/s, or s/it when slow, and time left", () => {
+    expect(stepStatus(1, 20, 0)).toBe("Step 1 of 20");
+    expect(stepStatus(5, 20, 2)).toBe("Step 5 of 20 · 2.00 it/s · 8 s left");
+    expect(stepStatus(5, 20, 0.25)).toBe("Step 5 of 20 · 4.0 s/it · 1 min 0 s left");
+    expect(formatDuration(Number.NaN)).toBe("–");
+    expect([plural(1, "step"), plural(4, "step")]).toEqual(["1 step", "4 steps"]);
+  });
+});
+
+describe("latent preview", () => {
+  it("maps zero latents to mid grey and is opaque", () => {
+    const rgba = latentsToRgba(new Float32Array(4 * 2 * 3), 2, 3);
+    expect(rgba.length).toBe(2 * 3 * 4);
+    expect(Array.from(rgba.subarray(0, 4))).toEqual([128, 128, 128, 255]);
+  });
+  it("reads channel k of pixel i at k·h·w + i", () => {
+    const latents = new Float32Array(4);
+    latents[0] = 1; // channel 0 only: r = 0.298, g = 0.207, b = 0.208
+    expect(Array.from(latentsToRgba(latents, 1, 1).subarray(0, 3))).toEqual([165, 154, 154]);
+  });
+  it("lays latents out with the image's aspect", () => {
+    expect(latentSize(new Float32Array(4 * 64 * 96), 768, 512)).toEqual([64, 96]);
+    expect(latentSize(new Float32Array(4 * 16 * 16), 1, 1)).toEqual([16, 16]);
+  });
+});
+
+describe("presets", () => {
+  it("the tiny test model comes first, served by the app, and says it makes noise", () => {
+    const [tiny, ...rest] = presets("https://example.com/app/");
+    expect(tiny.url).toBe("https://example.com/app/models/sd1-tiny");
+    expect(tiny.test).toBe(true);
+    expect(tiny.description).toMatch(/noise/);
+    expect(rest.map((p) => p.id)).toEqual(["stable-diffusion-v1-5", "sd-turbo", "lcm-dreamshaper-v7"]);
+  });
+  it("SD 1.5's fp16 download is about 2 GB", () => {
+    expect(presets("http://x/")[1].download / 1024 ** 3).toBeCloseTo(1.99, 1);
+  });
+  it("names models by their hub repository or last path part", () => {
+    expect(modelName("https://huggingface.co/stabilityai/sd-turbo/resolve/main")).toBe("sd-turbo");
+    expect(modelName("http://127.0.0.1:5173/models/sd1-tiny/")).toBe("sd1-tiny");
+  });
+});
