@@ -6,7 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Goldens, copy_dir, fails_with, fixtures, model_dir, ok, rel_l2, webdiffusion};
+use common::{
+    Goldens, copy_dir, fails_with, fixtures, model_dir, ok, rel_l2, rewrite_tensors, webdiffusion,
+};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn read_f64(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
@@ -219,23 +221,6 @@ fn corrupt_safetensors_are_refused() {
         &["text_encoder/model.safetensors"],
         &out,
     );
-}
-
-/// Rewrites the safetensors file at `path` through `edit` on its (name, dtype, shape, bytes).
-fn rewrite_tensors(path: &Path, edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 #[test]
@@ -564,6 +549,57 @@ fn convert(model: &Path, quant: &str, out: &Path) -> Output {
         .args(["--out", out.to_str().unwrap()])
         .output()
         .expect("run webdiffusion")
+}
+
+#[test]
+fn convert_random_writes_a_pack_of_the_configs_architecture() {
+    let dir = tmp();
+    let pack = dir.path().join("random");
+    let sd1 = model_dir("sd1-tiny");
+    let sd1 = sd1.to_str().unwrap();
+    let random = |args: &[&str], out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+            .args(["convert", "--random"])
+            .args(args)
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .expect("run webdiffusion")
+    };
+    let run = random(&[sd1, "--quant", "q8", "--seed", "7"], &pack);
+    ok(&run);
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains("unet") && table.contains("total"), "{table}");
+    // The same architecture as the fixture: it loads and generates a finite image.
+    let out = dir.path().join("out.safetensors");
+    let (model, out_arg) = (pack.to_str().unwrap(), out.to_str().unwrap());
+    ok(&webdiffusion(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a fox",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--out-tensor",
+        out_arg,
+    ]));
+    let image = common::read_tensor(&out, "image");
+    assert!(!image.is_empty() && image.iter().all(|v| v.is_finite()));
+    // Same seed, same bytes; --random takes no --config, and only known names or folders.
+    let again = dir.path().join("again");
+    ok(&random(&[sd1, "--quant", "q8", "--seed", "7"], &again));
+    let shard = "unet/shard-00000.bin";
+    assert_eq!(
+        std::fs::read(pack.join(shard)).unwrap(),
+        std::fs::read(again.join(shard)).unwrap()
+    );
+    let never = dir.path().join("never");
+    let with_config = random(&["sd15", "--config", "sd21", "--quant", "q4"], &never);
+    fails_with(&with_config, &["--config", "--random"], &never);
+    let unknown = random(&["sd3", "--quant", "q4"], &never);
+    fails_with(&unknown, &["--random", "sd3", "sd15"], &never);
 }
 
 #[test]

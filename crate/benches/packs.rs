@@ -180,6 +180,10 @@ fn full_size_unet() {
             let shape: Vec<usize> = tensor.shape.iter().copied().collect();
             params += values.len() as u64;
             let back = match storage(&tensor.name, &shape, precision, Policy::Pack) {
+                Storage::F32 => {
+                    bytes += 4 * values.len() as u64;
+                    values.clone()
+                }
                 Storage::F16 => {
                     bytes += 2 * values.len() as u64;
                     values

@@ -81,3 +81,61 @@ pub fn expect_one_of(file: &str, key: &str, value: &str, allowed: &[&str]) -> Re
         ))
     }
 }
+
+/// Checks that the size-like config value `key` lies in `range`. Every value that decides
+/// how much is allocated is bounded (by what real SD/SDXL configs use, with room), so that
+/// a hostile config is refused by name instead of exhausting memory.
+pub fn bounded(
+    file: &str,
+    key: &str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            file,
+            key,
+            format!(
+                "is {value}; this build accepts {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// [`bounded`] for every value of a per-block list.
+pub fn all_bounded(
+    file: &str,
+    key: &str,
+    values: &[usize],
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<()> {
+    values
+        .iter()
+        .try_for_each(|&v| bounded(file, key, v, range.clone()))
+}
+
+/// Checks that the float config value `key` is finite and inside `range`.
+pub fn finite_in(
+    file: &str,
+    key: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<()> {
+    if value.is_finite() && range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            file,
+            key,
+            format!(
+                "is {value}; expected a number in [{}, {}]",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}

@@ -103,7 +103,14 @@ fn wgpu() -> std::result::Result<(Device, String), String> {
     static WGPU: std::sync::OnceLock<std::result::Result<(Device, String), String>> =
         std::sync::OnceLock::new();
     WGPU.get_or_init(|| {
+        // One named API: automatic selection also probes OpenGL, whose EGL probe prints
+        // to stderr on machines without a display.
+        #[cfg(target_os = "macos")]
+        let api = burn::tensor::wgpu::WgpuBackend::Metal;
+        #[cfg(not(target_os = "macos"))]
+        let api = burn::tensor::wgpu::WgpuBackend::Vulkan;
         let (device, setup) = Device::wgpu_options()
+            .graphics_api(api)
             .init_with_setup()
             .map_err(|e| e.to_string())?;
         let info = setup.adapter.get_info();

@@ -65,13 +65,38 @@ pub struct WeightFiles {
 #[cfg(not(target_family = "wasm"))]
 pub struct DirFiles(pub std::path::PathBuf);
 
+/// The largest model file read (SD 2.x's f32 UNet is 3.5 GB; SDXL's 10 GB).
+#[cfg(not(target_family = "wasm"))]
+pub const MAX_FILE_BYTES: u64 = 32 << 30;
+
+/// Reads the regular file at `path` if it holds at most `max` bytes. A device or a pipe
+/// (a link to `/dev/zero`) is refused before anything is read.
+#[cfg(not(target_family = "wasm"))]
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(&name, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(&name, "is not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::io(
+            &name,
+            format!(
+                "is {} bytes, more than the {max} this file may hold",
+                meta.len()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(&name, e))
+}
+
 #[cfg(not(target_family = "wasm"))]
 impl ModelFiles for DirFiles {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(self.0.join(path)) {
-            Ok(bytes) => Ok(Some(bytes)),
+        let full = self.0.join(path);
+        match std::fs::metadata(&full) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(self.display(path), e)),
+            _ => read_bounded(&full, MAX_FILE_BYTES).map(Some),
         }
     }
 

@@ -88,6 +88,15 @@ impl ClipTokenizer {
                     message: e.to_string(),
                 })?;
         }
+        // SD's tokenization is always the same framing (see `encode`): whatever padding or
+        // truncation a tokenizer.json asks for is not applied.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer {
+                file: dir.into(),
+                message: e.to_string(),
+            })?;
         let id = |name: &str, token: &str| -> Result<u32> {
             tokenizer
                 .token_to_id(token)
@@ -112,6 +121,11 @@ impl ClipTokenizer {
 
     pub fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    /// How many ids the tokenizer can produce (its vocabulary with special tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
     }
 
     /// Token ids for `text`: `[bos, …, eos, pad…]`, exactly `max_length` long; over-long

@@ -478,3 +478,124 @@ fn bad_controlnet_input_is_refused_by_name() {
         &out,
     );
 }
+
+#[test]
+fn the_cli_converts_controlnet_folders_and_single_files_to_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(
+        &Goldens::load("pipeline-sd1-tiny"),
+        "latents",
+        "latents",
+        &latents,
+    );
+    let model = model_dir("sd1-tiny");
+    let folder = fixtures().join("controlnet-sd1-tiny");
+    let single = fixtures().join("single/controlnet-sd1-tiny.safetensors");
+    let from_folder = dir.path().join("from-folder");
+    let from_single = dir.path().join("from-single");
+    common::ok(&cli(&[
+        "convert",
+        "--model",
+        arg(&folder),
+        "--quant",
+        "f16",
+        "--out",
+        arg(&from_folder),
+    ]));
+    // The original layout has no config: the UNet's comes from --config.
+    common::ok(&cli(&[
+        "convert",
+        "--model",
+        arg(&single),
+        "--config",
+        arg(&model),
+        "--quant",
+        "f16",
+        "--out",
+        arg(&from_single),
+    ]));
+    let goldens = Goldens::file("controlnet/goldens-sd1-tiny.safetensors");
+    let mut runs = Vec::new();
+    for pack in [&from_folder, &from_single] {
+        let out = dir.path().join("out.safetensors");
+        common::ok(&common::webdiffusion(&[
+            "generate",
+            "--model",
+            arg(&model),
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--negative-prompt",
+            "blurry, low quality",
+            "--steps",
+            "8",
+            "--latents",
+            arg(&latents),
+            "--controlnet",
+            arg(pack),
+            "--control-image",
+            arg(&fixtures().join("controlnet/control-a.png")),
+            "--control-scale",
+            "0.8",
+            "--control-start",
+            "0.25",
+            "--control-end",
+            "0.75",
+            "--out-tensor",
+            arg(&out),
+        ]));
+        let latents = common::read_tensor(&out, "latents");
+        let err = rel_l2(&latents, goldens.values("window.latents"));
+        assert!(err <= 1e-2, "{}: latents rel-L2 {err:e}", pack.display());
+        std::fs::remove_file(&out).unwrap();
+        runs.push(latents);
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "the folder and the single file give one pack"
+    );
+
+    // A component folder that is not a ControlNet, and a UNet config that does not fit.
+    let unet = model.join("unet");
+    let out = dir.path().join("bad");
+    common::fails_with(
+        &cli(&[
+            "convert",
+            "--model",
+            arg(&unet),
+            "--quant",
+            "q8",
+            "--out",
+            arg(&out),
+        ]),
+        &[
+            "unet/config.json",
+            "UNet2DConditionModel",
+            "ControlNetModel",
+        ],
+        &out,
+    );
+    common::fails_with(
+        &cli(&[
+            "convert",
+            "--model",
+            arg(&single),
+            "--config",
+            arg(&model_dir("sd2-tiny")),
+            "--quant",
+            "q8",
+            "--out",
+            arg(&out),
+        ]),
+        &["controlnet-sd1-tiny.safetensors"],
+        &out,
+    );
+}
+
+/// Runs the CLI with exactly `args` (`convert` takes no --backend).
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args(args)
+        .output()
+        .expect("run webdiffusion")
+}

@@ -4,17 +4,32 @@
 use std::path::PathBuf;
 
 use webdiffusion::builtin;
+use webdiffusion::component::{Component, MODEL_INDEX};
 use webdiffusion::error::{Error, Result};
 use webdiffusion::files::{DirFiles, ModelFiles};
-use webdiffusion::pack::convert::{ComponentReport, convert, convert_single_file};
+use webdiffusion::load;
+use webdiffusion::models::unet::UNet2DConditionModel;
+use webdiffusion::pack::convert::{
+    ComponentReport, convert, convert_component, convert_controlnet_file, convert_random,
+    convert_single_file,
+};
+use webdiffusion::pack::open_component;
 use webdiffusion::pack::single_file;
 use webdiffusion::quant::Precision;
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// A diffusers folder, or a single-file checkpoint (.safetensors, CompVis/A1111 layout).
-    #[arg(long)]
-    model: PathBuf,
+    /// A diffusers folder (a pipeline, or a ControlNet), or a single-file checkpoint or
+    /// ControlNet (.safetensors, original CompVis/A1111/lllyasviel layout).
+    #[arg(long, required_unless_present = "random", conflicts_with = "random")]
+    model: Option<PathBuf>,
+    /// Instead of --model: the full-size architecture of sd15 or sd21 (built in) or of a
+    /// diffusers folder's configs, with random weights (for speed and memory measurements).
+    #[arg(long, value_name = "sd15|sd21|DIR")]
+    random: Option<String>,
+    /// The seed of --random's weights.
+    #[arg(long, default_value_t = 0, requires = "random")]
+    seed: u64,
     /// f16, q8 or q4.
     #[arg(long)]
     quant: String,
@@ -29,37 +44,76 @@ pub struct ConvertArgs {
 
 pub fn run(args: ConvertArgs) -> Result<()> {
     let precision: Precision = args.quant.parse()?;
-    let reports = if args.model.is_dir() {
+    if let Some(name) = &args.random {
+        if args.config.is_some() {
+            return Err(Error::invalid(
+                "--config",
+                "is for single-file checkpoints; --random names its configs itself",
+            ));
+        }
+        let config = configs(name, "--random")?;
+        let reports = convert_random(&*config, precision, args.seed, &args.out)?;
+        print!("{}", table(&reports));
+        println!("wrote {}", args.out.display());
+        return Ok(());
+    }
+    let Some(model) = &args.model else {
+        return Err(Error::invalid(
+            "--model",
+            "give a model to convert, or --random",
+        ));
+    };
+    // A folder with a config.json and no model_index.json is one component on its own.
+    let controlnet_dir =
+        model.is_dir() && !model.join(MODEL_INDEX).exists() && model.join("config.json").exists();
+    let reports = if controlnet_dir {
+        if args.config.is_some() {
+            return Err(Error::invalid(
+                "--config",
+                "is for single-file checkpoints; a ControlNet folder has its own config",
+            ));
+        }
+        let files = open_component(model, Component::ControlNet)?;
+        check_class(&*files, "ControlNetModel")?;
+        convert_component(&*files, Component::ControlNet, precision, &args.out)?
+    } else if model.is_dir() {
         if args.config.is_some() {
             return Err(Error::invalid(
                 "--config",
                 "is for single-file checkpoints; a diffusers folder has its own configs",
             ));
         }
-        convert(&DirFiles(args.model.clone()), precision, &args.out)?
-    } else if args.model.is_file() {
-        if args.model.extension().is_none_or(|e| e != "safetensors") {
+        convert(&DirFiles(model.clone()), precision, &args.out)?
+    } else if model.is_file() {
+        if model.extension().is_none_or(|e| e != "safetensors") {
             return Err(Error::invalid(
                 "--model",
                 format!(
                     "{}: only .safetensors single files are read (.ckpt files are Python \
                      pickles, which can run code; convert them to safetensors first)",
-                    args.model.display()
+                    model.display()
                 ),
             ));
         }
-        let name = match &args.config {
-            Some(name) => name.clone(),
-            None => single_file::detect(&args.model)?.to_string(),
-        };
-        let config = configs(&name)?;
-        convert_single_file(&args.model, &*config, precision, &args.out)?
+        let kind = single_file::detect(model)?;
+        let name = args.config.clone().unwrap_or(kind.to_string());
+        let config = configs(&name, "--config")?;
+        if single_file::is_controlnet(model)? {
+            // The original layout has no config: it is the UNet's, with the file's hint block.
+            let device = burn::prelude::Device::flex();
+            let (unet, _) =
+                load::build::<UNet2DConditionModel>(&*config, Component::Unet, &device)?;
+            let file = single_file::controlnet(model, &unet)?;
+            convert_controlnet_file(&file, precision, &args.out)?
+        } else {
+            convert_single_file(model, &*config, precision, &args.out)?
+        }
     } else {
         return Err(Error::invalid(
             "--model",
             format!(
                 "{} is neither a diffusers folder nor a single-file checkpoint",
-                args.model.display()
+                model.display()
             ),
         ));
     };
@@ -68,15 +122,33 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--config`: a built-in name or a folder.
-fn configs(name: &str) -> Result<Box<dyn ModelFiles>> {
+/// Refuses a component folder whose config names another class than `class`.
+fn check_class(files: &dyn ModelFiles, class: &str) -> Result<()> {
+    let path = Component::ControlNet.config();
+    let config: serde_json::Value =
+        webdiffusion::config::parse(&files.display(&path), &files.require_text(&path)?)?;
+    match config.get("_class_name").and_then(|c| c.as_str()) {
+        Some(name) if name != class => Err(Error::invalid(
+            "--model",
+            format!(
+                "{} is a {name}; convert reads Stable Diffusion pipelines (with model_index.json) \
+                 and {class} folders",
+                files.display(&path)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `--config` or `--random` (`flag`): a built-in name or a folder.
+fn configs(name: &str, flag: &str) -> Result<Box<dyn ModelFiles>> {
     if let Some(files) = builtin::config(name) {
         return Ok(Box::new(files) as Box<dyn ModelFiles>);
     }
     let dir = PathBuf::from(name);
     if !dir.is_dir() {
         return Err(Error::invalid(
-            "--config",
+            flag,
             format!(
                 "{name:?} is neither a folder nor one of {}",
                 builtin::NAMES.join(", ")

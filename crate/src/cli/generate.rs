@@ -97,7 +97,17 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
             "needs a --controlnet and its --control-image",
         ));
     }
-    for out in [&args.out, &args.out_tensor].into_iter().flatten() {
+    if args.out.is_some() && args.out == args.out_tensor {
+        return Err(Error::invalid(
+            "--out-tensor",
+            "is the same file as --out; give two paths",
+        ));
+    }
+    // Without --out or --out-tensor the image goes to the current folder.
+    let default_out = PathBuf::from("webdiffusion.png");
+    let outs = [&args.out, &args.out_tensor].into_iter().flatten();
+    let default = (args.out.is_none() && args.out_tensor.is_none()).then_some(&default_out);
+    for out in outs.chain(default) {
         io::check_writable(out)?;
     }
     if args.init_image.is_none() {
@@ -155,21 +165,21 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     })?;
     progress.finish();
 
+    // Both outputs are written, or neither.
+    let mut outputs = io::Outputs::default();
     if let Some(path) = &args.out_tensor {
-        io::write_safetensors(
-            path,
-            vec![
-                Output::f32("image", generated.image.clone())?,
-                Output::f32("latents", generated.latents.clone().cast(DType::F32))?,
-            ],
-        )?;
+        let tensors = vec![
+            Output::f32("image", generated.image.clone())?,
+            Output::f32("latents", generated.latents.clone().cast(DType::F32))?,
+        ];
+        outputs.add(path, &io::safetensors_bytes(tensors)?)?;
     }
     let out = match (&args.out, &args.out_tensor) {
         (Some(out), _) => Some(out.clone()),
         (None, None) => Some(PathBuf::from(format!("webdiffusion-{seed}.png"))),
         (None, Some(_)) => None,
     };
-    if let Some(out) = out {
+    if let Some(out) = &out {
         let model = args.common.model.file_name().map_or_else(
             || args.common.model.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -182,7 +192,10 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
             &image::tensor_to_image(generated.image)?,
             &[("parameters", &parameters)],
         )?;
-        io::write_atomic(&out, &png)?;
+        outputs.add(out, &png)?;
+    }
+    outputs.commit()?;
+    if let Some(out) = out {
         eprintln!("seed {seed}: wrote {}", out.display());
     }
     Ok(())

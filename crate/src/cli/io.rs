@@ -1,7 +1,9 @@
 //! Files the CLI reads and writes: safetensors tensors and PNG images. Outputs are written
-//! to a temporary file beside the target and renamed, so a failed run leaves no partial file.
+//! to temporary files beside their targets and renamed, so a failed run leaves no partial
+//! file and a command's outputs appear together.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -66,49 +68,90 @@ impl Output {
 
 /// Writes `tensors` to `path` as safetensors, atomically.
 pub fn write_safetensors(path: &Path, tensors: Vec<Output>) -> Result<()> {
+    write_atomic(path, &safetensors_bytes(tensors)?)
+}
+
+pub fn safetensors_bytes(tensors: Vec<Output>) -> Result<Vec<u8>> {
     let tensors: Vec<_> = tensors
         .into_iter()
         .map(|t| (t.name, t.dtype, t.shape, t.bytes))
         .collect();
-    write_atomic(path, &serialize(&tensors)?)
+    serialize(&tensors)
 }
 
-/// Fails early (before any work) when `path` cannot be an output file: a folder, or in a
-/// folder that does not exist.
+/// Fails early (before any work) when `path` cannot be an output file: a folder, in a
+/// folder that does not exist, or in one this process cannot create files in.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::io(path.display(), "is a folder; give a file path"));
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent(path);
     if !parent.is_dir() {
         return Err(Error::io(
             path.display(),
             format!("cannot be written: {} is not a folder", parent.display()),
         ));
     }
-    Ok(())
+    temporary(path)
+        .map(drop)
+        .map_err(|e| Error::io(path.display(), format!("cannot be written: {e}")))
 }
 
+/// Writes `bytes` to `path` atomically: see [`Outputs`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut outputs = Outputs::default();
+    outputs.add(path, bytes)?;
+    outputs.commit()
+}
+
+/// The output files of one command, all written or none. Each is first written in full
+/// to a new file with a random name beside its target, created exclusively (`O_EXCL`: a
+/// file or symlink planted there is never followed), and renamed into place by
+/// [`commit`](Self::commit) once every file is written. Dropped uncommitted, the
+/// temporary files are removed.
+#[derive(Default)]
+pub struct Outputs(Vec<(PathBuf, tempfile::NamedTempFile)>);
+
+impl Outputs {
+    pub fn add(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut file = temporary(path).map_err(|e| Error::io(path.display(), e))?;
+        file.write_all(bytes)
+            .and_then(|_| file.as_file().sync_all())
+            .map_err(|e| Error::io(path.display(), e))?;
+        self.0.push((path.to_path_buf(), file));
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<()> {
+        for (path, file) in self.0 {
+            file.persist(&path)
+                .map_err(|e| Error::io(path.display(), e.error))?;
+        }
+        Ok(())
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn temporary(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let name = path
         .file_name()
-        .ok_or_else(|| Error::io(path.display(), "is not a file path"))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path.display(), e)
-        })
+        .map_or("out".into(), |n| n.to_string_lossy());
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(parent(path))
 }
 
 /// Reads the f32/f16/bf16 tensor `name` of rank 4 from the safetensors file at `path`.
 pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4>> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(&file, e))?;
+    let bytes = webdiffusion::files::read_bounded(path, 1 << 30)?;
     let st = SafetensorsFile::parse(&bytes, &file)?;
     let (info, data) = st.get(name).ok_or_else(|| Error::MissingTensor {
         file: file.clone(),

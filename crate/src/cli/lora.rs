@@ -59,7 +59,8 @@ fn read(path: &Path, targets: &Targets, device: &Device) -> Result<Lora> {
             ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(&file, e))?;
+    // LoRAs are 10–150 MB; 4 GB is generous.
+    let bytes = webdiffusion::files::read_bounded(path, 4 << 30)?;
     let parsed = LoraFile::parse(&bytes, &file)?;
     let name = path
         .file_stem()

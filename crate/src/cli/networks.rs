@@ -29,8 +29,9 @@ pub fn encode_prompt(
     io::check_writable(out)?;
     let (files, device, dtype) = open(common)?;
     let tokenizer = load::tokenizer(&*files)?;
-    let (_, text_encoder) =
+    let (text_config, text_encoder) =
         load::network::<ClipTextModel>(&*files, Component::TextEncoder, &device, dtype)?;
+    webdiffusion::pipeline::tokenizer_fits(&*files, &tokenizer, &text_config)?;
     // A LoRA file also adapts the UNet: its layers are matched against the UNet's (built
     // from its config, weights not loaded) so that a wrong file is refused.
     let (_, unet) = load::build::<UNet2DConditionModel>(&*files, Component::Unet, &device)?;

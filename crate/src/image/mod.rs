@@ -1,8 +1,6 @@
 //! 8-bit RGB images: PNG decoding and encoding, conversion to and from tensors in the ranges
 //! diffusers uses, Pillow's resampling and grayscale, and OpenCV's Canny edges.
 
-use std::path::Path;
-
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -22,19 +20,49 @@ pub struct Image {
     pub rgb: Vec<u8>,
 }
 
+/// The largest image read (a control image or init image may be larger than the output,
+/// and is resized or refused later): 4096×4096.
+pub const MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
+
+/// Refuses images of more than [`MAX_IMAGE_PIXELS`].
+fn check_pixels(w: u64, h: u64, file: &str) -> Result<()> {
+    if w * h > MAX_IMAGE_PIXELS {
+        return Err(Error::io(
+            file,
+            format!("is {w}×{h} pixels; images larger than 4096×4096 pixels are refused"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a PNG (any colour type and bit depth) to 8-bit RGB.
-pub fn read_png(path: &Path) -> Result<Image> {
+#[cfg(not(target_family = "wasm"))]
+pub fn read_png(path: &std::path::Path) -> Result<Image> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(&file, e))?;
+    let bytes = crate::files::read_bounded(path, 256 << 20)?;
     decode_png(&bytes, &file)
 }
 
 /// Decodes PNG `bytes` (named `file` in errors) to 8-bit RGB.
 pub fn decode_png(bytes: &[u8], file: &str) -> Result<Image> {
     let bad = |e: &dyn std::fmt::Display| Error::io(file, format!("not a readable PNG: {e}"));
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    // The declared size is checked before anything is allocated: a few bytes can declare
+    // billions of pixels. The IHDR chunk comes first in every PNG; the decoder checks the
+    // rest, and its limits bound what it allocates.
+    if let Some(ihdr) = bytes.get(12..24)
+        && ihdr.starts_with(b"IHDR")
+    {
+        let be = |b: &[u8]| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        check_pixels(be(&ihdr[4..8]), be(&ihdr[8..12]), file)?;
+    }
+    let limits = png::Limits {
+        bytes: (MAX_IMAGE_PIXELS * 8) as usize,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+    let (w, h) = (reader.info().width as u64, reader.info().height as u64);
+    check_pixels(w, h, file)?;
     let mut buf = vec![
         0;
         reader

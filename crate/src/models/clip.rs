@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::attention::{merge_heads, scaled_dot_product, split_heads};
 use super::layers::{LayerNorm, Linear, layer_norm, linear};
 use super::split_embedding::SplitEmbedding;
-use crate::config::expect_one_of;
+use crate::config::{bounded, expect_one_of, finite_in};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +104,28 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     pub fn new(config: &ClipTextConfig, file: &str, device: &Device) -> Result<Self> {
+        bounded(file, "vocab_size", config.vocab_size, 1..=1 << 20)?;
+        bounded(file, "hidden_size", config.hidden_size, 1..=8192)?;
+        bounded(
+            file,
+            "intermediate_size",
+            config.intermediate_size,
+            1..=32768,
+        )?;
+        bounded(file, "num_hidden_layers", config.num_hidden_layers, 1..=64)?;
+        bounded(
+            file,
+            "num_attention_heads",
+            config.num_attention_heads,
+            1..=128,
+        )?;
+        bounded(
+            file,
+            "max_position_embeddings",
+            config.max_position_embeddings,
+            2..=1024,
+        )?;
+        finite_in(file, "layer_norm_eps", config.layer_norm_eps, 0.0..=1.0)?;
         expect_one_of(
             file,
             "hidden_act",

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::layers::{Conv2d, conv2d};
 use super::unet::{DownBlock, MidBlock, Residuals, UNetConfig, down_path};
-use crate::config::expect_one_of;
-use crate::error::{Error, Result};
+use crate::config::{all_bounded, bounded, expect_one_of};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -92,13 +92,19 @@ impl ControlNetModel {
             &["rgb", "bgr"],
         )?;
         let hint = &config.conditioning_embedding_out_channels;
-        if hint.is_empty() || config.conditioning_channels == 0 {
-            return Err(Error::config(
-                file,
-                "conditioning_embedding_out_channels",
-                "needs at least one width and conditioning_channels > 0",
-            ));
-        }
+        bounded(
+            file,
+            "conditioning_embedding_out_channels (count)",
+            hint.len(),
+            1..=8,
+        )?;
+        all_bounded(file, "conditioning_embedding_out_channels", hint, 1..=4096)?;
+        bounded(
+            file,
+            "conditioning_channels",
+            config.conditioning_channels,
+            1..=16,
+        )?;
         let c0 = plan.channels[0];
         let k = unet.conv_in_kernel;
         let zero_conv = |c: usize| conv2d(c, c, 1, 1, 0, device);

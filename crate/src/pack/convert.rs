@@ -10,7 +10,7 @@
 //! so converting the same model twice gives identical bytes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::f16;
 use safetensors::Dtype;
@@ -66,6 +66,8 @@ pub struct ComponentReport {
 
 /// How a tensor is stored.
 pub enum Storage {
+    /// A tensor with values beyond f16's range (±65504) keeps its f32 values.
+    F32,
     F16,
     Quant(BlockFormat),
 }
@@ -104,7 +106,18 @@ pub fn encode(
     precision: Precision,
     policy: Policy,
 ) -> Encoded {
-    match storage(name, shape, precision, policy) {
+    // f16 (and f16 quantization scales) would turn such values into infinities.
+    let beyond_half = values.iter().any(|v| v.abs() > f16::MAX.to_f32());
+    let storage = match beyond_half {
+        true => Storage::F32,
+        false => storage(name, shape, precision, policy),
+    };
+    match storage {
+        Storage::F32 => Encoded {
+            dtype: StoredDType::F32,
+            quant: None,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
         Storage::F16 => Encoded {
             dtype: StoredDType::F16,
             quant: None,
@@ -186,34 +199,32 @@ pub fn convert_with(
     })
 }
 
-/// Runs `write` on a temporary folder beside `out` (which must not exist) and renames it
-/// to `out` once complete; on error nothing is left behind.
+/// Runs `write` on a new folder beside `out` (which must not exist) with a random name,
+/// and renames it to `out` once complete; on error (or a panic) it is removed.
 fn write_new_folder<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    if out.exists() {
+    if out.exists() || out.is_symlink() {
         return Err(Error::invalid(
             "out",
             format!("{} already exists; give a new folder", out.display()),
         ));
     }
-    let tmp = temporary(out);
-    let result = std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(tmp.display(), e))
-        .and_then(|_| write(&tmp));
-    let result = result.and_then(|value| {
-        std::fs::rename(&tmp, out).map_err(|e| Error::io(out.display(), e))?;
-        Ok(value)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-fn temporary(out: &Path) -> PathBuf {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = out
         .file_name()
         .map_or("pack".into(), |n| n.to_string_lossy());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(out.display(), e))?;
+    let value = write(tmp.path())?;
+    std::fs::rename(tmp.path(), out).map_err(|e| Error::io(out.display(), e))?;
+    // Renamed: nothing is left at the temporary path to remove.
+    let _ = tmp.keep();
+    Ok(value)
 }
 
 /// Each component's tensors (checkpoint key, shape) as its config describes them.
@@ -277,12 +288,35 @@ fn expected_of(src: &dyn ModelFiles, component: Component) -> Result<Vec<(String
 }
 
 /// Converts one `component` published on its own (a ControlNet; `src` seen through
-/// `files::ComponentDir`, or a single file) into a pack at `out`, which must not exist.
+/// `files::ComponentDir`) into a pack at `out`, which must not exist.
 pub fn convert_component(
     src: &dyn ModelFiles,
     component: Component,
     precision: Precision,
     out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    convert_renamed(src, component, precision, out, &|key| Some(key.to_string()))
+}
+
+/// Converts a single-file ControlNet in the original layout into a pack at `out`.
+#[cfg(not(target_family = "wasm"))]
+pub fn convert_controlnet_file(
+    file: &super::single_file::SingleFileControlNet,
+    precision: Precision,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    let rename = |key: &str| file.rename(key);
+    convert_renamed(file, Component::ControlNet, precision, out, &rename)
+}
+
+/// [`convert_component`] with the weight file's keys renamed by `rename` (`None`: a key
+/// the component does not have).
+fn convert_renamed(
+    src: &dyn ModelFiles,
+    component: Component,
+    precision: Precision,
+    out: &Path,
+    rename: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<ComponentReport>> {
     let path = component.config();
     let config: serde_json::Value =
@@ -300,7 +334,17 @@ pub fn convert_component(
         let (path, bytes) = weight_file(src, component)?;
         let file = src.display(&path);
         let st = SafetensorsFile::parse(&bytes, &file)?;
-        let sources = st.tensors().map(Source::from).collect();
+        let sources = st
+            .tensors()
+            .map(|t| {
+                let mut source = Source::from(t);
+                source.name = rename(&source.name).ok_or_else(|| Error::UnexpectedTensor {
+                    file: file.clone(),
+                    key: source.name.clone(),
+                })?;
+                Ok(source)
+            })
+            .collect::<Result<_>>()?;
         let policy = (precision, Policy::Pack);
         let (entry, report) = write_component(&expected, sources, &file, component, policy, dir)?;
         manifest.components.insert(component, entry);
@@ -368,7 +412,7 @@ pub fn convert_single_file(
 ) -> Result<Vec<ComponentReport>> {
     let (mut manifest, expected) = read_configs(config, precision)?;
     let file = checkpoint.display().to_string();
-    let bytes = std::fs::read(checkpoint).map_err(|e| Error::io(&file, e))?;
+    let bytes = crate::files::read_bounded(checkpoint, crate::files::MAX_FILE_BYTES)?;
     let st = SafetensorsFile::parse(&bytes, &file)?;
     let count = |path: &str, key: &str, default: usize| {
         let value = &manifest.configs[path][key];
@@ -439,20 +483,55 @@ fn write_component(
             file: file.into(),
             message: format!("tensor `{name}` is {dtype:?}; expected F32, F16 or BF16"),
         })?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Safetensors {
+                file: file.into(),
+                message: format!("tensor `{name}` has a non-finite value at index {i}"),
+            });
+        }
+        let before = data.len() as u64;
+        let written = Written {
+            shards: &mut shards,
+            tensors: &mut tensors,
+            report: &mut report,
+        };
+        written.add(name, shape, &values, before, (precision, policy))?;
+    }
+    let shards = shards.finish()?;
+    Ok((ComponentEntry { shards, tensors }, report))
+}
+
+/// Where a component's tensors go as they are encoded.
+struct Written<'a, 'd> {
+    shards: &'a mut ShardWriter<'d>,
+    tensors: &'a mut Vec<TensorEntry>,
+    report: &'a mut ComponentReport,
+}
+
+impl Written<'_, '_> {
+    /// Encodes tensor `name` (`values`, `before` bytes in its source) into the shards.
+    fn add(
+        self,
+        name: String,
+        shape: Vec<usize>,
+        values: &[f32],
+        before: u64,
+        (precision, policy): (Precision, Policy),
+    ) -> Result<()> {
         let Encoded {
             dtype: stored,
             quant,
             bytes,
-        } = encode(&name, &shape, &values, precision, policy);
+        } = encode(&name, &shape, values, precision, policy);
         if quant.is_some() {
-            report.quantized += 1;
+            self.report.quantized += 1;
         }
-        let (shard, offset) = shards.add(&bytes)?;
-        report.tensors += 1;
-        report.params += values.len() as u64;
-        report.bytes_before += data.len() as u64;
-        report.bytes_after += bytes.len() as u64;
-        tensors.push(TensorEntry {
+        let (shard, offset) = self.shards.add(&bytes)?;
+        self.report.tensors += 1;
+        self.report.params += values.len() as u64;
+        self.report.bytes_before += before;
+        self.report.bytes_after += bytes.len() as u64;
+        self.tensors.push(TensorEntry {
             name,
             shape,
             dtype: stored,
@@ -461,7 +540,79 @@ fn write_component(
             offset: offset as u64,
             length: bytes.len() as u64,
         });
+        Ok(())
     }
-    let shards = shards.finish()?;
-    Ok((ComponentEntry { shards, tensors }, report))
+}
+
+/// A pack at `out` of the pipeline `config` describes (a diffusers folder's configs and
+/// tokenizer, e.g. `builtin::config("sd21")`) with random weights drawn from `seed`: the
+/// full-size architectures for speed and memory measurements, written tensor by tensor
+/// (no full-precision copy of the model is ever held). Norm scales are 1, biases 0, other
+/// weights N(0, 0.02²), so activations stay finite through every layer.
+pub fn convert_random(
+    config: &dyn ModelFiles,
+    precision: Precision,
+    seed: u64,
+    out: &Path,
+) -> Result<Vec<ComponentReport>> {
+    let (mut manifest, mut expected) = read_configs(config, precision)?;
+    write_new_folder(out, |dir| {
+        let mut reports = Vec::new();
+        for component in Component::PIPELINE {
+            let mut shards = ShardWriter::new(dir, component.name());
+            let mut tensors = Vec::new();
+            let mut report = ComponentReport {
+                component: component.name().into(),
+                ..Default::default()
+            };
+            let mut noise = crate::noise::Generator::new(seed ^ component as u64);
+            let mut wanted = expected.remove(&component).unwrap_or_default();
+            wanted.sort();
+            for (name, shape) in wanted {
+                let n = shape.iter().product::<usize>();
+                let values = match random_kind(&name) {
+                    Random::One => vec![1.0; n],
+                    Random::Zero => vec![0.0; n],
+                    Random::Normal => noise.normals(n).iter().map(|v| v * 0.02).collect(),
+                };
+                let written = Written {
+                    shards: &mut shards,
+                    tensors: &mut tensors,
+                    report: &mut report,
+                };
+                written.add(
+                    name,
+                    shape,
+                    &values,
+                    4 * n as u64,
+                    (precision, Policy::Pack),
+                )?;
+            }
+            let entry = ComponentEntry {
+                shards: shards.finish()?,
+                tensors,
+            };
+            manifest.components.insert(component, entry);
+            reports.push(report);
+        }
+        finish_manifest(&manifest, dir)?;
+        Ok(reports)
+    })
+}
+
+enum Random {
+    One,
+    Zero,
+    Normal,
+}
+
+/// What a random model holds in tensor `name`: norms scale by 1, biases add 0.
+fn random_kind(name: &str) -> Random {
+    let layer = name.rsplit('.').nth(1).unwrap_or("");
+    let norm = layer.contains("norm") || layer.starts_with("ln_") || layer.contains("layer_norm");
+    match name.rsplit('.').next() {
+        Some("bias") => Random::Zero,
+        Some("weight") if norm => Random::One,
+        _ => Random::Normal,
+    }
 }

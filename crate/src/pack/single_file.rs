@@ -51,7 +51,9 @@ pub fn components<'a>(
         } else if let Some(rest) = key.strip_prefix(VAE) {
             let name = vae_name(rest, layout.vae_up_blocks).ok_or_else(|| unexpected(key))?;
             let mut s = source(name);
-            if s.name.contains(".attentions.") && s.shape.len() == 4 {
+            // LDM's VAE attention projections are 1×1 convolutions, diffusers' are
+            // linear layers; any other shape is left for the shape check to refuse.
+            if s.name.contains(".attentions.") && s.shape.len() == 4 && s.shape[2..] == [1, 1] {
                 s.shape.truncate(2); // [c, c, 1, 1] -> [c, c]
             }
             out.entry(Component::Vae).or_default().push(s);
@@ -259,11 +261,29 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
 }
 
 /// The built-in config a single file most likely needs, from its header alone: `sd21` for
-/// an OpenCLIP text encoder, else `sd15`.
+/// an OpenCLIP text encoder (or a ControlNet for 1024-wide text embeddings), else `sd15`.
+#[cfg(not(target_family = "wasm"))]
 pub fn detect(path: &std::path::Path) -> Result<&'static str> {
     let header = crate::weights::safetensors::read_header(path)?;
     let open_clip = header.tensors.iter().any(|t| t.name.starts_with(OPEN_CLIP));
-    Ok(if open_clip { "sd21" } else { "sd15" })
+    // A ControlNet has no text encoder: SD 2.x's cross-attention reads 1024-wide embeddings.
+    let wide_context = header.tensors.iter().any(|t| {
+        t.name.starts_with(CONTROL)
+            && t.name.ends_with("attn2.to_k.weight")
+            && t.shape.get(1) == Some(&1024)
+    });
+    Ok(if open_clip || wide_context {
+        "sd21"
+    } else {
+        "sd15"
+    })
+}
+
+/// Whether the single file at `path` is a ControlNet in the original layout.
+#[cfg(not(target_family = "wasm"))]
+pub fn is_controlnet(path: &std::path::Path) -> Result<bool> {
+    let header = crate::weights::safetensors::read_header(path)?;
+    Ok(header.tensors.iter().any(|t| t.name.starts_with(CONTROL)))
 }
 
 #[cfg(test)]
@@ -516,9 +536,7 @@ impl crate::files::ModelFiles for SingleFileControlNet {
             return Ok(Some(self.config.clone()));
         }
         if path == Component::ControlNet.weight_files(false)[0] {
-            return std::fs::read(&self.path)
-                .map(Some)
-                .map_err(|e| Error::io(self.path.display(), e));
+            return crate::files::read_bounded(&self.path, crate::files::MAX_FILE_BYTES).map(Some);
         }
         Ok(None)
     }

@@ -74,6 +74,7 @@ impl Parts {
         let (unet_config, unet) = load::build(files, Component::Unet, device)?;
         let (vae_config, vae) = load::build::<Vae>(files, Component::Vae, device)?;
         fits_together(files, &text_config, &unet_config, &vae_config)?;
+        tokenizer_fits(files, &tokenizer, &text_config)?;
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -137,6 +138,40 @@ fn fits_together(
         unet,
         &unet_file,
     )
+}
+
+/// Checks that every id the tokenizer produces has a row in the text encoder's token
+/// embedding, and every position a position embedding.
+pub fn tokenizer_fits(
+    files: &dyn ModelFiles,
+    tokenizer: &ClipTokenizer,
+    text: &ClipTextConfig,
+) -> Result<()> {
+    let text_file = files.display(&Component::TextEncoder.config());
+    let tokenizer_dir = files.display("tokenizer");
+    if tokenizer.vocab_size() > text.vocab_size {
+        return Err(Error::config(
+            &text_file,
+            "vocab_size",
+            format!(
+                "is {} but the tokenizer ({tokenizer_dir}) has {} tokens",
+                text.vocab_size,
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    if tokenizer.max_length() > text.max_position_embeddings {
+        return Err(Error::config(
+            &text_file,
+            "max_position_embeddings",
+            format!(
+                "is {} but the tokenizer ({tokenizer_dir}) makes {} tokens (model_max_length)",
+                text.max_position_embeddings,
+                tokenizer.max_length()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that another VAE (`config`, from `files`) reads the latents of the model's own.
@@ -411,20 +446,42 @@ impl StableDiffusion {
                     format!("{v} is not a positive multiple of {multiple}"),
                 ));
             }
+            if v > MAX_SIDE {
+                return Err(Error::invalid(
+                    name,
+                    format!("{v} is larger than {MAX_SIDE} pixels"),
+                ));
+            }
             Ok(v)
         };
-        match &request.init_image {
+        let (height, width) = match &request.init_image {
             Some(image) => {
                 let [_, _, h, w] = image.dims();
-                Ok((size("height", Some(h))?, size("width", Some(w))?))
+                (size("height", Some(h))?, size("width", Some(w))?)
             }
-            None => Ok((
+            None => (
                 size("height", request.height)?,
                 size("width", request.width)?,
-            )),
+            ),
+        };
+        if width * height > MAX_PIXELS {
+            return Err(Error::invalid(
+                "size",
+                format!(
+                    "{width}×{height} is more than {} megapixels (2048×2048)",
+                    MAX_PIXELS / 1_000_000
+                ),
+            ));
         }
+        Ok((height, width))
     }
 }
+
+/// The largest side of an output image, in pixels.
+pub const MAX_SIDE: usize = 4096;
+/// The most pixels an output image may have: 2048×2048 (SDXL's 1024² and its wide formats
+/// fit; more would take tens of GB of activations).
+pub const MAX_PIXELS: usize = 2048 * 2048;
 
 /// Fails when a network's output is not finite: `max_abs` is its largest |value|, read
 /// back; `what` names the network (and step), `dtype` what it computed in. A NaN is never

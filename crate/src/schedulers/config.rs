@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::config::{bounded, finite_in};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -80,16 +81,49 @@ impl SchedulerConfig {
         Ok(config)
     }
 
+    /// Checks the config as a whole: every value a scheduler indexes or divides by.
     fn validate(&self, file: &str) -> Result<()> {
         if self.thresholding == Some(true) {
             return Err(Error::config(file, "thresholding", "is not supported"));
         }
-        if self.num_train_timesteps == Some(0) {
-            return Err(Error::config(
-                file,
-                "num_train_timesteps",
-                "must be positive",
-            ));
+        // Real schedules have 1000 training timesteps; Karras and σ interpolation need two.
+        let n = self.num_train_timesteps();
+        bounded(file, "num_train_timesteps", n, 2..=10_000)?;
+        if let Some(offset) = self.steps_offset {
+            bounded(file, "steps_offset", offset, 0..=n - 1)?;
+        }
+        if let Some(original) = self.original_inference_steps {
+            bounded(file, "original_inference_steps", original, 1..=n)?;
+        }
+        for (key, value) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if let Some(v) = value {
+                finite_in(file, key, v, 0.0..=1.0)?;
+            }
+        }
+        if let Some(betas) = &self.trained_betas {
+            if betas.len() != n {
+                return Err(Error::config(
+                    file,
+                    "trained_betas",
+                    format!("has {} values for {n} training timesteps", betas.len()),
+                ));
+            }
+            if let Some(b) = betas
+                .iter()
+                .find(|b| !(b.is_finite() && **b > 0.0 && **b < 1.0))
+            {
+                return Err(Error::config(
+                    file,
+                    "trained_betas",
+                    format!("holds {b}, not in (0, 1)"),
+                ));
+            }
+        }
+        if let Some(range) = self.clip_sample_range {
+            finite_in(file, "clip_sample_range", range, f64::MIN_POSITIVE..=1e6)?;
+        }
+        if let Some(scaling) = self.timestep_scaling {
+            finite_in(file, "timestep_scaling", scaling, f64::MIN_POSITIVE..=1e6)?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ pub struct Lcm {
 impl Lcm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
         let n = config.num_train_timesteps();
-        let original = config.original_inference_steps.unwrap_or(50).max(1);
+        let original = config.original_inference_steps.unwrap_or(50).clamp(1, n);
         let k = n / original;
         // The distillation grid (k−1, 2k−1, …), newest first, sampled evenly.
         let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();

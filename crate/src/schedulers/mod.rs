@@ -112,7 +112,10 @@ pub fn build(
             ),
         ));
     }
-    Ok(match name {
+    if !eta.is_finite() || !(0.0..=1.0).contains(&eta) {
+        return Err(Error::invalid("eta", format!("{eta} is not in [0, 1]")));
+    }
+    let scheduler: Box<dyn Scheduler> = match name {
         "ddim" => Box::new(ddim::Ddim::new(config, steps, eta)),
         "euler" => Box::new(euler::Euler::new(config, steps)),
         "euler-a" => Box::new(euler_ancestral::EulerAncestral::new(config, steps)),
@@ -130,5 +133,21 @@ pub fn build(
                 format!("unknown scheduler {other:?} (valid: {})", names.join(", ")),
             ));
         }
-    })
+    };
+    // Every timestep the UNet will see must be a training timestep (ᾱ is looked up by it).
+    let n = config.num_train_timesteps() as f64;
+    if let Some(t) = scheduler
+        .timesteps()
+        .iter()
+        .find(|t| !(t.is_finite() && **t >= 0.0 && **t < n))
+    {
+        return Err(Error::invalid(
+            "scheduler",
+            format!(
+                "{name} with this config's timestep_spacing/steps_offset puts a step at \
+                 timestep {t}, outside the {n} training timesteps"
+            ),
+        ));
+    }
+    Ok(scheduler)
 }

@@ -69,10 +69,11 @@ impl Alphas {
         }
     }
 
-    /// ᾱ_t, or the final ᾱ for t < 0.
+    /// ᾱ_t, or the final ᾱ for t < 0. (`schedulers::build` has checked every timestep
+    /// against the table; the index is clamped all the same, so nothing can panic here.)
     pub fn at(&self, t: f64) -> f64 {
         if t >= 0.0 {
-            self.cumprod[t as usize]
+            self.cumprod[(t as usize).min(self.cumprod.len() - 1)]
         } else {
             self.final_alpha
         }

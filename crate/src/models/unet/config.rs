@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PerBlock, expect_one_of};
+use crate::config::{PerBlock, all_bounded, bounded, expect_one_of, finite_in};
 use crate::error::{Error, Result};
 use crate::models::resnet::ResnetConfig;
 use crate::models::transformer::Transformer2DConfig;
@@ -209,9 +209,54 @@ impl UNetConfig {
     /// UNet's down path and mid block, shares.
     pub fn validate_encoder(&self, file: &str) -> Result<()> {
         let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(Error::config(file, "block_out_channels", "is empty"));
+        // Size-like values bounded by what SD/SDXL configs use, with room.
+        bounded(file, "block_out_channels (levels)", n, 1..=8)?;
+        all_bounded(
+            file,
+            "block_out_channels",
+            &self.block_out_channels,
+            1..=4096,
+        )?;
+        bounded(file, "sample_size", self.sample_size, 1..=1024)?;
+        bounded(file, "in_channels", self.in_channels, 1..=64)?;
+        bounded(file, "out_channels", self.out_channels, 1..=64)?;
+        bounded(file, "conv_in_kernel", self.conv_in_kernel, 1..=7)?;
+        bounded(file, "conv_out_kernel", self.conv_out_kernel, 1..=7)?;
+        bounded(file, "downsample_padding", self.downsample_padding, 0..=3)?;
+        bounded(file, "norm_num_groups", self.norm_num_groups, 1..=1024)?;
+        finite_in(file, "norm_eps", self.norm_eps, 0.0..=1.0)?;
+        finite_in(
+            file,
+            "mid_block_scale_factor",
+            self.mid_block_scale_factor,
+            1e-6..=1e6,
+        )?;
+        if let Some(dim) = self.time_cond_proj_dim {
+            bounded(file, "time_cond_proj_dim", dim, 1..=4096)?;
         }
+        all_bounded(
+            file,
+            "layers_per_block",
+            &self.layers_per_block.expand(n, file, "layers_per_block")?,
+            1..=16,
+        )?;
+        all_bounded(
+            file,
+            "transformer_layers_per_block",
+            &self
+                .transformer_layers_per_block
+                .expand(n, file, "transformer_layers_per_block")?,
+            1..=16,
+        )?;
+        all_bounded(
+            file,
+            "cross_attention_dim",
+            &self
+                .cross_attention_dim
+                .expand(n, file, "cross_attention_dim")?,
+            1..=8192,
+        )?;
+        all_bounded(file, "attention_head_dim", &self.heads(file)?, 1..=256)?;
         if self.down_block_types.len() != n {
             return Err(Error::config(
                 file,

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use crate::config::expect_one_of;
+use crate::config::{all_bounded, bounded, expect_one_of, finite_in};
 use crate::error::{Error, Result};
 use crate::models::attention::Attention;
 use crate::models::layers::{Conv2d, GroupNorm, conv2d, group_norm};
@@ -66,9 +66,19 @@ impl KlConfig {
 
     fn validate(&self, file: &str) -> Result<()> {
         let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(Error::config(file, "block_out_channels", "is empty"));
-        }
+        bounded(file, "block_out_channels (levels)", n, 1..=6)?;
+        all_bounded(
+            file,
+            "block_out_channels",
+            &self.block_out_channels,
+            1..=2048,
+        )?;
+        bounded(file, "layers_per_block", self.layers_per_block, 1..=8)?;
+        bounded(file, "latent_channels", self.latent_channels, 1..=64)?;
+        bounded(file, "in_channels", self.in_channels, 1..=16)?;
+        bounded(file, "out_channels", self.out_channels, 1..=16)?;
+        bounded(file, "norm_num_groups", self.norm_num_groups, 1..=1024)?;
+        finite_in(file, "scaling_factor", self.scaling_factor, 1e-6..=1e6)?;
         for (key, types, allowed) in [
             (
                 "down_block_types",

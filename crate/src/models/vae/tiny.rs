@@ -9,7 +9,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::config::expect_one_of;
+use crate::config::{all_bounded, bounded, expect_one_of, finite_in};
 use crate::error::{Error, Result};
 use crate::models::layers::{Conv2d, conv2d};
 
@@ -65,6 +65,35 @@ impl TinyConfig {
 
     fn validate(&self, file: &str) -> Result<()> {
         expect_one_of(file, "act_fn", &self.act_fn, &["relu", "silu", "swish"])?;
+        for (key, list) in [
+            ("num_encoder_blocks", &self.num_encoder_blocks),
+            ("num_decoder_blocks", &self.num_decoder_blocks),
+        ] {
+            bounded(file, key, list.len(), 1..=8)?;
+            all_bounded(file, key, list, 0..=16)?;
+        }
+        for (key, list) in [
+            (
+                "encoder_block_out_channels",
+                &self.encoder_block_out_channels,
+            ),
+            (
+                "decoder_block_out_channels",
+                &self.decoder_block_out_channels,
+            ),
+        ] {
+            all_bounded(file, key, list, 1..=1024)?;
+        }
+        bounded(file, "latent_channels", self.latent_channels, 1..=64)?;
+        bounded(file, "in_channels", self.in_channels, 1..=16)?;
+        bounded(file, "out_channels", self.out_channels, 1..=16)?;
+        bounded(
+            file,
+            "upsampling_scaling_factor",
+            self.upsampling_scaling_factor,
+            1..=8,
+        )?;
+        finite_in(file, "scaling_factor", self.scaling_factor, 1e-6..=1e6)?;
         expect_one_of(file, "upsample_fn", &self.upsample_fn, &["nearest"])?;
         for (key, blocks, channels) in [
             (
