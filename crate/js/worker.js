@@ -3,7 +3,9 @@
 //   const worker = new Worker(new URL("webdiffusion/worker.js", import.meta.url), { type: "module" });
 //   worker.postMessage({ type: "load", url });            // → {type:"progress"}…, {type:"loaded"}
 //   worker.postMessage({ type: "generate", options });    // → {type:"step"}…, {type:"result", result}
-//   worker.postMessage({ type: "abort" });                // the running generation rejects
+//   worker.postMessage({ type: "abort" });                // the running generations reject
+//   worker.postMessage({ type: "abort", id });            // only the generate sent with this id
+//                                                         // (all of them if none has it)
 //   worker.postMessage({ type: "loadLora", source, name }); // → {type:"loraLoaded", lora: {id, name, hash}}
 //   worker.postMessage({ type: "freeLora", lora: id });
 //   worker.postMessage({ type: "loadControlNet", url }); // → {type:"controlnetLoaded", controlnet: {id, name}}
@@ -13,15 +15,31 @@
 //   worker.postMessage({ type: "canny", image, low, high }); // → {type:"canny", image: ImageData}
 //   worker.postMessage({ type: "cached" });               // → {type:"cached", cached: CachedModel[]}
 //   // failures arrive as {type:"error", message, name}; a request's `id`, if any, comes back
-//   // in its reply (loaded, result, cached, deleted or error). The messages are typed in the
-//   // package's .d.ts as WorkerRequest and WorkerMessage.
+//   // in its reply (loaded, result, cached, deleted or error), and in a generate's steps. The
+//   // messages are typed in the package's .d.ts as WorkerRequest and WorkerMessage.
+//   // Generations may run at once; a load waits for the previous load, and the previous model
+//   // is freed once the generations running on it have ended.
 import init, { Pipeline, canny } from "./webdiffusion.js";
 
 let pipeline = null;
-let controller = null;
 /** The LoRAs and ControlNets loaded for `pipeline`, by id. */
 const loras = new Map();
 const controlnets = new Map();
+/** The generations running: { id, controller, pipeline, handles, done }. */
+const running = new Set();
+/** The last load requested (loads run one after another). */
+let loading = Promise.resolve();
+/** How many times a panic reset the module. */
+let resets = 0;
+
+/** Frees `handles` (LoRAs, ControlNets, a pipeline) once no running generation uses them. */
+async function freeWhenUnused(handles) {
+  const before = resets;
+  const users = [...running].filter((run) => handles.some((h) => h === run.pipeline || run.handles.includes(h)));
+  await Promise.allSettled(users.map((run) => run.done));
+  // Handles from before a panic belong to the trapped instance: never free them.
+  if (resets === before) for (const handle of handles) handle?.free();
+}
 
 /** `items` with the handle in `key` of each looked up in `loaded` by its id. */
 function byId(items, key, loaded, what) {
@@ -32,10 +50,48 @@ function byId(items, key, loaded, what) {
 }
 const ready = init();
 
+/**
+ * Rejects the requests running when the module panics. A panic traps the wasm instance: the
+ * promises it was driving never settle, and its handles are void (the package starts a
+ * fresh instance on the next call). So every running request fails with the panic's
+ * message, and the model must be loaded again.
+ */
+let crashed;
+let crash = new Promise((_, reject) => {
+  crashed = reject;
+});
+crash.catch(() => {});
+self.addEventListener("webdiffusion-panic", (event) => {
+  const error = new Error(`webdiffusion failed internally and was reset; load the model again (${event.detail})`);
+  error.name = "InternalError";
+  crashed(error);
+  resets += 1;
+  crash = new Promise((_, reject) => {
+    crashed = reject;
+  });
+  crash.catch(() => {});
+  // The old handles belong to the trapped instance: drop them without freeing.
+  pipeline = null;
+  loras.clear();
+  controlnets.clear();
+  running.clear();
+  loading = Promise.resolve();
+});
+
 self.onmessage = async ({ data }) => {
   try {
     await ready;
-    if (data.type === "load") {
+    // Taken before the request runs: a panic inside it replaces `crash`.
+    const failed = crash;
+    await Promise.race([handle(data), failed]);
+  } catch (e) {
+    self.postMessage({ type: "error", message: String(e?.message ?? e), name: e?.name ?? "Error", id: data.id });
+  }
+};
+
+async function handle(data) {
+  if (data.type === "load") {
+    loading = loading.catch(() => {}).then(async () => {
       const loaded = await Pipeline.load(data.url, {
         cache: data.cache ?? true,
         dtype: data.dtype,
@@ -44,61 +100,96 @@ self.onmessage = async ({ data }) => {
         limits: data.limits,
         onProgress: (p) => self.postMessage({ type: "progress", ...p }),
       });
-      // Release the previous model's GPU memory (and its LoRAs and ControlNets) before
-      // keeping the new one.
-      for (const handles of [loras, controlnets]) {
-        for (const handle of handles.values()) handle.free();
-        handles.clear();
-      }
-      pipeline?.free();
+      // The previous model's GPU memory (and its LoRAs' and ControlNets') is released
+      // once the generations running on it have ended.
+      const old = [...loras.values(), ...controlnets.values(), pipeline];
+      loras.clear();
+      controlnets.clear();
       pipeline = loaded;
-      self.postMessage({ type: "loaded", url: data.url, id: data.id });
-    } else if (data.type === "generate") {
-      if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-      controller = new AbortController();
-      const result = await pipeline.generate({
-        ...data.options,
-        loras: byId(data.options.loras, "lora", loras, "LoRA"),
-        controlnets: byId(data.options.controlnets, "controlnet", controlnets, "ControlNet"),
-        signal: controller.signal,
+      freeWhenUnused(old);
+    });
+    await loading;
+    self.postMessage({ type: "loaded", url: data.url, id: data.id });
+  } else if (data.type === "generate") {
+    if (!pipeline) await loading.catch(() => {});
+    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+    const options = {
+      ...data.options,
+      loras: byId(data.options.loras, "lora", loras, "LoRA"),
+      controlnets: byId(data.options.controlnets, "controlnet", controlnets, "ControlNet"),
+    };
+    let ended;
+    const run = {
+      id: data.id,
+      controller: new AbortController(),
+      pipeline,
+      handles: [...options.loras.map((l) => l.lora), ...options.controlnets.map((c) => c.controlnet)],
+      done: new Promise((resolve) => {
+        ended = resolve;
+      }),
+    };
+    running.add(run);
+    try {
+      const result = await run.pipeline.generate({
+        ...options,
+        signal: run.controller.signal,
         onStep: (step, total, latents, preview) => self.postMessage(
-          { type: "step", step, total, latents, preview },
+          { type: "step", step, total, latents, preview, id: data.id },
           preview ? [latents.buffer, preview.pixels.buffer] : [latents.buffer],
         ),
       });
       self.postMessage({ type: "result", result, id: data.id }, [result.pixels.buffer, result.latents.buffer]);
-    } else if (data.type === "loadLora") {
-      if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-      const lora = await pipeline.loadLora(data.source, {
-        name: data.name,
-        onProgress: (p) => self.postMessage({ type: "progress", ...p }),
-      });
-      loras.set(lora.id, lora);
-      self.postMessage({ type: "loraLoaded", lora: { id: lora.id, name: lora.name, hash: lora.hash }, id: data.id });
-    } else if (data.type === "freeLora") {
-      loras.get(data.lora)?.free();
-      loras.delete(data.lora);
-    } else if (data.type === "loadControlNet") {
-      if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-      const controlnet = await pipeline.loadControlNet(data.url, {
-        onProgress: (p) => self.postMessage({ type: "progress", ...p }),
-      });
-      controlnets.set(controlnet.id, controlnet);
-      self.postMessage({ type: "controlnetLoaded", controlnet: { id: controlnet.id, name: controlnet.name }, id: data.id });
-    } else if (data.type === "freeControlNet") {
-      controlnets.get(data.controlnet)?.free();
-      controlnets.delete(data.controlnet);
-    } else if (data.type === "canny") {
-      self.postMessage({ type: "canny", image: canny(data.image, data.low, data.high), id: data.id });
-    } else if (data.type === "abort") {
-      controller?.abort();
-    } else if (data.type === "cached") {
-      self.postMessage({ type: "cached", cached: await Pipeline.cachedModels(), id: data.id });
-    } else if (data.type === "deleteCached") {
-      await Pipeline.deleteCached(data.url);
-      self.postMessage({ type: "deleted", url: data.url, id: data.id });
+    } finally {
+      running.delete(run);
+      ended();
     }
-  } catch (e) {
-    self.postMessage({ type: "error", message: String(e?.message ?? e), name: e?.name ?? "Error", id: data.id });
+  } else if (data.type === "loadLora") {
+    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+    const target = pipeline;
+    const lora = await target.loadLora(data.source, {
+      name: data.name,
+      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
+    });
+    if (pipeline !== target) {
+      lora.free();
+      throw new Error("loadLora: another model was loaded meanwhile; load the LoRA again");
+    }
+    loras.set(lora.id, lora);
+    self.postMessage({ type: "loraLoaded", lora: { id: lora.id, name: lora.name, hash: lora.hash }, id: data.id });
+  } else if (data.type === "freeLora") {
+    const lora = loras.get(data.lora);
+    loras.delete(data.lora);
+    if (lora) freeWhenUnused([lora]);
+  } else if (data.type === "loadControlNet") {
+    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+    const target = pipeline;
+    const controlnet = await target.loadControlNet(data.url, {
+      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
+    });
+    if (pipeline !== target) {
+      controlnet.free();
+      throw new Error("loadControlNet: another model was loaded meanwhile; load the ControlNet again");
+    }
+    controlnets.set(controlnet.id, controlnet);
+    self.postMessage({ type: "controlnetLoaded", controlnet: { id: controlnet.id, name: controlnet.name }, id: data.id });
+  } else if (data.type === "freeControlNet") {
+    const controlnet = controlnets.get(data.controlnet);
+    controlnets.delete(data.controlnet);
+    if (controlnet) freeWhenUnused([controlnet]);
+  } else if (data.type === "canny") {
+    self.postMessage({ type: "canny", image: canny(data.image, data.low, data.high), id: data.id });
+  } else if (data.type === "abort") {
+    // The generate sent with this id, else all of them.
+    const chosen = [...running].filter((run) => data.id !== undefined && run.id === data.id);
+    for (const run of chosen.length > 0 ? chosen : running) run.controller.abort();
+  } else if (data.type === "cached") {
+    self.postMessage({ type: "cached", cached: await Pipeline.cachedModels(), id: data.id });
+  } else if (data.type === "deleteCached") {
+    await Pipeline.deleteCached(data.url);
+    self.postMessage({ type: "deleted", url: data.url, id: data.id });
+  } else {
+    const error = new Error(`unknown message type ${JSON.stringify(data?.type)}`);
+    error.name = "NotSupportedError";
+    throw error;
   }
-};
+}

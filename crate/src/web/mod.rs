@@ -6,6 +6,7 @@
 mod cached;
 mod handles;
 mod options;
+mod panic;
 mod source;
 mod types;
 
@@ -121,7 +122,6 @@ impl Pipeline {
         url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
     ) -> Result<Pipeline, JsValue> {
-        console_error_panic_hook::set_once();
         let limits = options
             .as_ref()
             .and_then(|o| Reflect::get(o, &"limits".into()).ok())

@@ -5,8 +5,17 @@ use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
-/** Download progress of one file, in bytes (`total` is null when the server does not say). */
-export interface LoadProgress { loaded: number; total: number | null; file: string }
+/** Download progress of one file, in bytes (`total` is null when the server does not say,
+ *  e.g. for a gzip-encoded response). `notCached` says why the file is not being kept in
+ *  IndexedDB (e.g. "storage full"); it still loads. */
+export interface LoadProgress { loaded: number; total: number | null; file: string; notCached?: string }
+/**
+ * Dispatched on `globalThis` as `"webdiffusion-panic"` (a `CustomEvent` whose `detail` is the
+ * message) when the engine fails internally. The promises it was running never settle; the
+ * next call starts a fresh module (load the model again: handles from before are void). The
+ * package's worker.js turns it into an `InternalError` reply to every running request.
+ */
+export type PanicEvent = CustomEvent<string>;
 export interface LoadOptions {
   onProgress?: (progress: LoadProgress) => void;
   /** Keep the files in IndexedDB (default true). */
@@ -131,12 +140,14 @@ export type WorkerRequest =
 export type WorkerMessage =
   | ({ type: "progress" } & LoadProgress)
   | { type: "loaded"; url: string; id?: number }
-  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer>; preview?: Preview }
+  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer>; preview?: Preview; id?: number }
   | { type: "result"; result: GenerateResult; id?: number }
   | { type: "loraLoaded"; lora: WorkerLora; id?: number }
   | { type: "controlnetLoaded"; controlnet: WorkerControlNet; id?: number }
   | { type: "canny"; image: ImageData; id?: number }
   | { type: "cached"; cached: CachedModel[]; id?: number }
   | { type: "deleted"; url: string; id?: number }
+  /** `name`: the error's (AbortError, InternalError after a panic, NotSupportedError for an
+   *  unknown message type, …). */
   | { type: "error"; message: string; name: string; id?: number };
 "#;
