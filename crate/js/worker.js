@@ -18,8 +18,9 @@
 //   // in its reply (loaded, result, cached, deleted or error), and in a generate's steps. The
 //   // messages are typed in the package's .d.ts as WorkerRequest and WorkerMessage.
 //   // Generations may run at once; a load waits for the previous load, and the previous model
-//   // is freed once the generations running on it have ended.
-import init, { Pipeline, canny } from "./webdiffusion.js";
+//   // is freed once the generations running on it have ended. After an internal failure (a
+//   // panic) every request gets an error named InternalError: start a new Worker.
+import init, { Pipeline, canny, __panicForTesting } from "./webdiffusion.js";
 
 let pipeline = null;
 /** The LoRAs and ControlNets loaded for `pipeline`, by id. */
@@ -29,16 +30,13 @@ const controlnets = new Map();
 const running = new Set();
 /** The last load requested (loads run one after another). */
 let loading = Promise.resolve();
-/** How many times a panic reset the module. */
-let resets = 0;
 
 /** Frees `handles` (LoRAs, ControlNets, a pipeline) once no running generation uses them. */
 async function freeWhenUnused(handles) {
-  const before = resets;
   const users = [...running].filter((run) => handles.some((h) => h === run.pipeline || run.handles.includes(h)));
   await Promise.allSettled(users.map((run) => run.done));
-  // Handles from before a panic belong to the trapped instance: never free them.
-  if (resets === before) for (const handle of handles) handle?.free();
+  // After a panic the handles belong to the trapped instance: never free them.
+  if (!panicError) for (const handle of handles) handle?.free();
 }
 
 /** `items` with the handle in `key` of each looked up in `loaded` by its id. */
@@ -51,41 +49,38 @@ function byId(items, key, loaded, what) {
 const ready = init();
 
 /**
- * Rejects the requests running when the module panics. A panic traps the wasm instance: the
- * promises it was driving never settle, and its handles are void (the package starts a
- * fresh instance on the next call). So every running request fails with the panic's
- * message, and the model must be loaded again.
+ * A panic traps the wasm instance: the promises it was driving never settle and its handles
+ * are void. So every running request fails with the panic's message, and so does every later
+ * one: this worker is done; start a new Worker (a fresh instance) to go on.
  */
 let crashed;
-let crash = new Promise((_, reject) => {
+const crash = new Promise((_, reject) => {
   crashed = reject;
 });
 crash.catch(() => {});
+/** The error of the panic, once there was one. */
+let panicError = null;
 self.addEventListener("webdiffusion-panic", (event) => {
-  const error = new Error(`webdiffusion failed internally and was reset; load the model again (${event.detail})`);
+  const error = new Error(`webdiffusion failed internally (${event.detail}); start a new worker to go on`);
   error.name = "InternalError";
+  panicError = error;
   crashed(error);
-  resets += 1;
-  crash = new Promise((_, reject) => {
-    crashed = reject;
-  });
-  crash.catch(() => {});
-  // The old handles belong to the trapped instance: drop them without freeing.
+  // The handles belong to the trapped instance: drop them without freeing.
   pipeline = null;
   loras.clear();
   controlnets.clear();
   running.clear();
-  loading = Promise.resolve();
 });
 
 self.onmessage = async ({ data }) => {
   try {
+    if (panicError) throw panicError;
     await ready;
-    // Taken before the request runs: a panic inside it replaces `crash`.
-    const failed = crash;
-    await Promise.race([handle(data), failed]);
+    await Promise.race([handle(data), crash]);
   } catch (e) {
-    self.postMessage({ type: "error", message: String(e?.message ?? e), name: e?.name ?? "Error", id: data.id });
+    // A panic in this request's own call surfaces as the trap (a RuntimeError): report the panic.
+    const error = panicError ?? e;
+    self.postMessage({ type: "error", message: String(error?.message ?? error), name: error?.name ?? "Error", id: data.id });
   }
 };
 
@@ -187,6 +182,9 @@ async function handle(data) {
   } else if (data.type === "deleteCached") {
     await Pipeline.deleteCached(data.url);
     self.postMessage({ type: "deleted", url: data.url, id: data.id });
+  } else if (data.type === "__panicForTesting") {
+    // Not part of the protocol: lets the tests check the recovery from a real panic.
+    __panicForTesting();
   } else {
     const error = new Error(`unknown message type ${JSON.stringify(data?.type)}`);
     error.name = "NotSupportedError";

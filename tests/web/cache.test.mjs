@@ -479,6 +479,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let next = 1;
 export default async function init() {}
 export function canny() {}
+export function __panicForTesting() {}
 export class Pipeline {
   static async load(url, options) {
     await sleep(50);
@@ -618,8 +619,10 @@ test("a load while a generation runs frees the old model only after the generati
   assert.ok(endedAt >= 0 && endedAt < freedAt, JSON.stringify(out.events));
 });
 
-test("a panic rejects the worker's running requests; the model loads again and old handles are never freed", async () => {
+test("a panic rejects the worker's running and later requests, and frees no trapped handle", async () => {
   const out = await withMockWorker(async ({ worker, steps, until, reply, generate }) => {
+    worker.postMessage({ type: "frobnicate", id: 7 });
+    const unknown = await reply(7);
     worker.postMessage({ type: "load", url: "/model", id: 1 });
     await reply(1);
     generate(2, 200);
@@ -628,30 +631,21 @@ test("a panic rejects the worker's running requests; the model loads again and o
     const running = await reply(2);
     const panicked = await reply(3);
     generate(4, 1);
-    const unloaded = await reply(4);
+    const later = await reply(4);
     worker.postMessage({ type: "load", url: "/model", id: 5 });
-    const reloaded = await reply(5);
-    generate(6, 2);
-    const after = await reply(6);
-    worker.postMessage({ type: "frobnicate", id: 7 });
-    const unknown = await reply(7);
-    return { running, panicked, unloaded, reloaded, after, unknown };
+    const reload = await reply(5);
+    return { unknown, running, panicked, later, reload };
   });
-  const reset = /^webdiffusion failed internally and was reset; load the model again \(panicked at mock\.rs:1:1\)$/;
-  assert.equal(out.running.name, "InternalError");
-  assert.match(out.running.message, reset);
-  assert.equal(out.panicked.name, "InternalError");
-  assert.match(out.panicked.message, reset);
-  assert.match(out.unloaded.message, /no model loaded/);
-  assert.equal(out.reloaded.type, "loaded");
-  assert.equal(out.after.type, "result", "the model loaded after the panic generates");
   assert.deepEqual(out.unknown, { type: "error", name: "NotSupportedError", message: 'unknown message type "frobnicate"' });
+  const dead = /^webdiffusion failed internally \(panicked at mock\.rs:1:1\); start a new worker to go on$/;
+  for (const what of ["running", "panicked", "later", "reload"]) {
+    assert.equal(out[what].name, "InternalError", what);
+    assert.match(out[what].message, dead, what);
+  }
   assert.deepEqual(out.events.filter((e) => e.event === "free"), [], "no handle of the trapped instance is freed");
 });
 
-// After this, wasm-bindgen starts a fresh instance on the next call. It instantiates
-// synchronously, which Chrome allows for modules over 8 MB only off the main thread (in a
-// Worker, as worker.js runs the package); on the main thread a page reload is needed.
+// The instance stays trapped (a fresh one is a fresh import: a new Worker, or a reload).
 test("a panic in the package traps the call and dispatches an event naming it", async () => {
   const { page, context } = await openPage({ wasm: true });
   const out = await page.evaluate(async () => {
@@ -670,6 +664,46 @@ test("a panic in the package traps the call and dispatches an event naming it", 
   assert.equal(out.events.length, 1, JSON.stringify(out.events));
   assert.match(out.events[0], /panic requested by __panicForTesting/);
   assert.ok(out.thrown !== null, "the trapping call threw");
+});
+
+test("after a real panic in the package's worker, a new worker loads and generates the same image", async () => {
+  const { page, context } = await openPage();
+  const url = server.base + MODEL;
+  const out = await page.evaluate(async ({ url }) => {
+    const ask = (worker, message) => new Promise((resolve) => {
+      const listen = ({ data }) => {
+        if (data.id === message.id && data.type !== "step") {
+          worker.removeEventListener("message", listen);
+          resolve(data);
+        }
+      };
+      worker.addEventListener("message", listen);
+      worker.postMessage(message);
+    });
+    const options = { prompt: "a red fox", steps: 1, width: 64, height: 64, seed: 3 };
+    const first = new Worker("/pkg/worker.js", { type: "module" });
+    await ask(first, { type: "load", url, cache: false, id: 1 });
+    const before = await ask(first, { type: "generate", options, id: 2 });
+    const panic = await ask(first, { type: "__panicForTesting", id: 3 });
+    const later = await ask(first, { type: "generate", options, id: 4 });
+    first.terminate();
+    const second = new Worker("/pkg/worker.js", { type: "module" });
+    const again = await ask(second, { type: "load", url, cache: false, id: 1 });
+    const after = await ask(second, { type: "generate", options, id: 2 });
+    second.terminate();
+    const same = before.result && after.result &&
+      before.result.pixels.every((v, i) => v === after.result.pixels[i]);
+    return { before: before.type, panic: [panic.name, panic.message], later: later.name,
+      again: again.type, after: after.type, same };
+  }, { url });
+  await context.close();
+  assert.equal(out.before, "result");
+  assert.equal(out.panic[0], "InternalError");
+  assert.match(out.panic[1], /panic requested by __panicForTesting.*start a new worker/s);
+  assert.equal(out.later, "InternalError", "the trapped worker refuses later requests");
+  assert.equal(out.again, "loaded");
+  assert.equal(out.after, "result");
+  assert.ok(out.same, "the new worker gives the same image");
 });
 
 test("the package's worker loads a model from the cache and lists it", async () => {

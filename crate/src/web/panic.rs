@@ -1,22 +1,29 @@
-//! What a panic does in the browser. wasm32 aborts on a panic: the module traps and its
-//! memory can no longer be trusted. So the panic is logged, the next call into the module
-//! starts a fresh instance (`Pipeline.load` works again; handles from before are refused),
-//! and a `webdiffusion-panic` event carrying the message is dispatched on the global
-//! scope: a promise that was pending in the trapped instance never settles, and the
-//! worker rejects its requests on this event.
+//! What a panic does in the browser. wasm32 aborts on a panic: the instance traps, its
+//! memory can no longer be trusted, and the promises it was driving never settle. So the
+//! panic is logged and a `webdiffusion-panic` event carrying the message is dispatched on
+//! the global scope, once per instance. The instance is not restarted in place: callbacks
+//! of its pending work would run in the new one with stale pointers. A fresh instance is a
+//! fresh import of the module; the package's worker.js does that on this event and fails
+//! the requests that were running.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use js_sys::{Array, Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 pub const EVENT: &str = "webdiffusion-panic";
 
+/// Whether this instance panicked already (later panics in the trapped instance, from
+/// callbacks of its pending work, are logged but not announced again).
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
 #[wasm_bindgen(start)]
 fn start() {
-    // Runs on every instantiation, including the fresh one after a panic.
     std::panic::set_hook(Box::new(|info| {
         console_error_panic_hook::hook(info);
-        wasm_bindgen::handler::schedule_reinit();
-        let _ = dispatch(&info.to_string());
+        if !PANICKED.swap(true, Ordering::SeqCst) {
+            let _ = dispatch(&info.to_string());
+        }
     }));
 }
 

@@ -11,9 +11,10 @@ const TYPES: &str = r#"
 export interface LoadProgress { loaded: number; total: number | null; file: string; notCached?: string }
 /**
  * Dispatched on `globalThis` as `"webdiffusion-panic"` (a `CustomEvent` whose `detail` is the
- * message) when the engine fails internally. The promises it was running never settle; the
- * next call starts a fresh module (load the model again: handles from before are void). The
- * package's worker.js turns it into an `InternalError` reply to every running request.
+ * message) when the engine fails internally. The instance is then trapped: the promises it
+ * was running never settle and its handles are void. A fresh instance is a fresh import (a
+ * new Worker, or a reload). The package's worker.js answers every running and later request
+ * with an `InternalError`.
  */
 export type PanicEvent = CustomEvent<string>;
 export interface LoadOptions {
@@ -147,7 +148,7 @@ export type WorkerMessage =
   | { type: "canny"; image: ImageData; id?: number }
   | { type: "cached"; cached: CachedModel[]; id?: number }
   | { type: "deleted"; url: string; id?: number }
-  /** `name`: the error's (AbortError, InternalError after a panic, NotSupportedError for an
-   *  unknown message type, …). */
+  /** `name`: the error's (AbortError, InternalError after a panic: start a new Worker,
+   *  NotSupportedError for an unknown message type, …). */
   | { type: "error"; message: string; name: string; id?: number };
 "#;
