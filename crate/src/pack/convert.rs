@@ -463,12 +463,7 @@ fn write_component(
             message: format!("two tensors are named `{}`", pair[0].name),
         });
     }
-    let mut shards = ShardWriter::new(dir, component.name());
-    let mut tensors = Vec::new();
-    let mut report = ComponentReport {
-        component: component.name().into(),
-        ..Default::default()
-    };
+    let mut writer = ComponentWriter::new(dir, component);
     for Source {
         name,
         shape,
@@ -490,28 +485,33 @@ fn write_component(
             });
         }
         let before = data.len() as u64;
-        let written = Written {
-            shards: &mut shards,
-            tensors: &mut tensors,
-            report: &mut report,
-        };
-        written.add(name, shape, &values, before, (precision, policy))?;
+        writer.add(name, shape, &values, before, (precision, policy))?;
     }
-    let shards = shards.finish()?;
-    Ok((ComponentEntry { shards, tensors }, report))
+    writer.finish()
 }
 
-/// Where a component's tensors go as they are encoded.
-struct Written<'a, 'd> {
-    shards: &'a mut ShardWriter<'d>,
-    tensors: &'a mut Vec<TensorEntry>,
-    report: &'a mut ComponentReport,
+/// A component's shards, tensor entries and report, as its tensors are encoded.
+struct ComponentWriter<'d> {
+    shards: ShardWriter<'d>,
+    tensors: Vec<TensorEntry>,
+    report: ComponentReport,
 }
 
-impl Written<'_, '_> {
+impl<'d> ComponentWriter<'d> {
+    fn new(dir: &'d Path, component: Component) -> Self {
+        Self {
+            shards: ShardWriter::new(dir, component.name()),
+            tensors: Vec::new(),
+            report: ComponentReport {
+                component: component.name().into(),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Encodes tensor `name` (`values`, `before` bytes in its source) into the shards.
     fn add(
-        self,
+        &mut self,
         name: String,
         shape: Vec<usize>,
         values: &[f32],
@@ -542,6 +542,17 @@ impl Written<'_, '_> {
         });
         Ok(())
     }
+
+    fn finish(self) -> Result<(ComponentEntry, ComponentReport)> {
+        let shards = self.shards.finish()?;
+        Ok((
+            ComponentEntry {
+                shards,
+                tensors: self.tensors,
+            },
+            self.report,
+        ))
+    }
 }
 
 /// A pack at `out` of the pipeline `config` describes (a diffusers folder's configs and
@@ -559,12 +570,7 @@ pub fn convert_random(
     write_new_folder(out, |dir| {
         let mut reports = Vec::new();
         for component in Component::PIPELINE {
-            let mut shards = ShardWriter::new(dir, component.name());
-            let mut tensors = Vec::new();
-            let mut report = ComponentReport {
-                component: component.name().into(),
-                ..Default::default()
-            };
+            let mut writer = ComponentWriter::new(dir, component);
             let mut noise = crate::noise::Generator::new(seed ^ component as u64);
             let mut wanted = expected.remove(&component).unwrap_or_default();
             wanted.sort();
@@ -575,12 +581,7 @@ pub fn convert_random(
                     Random::Zero => vec![0.0; n],
                     Random::Normal => noise.normals(n).iter().map(|v| v * 0.02).collect(),
                 };
-                let written = Written {
-                    shards: &mut shards,
-                    tensors: &mut tensors,
-                    report: &mut report,
-                };
-                written.add(
+                writer.add(
                     name,
                     shape,
                     &values,
@@ -588,10 +589,7 @@ pub fn convert_random(
                     (precision, Policy::Pack),
                 )?;
             }
-            let entry = ComponentEntry {
-                shards: shards.finish()?,
-                tensors,
-            };
+            let (entry, report) = writer.finish()?;
             manifest.components.insert(component, entry);
             reports.push(report);
         }
