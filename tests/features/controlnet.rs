@@ -279,6 +279,45 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `generate` on sd1-tiny as the goldens' "window" run: the golden latents, 8 steps, one
+/// ControlNet at scale 0.8 on control-a.png from 25% to 75% of the steps; `extra` appended.
+fn generate_window(
+    latents: &Path,
+    controlnet: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let model = model_dir("sd1-tiny");
+    let control = fixtures().join("controlnet/control-a.png");
+    let mut args = vec![
+        "generate",
+        "--model",
+        arg(&model),
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "8",
+        "--latents",
+        arg(latents),
+        "--controlnet",
+        arg(controlnet),
+        "--control-image",
+        arg(&control),
+        "--control-scale",
+        "0.8",
+        "--control-start",
+        "0.25",
+        "--control-end",
+        "0.75",
+        "--out-tensor",
+        arg(out),
+    ];
+    args.extend_from_slice(extra);
+    common::webdiffusion(&args)
+}
+
 #[test]
 fn the_cli_runs_controlnets_and_records_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,33 +333,7 @@ fn the_cli_runs_controlnets_and_records_them() {
     let cn = fixtures().join("controlnet-sd1-tiny");
     let control = fixtures().join("controlnet/control-a.png");
     let model = model_dir("sd1-tiny");
-    common::ok(&common::webdiffusion(&[
-        "generate",
-        "--model",
-        arg(&model),
-        "--prompt",
-        "a photograph of an astronaut riding a horse",
-        "--negative-prompt",
-        "blurry, low quality",
-        "--steps",
-        "8",
-        "--latents",
-        arg(&latents),
-        "--controlnet",
-        arg(&cn),
-        "--control-image",
-        arg(&control),
-        "--control-scale",
-        "0.8",
-        "--control-start",
-        "0.25",
-        "--control-end",
-        "0.75",
-        "--out-tensor",
-        arg(&out),
-        "--out",
-        arg(&png),
-    ]));
+    common::ok(&generate_window(&latents, &cn, &out, &["--out", arg(&png)]));
     let goldens = Goldens::file("controlnet/goldens-sd1-tiny.safetensors");
     let err = rel_l2(
         &common::read_tensor(&out, "latents"),
@@ -519,31 +532,7 @@ fn the_cli_converts_controlnet_folders_and_single_files_to_packs() {
     let mut runs = Vec::new();
     for pack in [&from_folder, &from_single] {
         let out = dir.path().join("out.safetensors");
-        common::ok(&common::webdiffusion(&[
-            "generate",
-            "--model",
-            arg(&model),
-            "--prompt",
-            "a photograph of an astronaut riding a horse",
-            "--negative-prompt",
-            "blurry, low quality",
-            "--steps",
-            "8",
-            "--latents",
-            arg(&latents),
-            "--controlnet",
-            arg(pack),
-            "--control-image",
-            arg(&fixtures().join("controlnet/control-a.png")),
-            "--control-scale",
-            "0.8",
-            "--control-start",
-            "0.25",
-            "--control-end",
-            "0.75",
-            "--out-tensor",
-            arg(&out),
-        ]));
+        common::ok(&generate_window(&latents, pack, &out, &[]));
         let latents = common::read_tensor(&out, "latents");
         let err = rel_l2(&latents, goldens.values("window.latents"));
         assert!(err <= 1e-2, "{}: latents rel-L2 {err:e}", pack.display());

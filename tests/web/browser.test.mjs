@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cli, gpuErrors, launch, openPage as open, readSafetensors, relL2, root } from "./helpers.mjs";
+import { cli, damageChunk, gpuErrors, launch, openPage as open, readSafetensors, relL2, root } from "./helpers.mjs";
 import { serve } from "./server.mjs";
 
 const MODEL = "/tests/fixtures/sd1-tiny";
@@ -80,20 +80,7 @@ test("a second load comes from IndexedDB with no network request", async () => {
 test("a damaged chunk is detected and fetched again", async () => {
   const page = await openPage();
   const file = `${server.base}${MODEL}/unet/diffusion_pytorch_model.safetensors`;
-  await page.evaluate(async ({ key }) => {
-    const db = await new Promise((ok, err) => {
-      const r = indexedDB.open("webdiffusion");
-      r.onsuccess = () => ok(r.result);
-      r.onerror = () => err(r.error);
-    });
-    const tx = db.transaction("chunks", "readwrite");
-    const chunks = tx.objectStore("chunks");
-    const bytes = await new Promise((ok) => { const r = chunks.get(key); r.onsuccess = () => ok(r.result); });
-    const damaged = new Uint8Array(bytes);
-    damaged[1000] ^= 0xff;
-    chunks.put(damaged, key);
-    await new Promise((ok) => { tx.oncomplete = ok; });
-  }, { key: `${file}#0` });
+  await damageChunk(page, file, 0, 1000);
   const from = server.log.length;
   await page.evaluate(async ({ url }) => {
     await window.webdiffusion.Pipeline.load(url, {});

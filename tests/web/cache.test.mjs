@@ -11,7 +11,7 @@ import { execFileSync } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cli, launch, root } from "./helpers.mjs";
+import { cli, damageChunk, launch, root } from "./helpers.mjs";
 import { serve } from "./server.mjs";
 
 // The cache module the package ships (wasm-pack copies crate/js/cache.js into a snippet).
@@ -236,22 +236,6 @@ test("a stale cached file is revalidated: 304 keeps it, 200 replaces it, offline
   await context.close();
 });
 
-/** Flips a byte of the stored chunk `i` of `url` in IndexedDB. */
-const damageChunk = (page, url, i) => page.evaluate(async ({ key }) => {
-  const db = await new Promise((ok, err) => {
-    const r = indexedDB.open("webdiffusion");
-    r.onsuccess = () => ok(r.result);
-    r.onerror = () => err(r.error);
-  });
-  const tx = db.transaction("chunks", "readwrite");
-  const chunks = tx.objectStore("chunks");
-  const bytes = await new Promise((ok) => { const r = chunks.get(key); r.onsuccess = () => ok(r.result); });
-  const damaged = new Uint8Array(bytes);
-  damaged[10] ^= 0xff;
-  chunks.put(damaged, key);
-  await new Promise((ok) => { tx.oncomplete = ok; });
-  db.close();
-}, { key: `${url}#${i}` });
 
 test("a cross-origin server that refuses conditional requests (CORS) is revalidated with HEAD", async () => {
   const { page, context } = await openPage();

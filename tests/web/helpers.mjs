@@ -54,3 +54,20 @@ export function relL2(a, b) {
 /// The console errors that mean a shader or the WebGPU device failed.
 export const gpuErrors = (consoleErrors) =>
   consoleErrors.filter((e) => /shader|subgroups|WebGPU|wgsl|unreachable/i.test(e));
+
+/** Flips the byte at `at` of the stored chunk `i` of `url` in the page's IndexedDB cache. */
+export const damageChunk = (page, url, i, at = 10) => page.evaluate(async ({ key, at }) => {
+  const db = await new Promise((ok, err) => {
+    const r = indexedDB.open("webdiffusion");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => err(r.error);
+  });
+  const tx = db.transaction("chunks", "readwrite");
+  const chunks = tx.objectStore("chunks");
+  const bytes = await new Promise((ok) => { const r = chunks.get(key); r.onsuccess = () => ok(r.result); });
+  const damaged = new Uint8Array(bytes);
+  damaged[at] ^= 0xff;
+  chunks.put(damaged, key);
+  await new Promise((ok) => { tx.oncomplete = ok; });
+  db.close();
+}, { key: `${url}#${i}`, at });
