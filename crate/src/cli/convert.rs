@@ -74,7 +74,6 @@ pub fn run(args: ConvertArgs) -> Result<()> {
             ));
         }
         let files = open_component(model, Component::ControlNet)?;
-        check_class(&*files, "ControlNetModel")?;
         convert_component(&*files, Component::ControlNet, precision, &args.out)?
     } else if model.is_dir() {
         if args.config.is_some() {
@@ -120,24 +119,6 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     print!("{}", table(&reports));
     println!("wrote {}", args.out.display());
     Ok(())
-}
-
-/// Refuses a component folder whose config names another class than `class`.
-fn check_class(files: &dyn ModelFiles, class: &str) -> Result<()> {
-    let path = Component::ControlNet.config();
-    let config: serde_json::Value =
-        webdiffusion::config::parse(&files.display(&path), &files.require_text(&path)?)?;
-    match config.get("_class_name").and_then(|c| c.as_str()) {
-        Some(name) if name != class => Err(Error::invalid(
-            "--model",
-            format!(
-                "{} is a {name}; convert reads Stable Diffusion pipelines (with model_index.json) \
-                 and {class} folders",
-                files.display(&path)
-            ),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// `--config` or `--random` (`flag`): a built-in name or a folder.

@@ -321,6 +321,17 @@ fn convert_renamed(
     let path = component.config();
     let config: serde_json::Value =
         crate::config::parse(&src.display(&path), &src.require_text(&path)?)?;
+    // Another class's config may still describe a network of this shape (a UNet's does).
+    let class = config.get("_class_name").and_then(|c| c.as_str());
+    if let Some(name) =
+        class.filter(|&n| component == Component::ControlNet && n != "ControlNetModel")
+    {
+        return Err(Error::config(
+            &src.display(&path),
+            "_class_name",
+            format!("is {name}; a {component} pack needs a ControlNetModel"),
+        ));
+    }
     let expected = Expected::from([(component, expected_of(src, component)?)]);
     let mut manifest = Manifest {
         format: FORMAT.into(),
