@@ -296,7 +296,11 @@ fn damaged_or_missing_shards_are_refused_by_name() {
     // A manifest this build cannot read is named too.
     std::fs::write(
         &manifest,
-        text.replacen("\"version\": 1", "\"version\": 99", 1),
+        text.replacen(
+            &format!("\"version\": {}", webdiffusion::pack::VERSION),
+            "\"version\": 99",
+            1,
+        ),
     )
     .unwrap();
     let err = open_dir(&pack).err().expect("version 99 accepted");

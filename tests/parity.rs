@@ -151,7 +151,7 @@ fn weights_stream_in_small_pieces() {
     let vae = Vae::new(&config, "vae", &device).unwrap();
     let bytes = std::fs::read(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
     let mut reader = SafetensorsReader::default();
-    let mut loader = ModuleLoader::new(vae, DType::F32);
+    let mut loader = ModuleLoader::new(vae, (&device, DType::F32));
     reader.begin("vae").unwrap();
     for piece in bytes.chunks(7777) {
         loader.apply(reader.push(piece).unwrap(), "vae").unwrap();

@@ -111,7 +111,7 @@ pub fn weights<M: Module + ModuleSnapshot>(
         choices,
         mut reader,
     } = files.weights(component, device)?;
-    let mut loader = ModuleLoader::for_component(module, component, dtype);
+    let mut loader = ModuleLoader::for_component(module, component, (device, dtype));
     for choice in &choices {
         let Some(first) = files.read(&choice[0])? else {
             continue;

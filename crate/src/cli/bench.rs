@@ -90,7 +90,7 @@ fn random_network<N: Network>(
     let (_, network) = load::build::<N>(files, component, device)?;
     let expected = expected_tensors(&network);
     let f16_scales = device.supports_dtype(DType::F16);
-    let mut loader = ModuleLoader::new(network, dtype);
+    let mut loader = ModuleLoader::new(network, (device, dtype));
     let mut noise = Generator::new(component as u64);
     for (name, shape) in expected {
         let values: Vec<f32> = noise
@@ -114,7 +114,7 @@ fn random_network<N: Network>(
                     offset: 0,
                     length: encoded.bytes.len() as u64,
                 };
-                decode(&entry, &encoded.bytes, f16_scales)
+                decode(&entry, &encoded.bytes, f16_scales)?
             }
         };
         loader.apply(tensors, "bench weights")?;

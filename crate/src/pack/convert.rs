@@ -4,9 +4,10 @@
 //! Policy: weight matrices of convolutions and linear layers are block-quantized along
 //! their input dimension (q8: blocks of 32; q4: blocks of 64 where rows divide into
 //! them, else 32, for ≈ 4.25 bits a weight; residual shortcuts stay at 8 bits in q4
-//! packs). Kept in f16: norms, biases, the CLIP token and position embeddings, the time
-//! embedding, and the first and last convolution of the UNet and VAE (tiny, and every
-//! output pixel passes through them). Tensors are written sorted by name,
+//! packs; CLIP's token embedding at 8 bits in blocks of 32, row block by row block). Kept
+//! in f16: norms, biases, CLIP's position embedding, the time embedding, and the first and
+//! last convolution of the UNet and VAE (tiny, and every output pixel passes through
+//! them). Tensors are written sorted by name,
 //! so converting the same model twice gives identical bytes.
 
 use std::collections::BTreeMap;
@@ -27,11 +28,12 @@ use crate::files::ModelFiles;
 use crate::load;
 use crate::models::clip::ClipTextModel;
 use crate::models::controlnet::ControlNetModel;
+use crate::models::split_embedding::SPLIT_KEY;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::Vae;
 use crate::quant::{BlockFormat, Precision, Scales};
 use crate::weights::safetensors::SafetensorsFile;
-use crate::weights::{check_tensors, expected_tensors, floats};
+use crate::weights::{check_tensors, expected_tensors, floats, pieces};
 
 /// One tensor to write, borrowed from the source file and named as in diffusers.
 #[derive(Clone)]
@@ -128,6 +130,15 @@ pub fn encode(
         },
         Storage::Quant(format) => {
             let [rows, cols] = matrix(shape);
+            // The token embedding goes in its row blocks, each decodable on its own.
+            let bytes = pieces(name, shape)
+                .iter()
+                .flat_map(|piece| {
+                    let r = piece.rows.clone().unwrap_or(0..rows);
+                    let block = &values[r.start * cols..r.end * cols];
+                    format.quantize(block, r.len(), cols, policy.scales())
+                })
+                .collect();
             Encoded {
                 dtype: if format.bits == 8 {
                     StoredDType::Q8
@@ -139,7 +150,7 @@ pub fn encode(
                     block: format.block,
                     scale: ScaleDType::F16,
                 }),
-                bytes: format.quantize(values, rows, cols, policy.scales()),
+                bytes,
             }
         }
     }
@@ -152,6 +163,14 @@ pub fn storage(name: &str, shape: &[usize], precision: Precision, policy: Policy
         Precision::Q8 => 8,
         Precision::Q4 => 4,
     };
+    // CLIP's token embedding is most of a text encoder's bytes once its layers are
+    // quantized; it is looked up, not multiplied, so it is widened to floats as it loads
+    // and 8 bits lose little (q4 packs too).
+    let q8 = BlockFormat::new(8, 32);
+    if name.ends_with(SPLIT_KEY) && shape.len() == 2 && policy == Policy::Pack && q8.fits(shape[1])
+    {
+        return Storage::Quant(q8);
+    }
     let matrix_weight =
         name.ends_with(".weight") && matches!(shape.len(), 2 | 4) && !name.contains("embedding");
     let ends = name.ends_with("conv_in.weight") || name.ends_with("conv_out.weight");

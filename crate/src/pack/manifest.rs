@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::quant::{BlockFormat, Precision};
 
 pub const FORMAT: &str = "webdiffusion-pack";
-pub const VERSION: u32 = 1;
+/// Version 2 stores CLIP's token embedding at 8 bits in q8 and q4 packs, as row blocks
+/// (version 1 kept it in f16); both are read.
+pub const VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 
 /// No stored tensor has anywhere near this many values; larger shapes are refused before
@@ -205,11 +207,11 @@ impl Manifest {
                 format!("is {:?}, expected {FORMAT:?}", manifest.format),
             );
         }
-        if manifest.version != VERSION {
+        if !(1..=VERSION).contains(&manifest.version) {
             return bad(
                 "version",
                 format!(
-                    "is {}; this build reads version {VERSION} (convert the model again)",
+                    "is {}; this build reads versions 1 to {VERSION} (convert the model again)",
                     manifest.version
                 ),
             );
@@ -288,6 +290,13 @@ mod tests {
             vae.tensors[0].quant.as_ref().unwrap().scale,
             ScaleDType::F16
         );
+    }
+
+    #[test]
+    fn packs_of_version_1_are_still_read() {
+        let mut v1 = manifest();
+        v1["version"] = json!(1);
+        assert_eq!(parse(&v1).unwrap().version, 1);
     }
 
     #[test]

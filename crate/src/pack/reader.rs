@@ -1,11 +1,11 @@
 //! Reading one component of a pack from its shards, as they arrive.
 
-use burn::tensor::DType;
+use burn::tensor::{DType, TensorData};
 use sha2::{Digest, Sha256};
 
 use super::{ComponentEntry, StoredDType, TensorEntry, matrix};
 use crate::error::{Error, Result};
-use crate::weights::{TensorReader, Tensors, tensor_data};
+use crate::weights::{Piece, TensorReader, Tensors, float_piece, float_piece_bytes, pieces};
 
 /// Takes a component's shards in order, each in pieces, and returns each tensor as soon as
 /// its bytes have arrived, holding only the bytes of tensors not yet complete. Each shard's
@@ -15,8 +15,8 @@ pub struct ShardReader {
     component: ComponentEntry,
     /// Each shard as named in errors.
     names: Vec<String>,
-    /// Tensor indices by stream offset, with their start in the stream.
-    order: Vec<(u64, usize)>,
+    /// Every tensor's pieces by stream offset: start in the stream, tensor index, piece.
+    order: Vec<(u64, usize, Piece)>,
     next: usize,
     /// The shard being received (`None` before the first), its size so far and its hash.
     shard: Option<usize>,
@@ -33,13 +33,16 @@ impl ShardReader {
     /// `names`: each shard as named in errors.
     pub fn new(component: ComponentEntry, names: Vec<String>, f16_scales: bool) -> Self {
         let starts = component.shard_starts();
-        let mut order: Vec<(u64, usize)> = component
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (component.start(&starts, t).unwrap_or(u64::MAX), i))
-            .collect();
-        order.sort();
+        let mut order = Vec::new();
+        for (i, t) in component.tensors.iter().enumerate() {
+            let mut at = component.start(&starts, t).unwrap_or(u64::MAX);
+            for piece in pieces(&t.name, &t.shape) {
+                let n = piece_bytes(t, &piece) as u64;
+                order.push((at, i, piece));
+                at = at.saturating_add(n);
+            }
+        }
+        order.sort_by_key(|(start, i, _)| (*start, *i));
         Self {
             component,
             names,
@@ -132,20 +135,21 @@ impl TensorReader for ShardReader {
 }
 
 impl ShardReader {
-    /// Every tensor whose bytes have all arrived.
+    /// Every tensor (or piece of one) whose bytes have all arrived.
     fn ready(&mut self) -> Result<Tensors> {
         let end = self.offset + self.buffer.len() as u64;
         let mut batch = Vec::new();
         let mut consumed = self.offset;
-        while let Some(&(start, i)) = self.order.get(self.next) {
-            let entry = &self.component.tensors[i];
-            if start + entry.length > end {
+        while let Some((start, i, piece)) = self.order.get(self.next) {
+            let entry = &self.component.tensors[*i];
+            let length = piece_bytes(entry, piece) as u64;
+            if start + length > end {
                 break;
             }
             let a = (start - self.offset) as usize;
-            let bytes = &self.buffer[a..a + entry.length as usize];
-            batch.extend(decode(entry, bytes, self.f16_scales));
-            consumed = start + entry.length;
+            let bytes = &self.buffer[a..a + length as usize];
+            batch.push(decode_piece(entry, piece, bytes, self.f16_scales)?);
+            consumed = start + length;
             self.next += 1;
         }
         self.buffer.drain(..(consumed - self.offset) as usize);
@@ -154,22 +158,153 @@ impl ShardReader {
     }
 }
 
-/// A stored tensor's bytes as burn tensor data (the CLIP token embedding as blocks of
-/// rows); `f16_scales`: whether quantization scales may stay f16 on the device.
-pub fn decode(entry: &TensorEntry, bytes: &[u8], f16_scales: bool) -> Tensors {
+/// The bytes `piece` of a stored tensor takes. A quantized token embedding is stored as its
+/// row blocks one after another, each in the layout of a whole quantized matrix (pack
+/// version 2), so that each decodes on its own.
+fn piece_bytes(entry: &TensorEntry, piece: &Piece) -> usize {
+    match (&piece.rows, entry.dtype) {
+        (None, _) => entry.length as usize,
+        (Some(_), StoredDType::F32) => float_piece_bytes(piece, &entry.shape, DType::F32),
+        (Some(_), StoredDType::F16) => float_piece_bytes(piece, &entry.shape, DType::F16),
+        (Some(rows), StoredDType::Q8 | StoredDType::Q4) => {
+            let quant = entry.quant.as_ref().expect("checked by Manifest::parse");
+            quant.format().bytes(rows.len(), matrix(&entry.shape)[1])
+        }
+    }
+}
+
+/// A piece of a stored tensor (`bytes`: the piece's own) as burn tensor data;
+/// `f16_scales`: whether quantization scales may stay f16 on the device. Quantized weights
+/// stay quantized; a quantized token embedding is widened to f32 here, as lookups need
+/// floats.
+fn decode_piece(
+    entry: &TensorEntry,
+    piece: &Piece,
+    bytes: &[u8],
+    f16_scales: bool,
+) -> Result<(String, TensorData)> {
     let dtype = match entry.dtype {
         StoredDType::F32 => DType::F32,
         StoredDType::F16 => DType::F16,
         StoredDType::Q8 | StoredDType::Q4 => {
-            let quant = entry.quant.as_ref().expect("checked by Manifest::parse");
+            let format = entry
+                .quant
+                .as_ref()
+                .expect("checked by Manifest::parse")
+                .format();
             let [rows, cols] = matrix(&entry.shape);
-            let data = quant.format().tensor_data(bytes, rows, cols, f16_scales);
-            return vec![(entry.name.clone(), data)];
+            let data = match &piece.rows {
+                None => format.tensor_data(bytes, rows, cols, f16_scales),
+                Some(rows) => {
+                    let values = format.dequantize(bytes, rows.len(), cols)?;
+                    TensorData::new(values, [rows.len(), cols])
+                }
+            };
+            return Ok((piece.name.clone(), data));
         }
     };
-    tensor_data(&entry.name, &entry.shape, dtype, bytes)
+    Ok(float_piece(piece, &entry.shape, dtype, bytes))
+}
+
+/// A whole stored tensor's bytes as burn tensor data (see [`decode_piece`]).
+pub fn decode(entry: &TensorEntry, bytes: &[u8], f16_scales: bool) -> Result<Tensors> {
+    let mut at = 0;
+    pieces(&entry.name, &entry.shape)
+        .iter()
+        .map(|piece| {
+            let n = piece_bytes(entry, piece);
+            at += n;
+            decode_piece(entry, piece, &bytes[at - n..at], f16_scales)
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::split_embedding::ROWS;
+    use crate::pack::Shard;
+    use crate::pack::convert::{Policy, encode};
+    use crate::quant::{BlockFormat, Precision};
+
+    /// A q8 token embedding of 20000 rows arriving in 1 MiB pieces comes out as its three
+    /// row blocks, each as soon as its bytes are there, with the values it was given (to
+    /// 8-bit precision), and the reader never holds much more than one block.
+    #[test]
+    fn a_quantized_token_embedding_streams_in_row_blocks() {
+        let (rows, cols) = (20000, 64);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let name = "text_model.embeddings.token_embedding.weight";
+        let encoded = encode(name, &[rows, cols], &values, Precision::Q4, Policy::Pack);
+        assert_eq!(
+            encoded.dtype,
+            StoredDType::Q8,
+            "token embedding in q4 packs"
+        );
+        let bytes = encoded.bytes;
+        let component = ComponentEntry {
+            shards: vec![Shard {
+                file: "text_encoder/shard-00000.bin".into(),
+                bytes: bytes.len() as u64,
+                sha256: hex(&Sha256::digest(&bytes)),
+            }],
+            tensors: vec![TensorEntry {
+                name: name.into(),
+                shape: vec![rows, cols],
+                dtype: encoded.dtype,
+                quant: encoded.quant,
+                shard: 0,
+                offset: 0,
+                length: bytes.len() as u64,
+            }],
+        };
+        assert_eq!(bytes.len(), BlockFormat::new(8, 32).bytes(rows, cols));
+        let mut reader = ShardReader::new(component, vec!["shard".into()], true);
+        reader.begin("shard").unwrap();
+        let mut parts = Vec::new();
+        let mut held = 0;
+        for piece in bytes.chunks(1 << 20) {
+            for (name, data) in reader.push(piece).unwrap() {
+                parts.push((name, data, reader.offset));
+            }
+            held = held.max(reader.buffer.capacity());
+        }
+        assert!(reader.end().unwrap().is_empty());
+        reader.finish().unwrap();
+        let block_bytes = BlockFormat::new(8, 32).bytes(ROWS, cols);
+        assert!(held <= block_bytes + (2 << 20), "held {held} bytes");
+
+        let names: Vec<&str> = parts.iter().map(|(n, ..)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            (0..3)
+                .map(|i| format!("text_model.embeddings.token_embedding.parts.{i}"))
+                .collect::<Vec<_>>()
+        );
+        // Each block was returned before the stream's end.
+        assert!(parts[0].2 < bytes.len() as u64 / 2, "first block came late");
+        let mut row = 0;
+        for (_, data, _) in &parts {
+            let n = data.shape()[0];
+            assert_eq!(data.shape().to_vec(), vec![n, cols]);
+            let got = data.try_to_vec::<f32>().unwrap();
+            let want = &values[row * cols..(row + n) * cols];
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Blocks of values in [-0.5, 0.5]: a step of about 0.5 / 127, and the scale
+            // search may clip the largest value by up to one step.
+            assert!(worst <= 0.5 / 127.0 * 1.02, "rows {row}..: error {worst}");
+            row += n;
+        }
+        assert_eq!(row, rows);
+    }
 }

@@ -141,7 +141,7 @@ impl Source {
     {
         let WeightFiles { choices, reader } = files.weights(component, device).map_err(js_error)?;
         let state = Rc::new(RefCell::new(Streaming {
-            loader: ModuleLoader::for_component(module, component, dtype),
+            loader: ModuleLoader::for_component(module, component, (device, dtype)),
             reader,
             bad_bytes: false,
         }));

@@ -13,6 +13,7 @@ pub use safetensors::{SafetensorsReader, floats};
 use std::collections::{HashMap, HashSet};
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::Device;
 use burn::store::{ApplyError, ApplyResult, FloatCastAdapter, ModuleSnapshot, bridge};
 use burn::tensor::{DType, TensorData};
 
@@ -47,32 +48,75 @@ pub fn matrix_shape(shape: &[usize]) -> Vec<usize> {
     }
 }
 
-/// A stored float tensor (little-endian `bytes` of `dtype`) as the tensor data the module
-/// takes: convolution weights as matrices, the CLIP token embedding as blocks of rows (see
-/// `SplitEmbedding`).
-pub fn tensor_data(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Tensors {
-    let shape = matrix_shape(shape);
+/// A part of a stored tensor that is decoded on its own. CLIP's token embedding (49408
+/// rows, up to 101 MB in f16) is read one block of [`ROWS`] rows at a time, each becoming
+/// one part of `SplitEmbedding`, so that a loader never holds the whole table; any other
+/// tensor is one piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// The checkpoint key it is applied under (`…token_embedding.parts.{i}` for a block).
+    pub name: String,
+    /// Its rows of the stored `[rows, cols]` matrix; `None`: the whole tensor.
+    pub rows: Option<std::ops::Range<usize>>,
+}
+
+/// The pieces of the stored tensor `name` of `shape`, in stream order.
+pub fn pieces(name: &str, shape: &[usize]) -> Vec<Piece> {
     let whole = || {
-        vec![(
-            name.to_string(),
-            TensorData::from_bytes_vec(bytes.to_vec(), shape.clone(), dtype),
-        )]
+        vec![Piece {
+            name: name.to_string(),
+            rows: None,
+        }]
     };
     let Some(prefix) = name.strip_suffix(SPLIT_KEY) else {
         return whole();
     };
-    let (rows, dim) = match shape[..] {
-        [rows, dim] if rows > 0 => (rows, dim),
+    let rows = match shape[..] {
+        [rows, _] if rows > 0 => rows,
         _ => return whole(),
     };
-    let row_bytes = bytes.len() / rows;
     (0..rows.div_ceil(ROWS))
-        .map(|i| {
-            let n = ROWS.min(rows - i * ROWS);
-            let a = i * ROWS * row_bytes;
-            let data =
-                TensorData::from_bytes_vec(bytes[a..a + n * row_bytes].to_vec(), [n, dim], dtype);
-            (format!("{prefix}token_embedding.parts.{i}"), data)
+        .map(|i| Piece {
+            name: format!("{prefix}token_embedding.parts.{i}"),
+            rows: Some(i * ROWS..rows.min((i + 1) * ROWS)),
+        })
+        .collect()
+}
+
+/// A piece of a stored float tensor (little-endian `bytes` of `dtype`, the piece's own) as
+/// the tensor data the module takes: convolution weights as matrices.
+pub fn float_piece(
+    piece: &Piece,
+    shape: &[usize],
+    dtype: DType,
+    bytes: &[u8],
+) -> (String, TensorData) {
+    let shape = match &piece.rows {
+        Some(rows) => vec![rows.len(), shape[1]],
+        None => matrix_shape(shape),
+    };
+    let data = TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype);
+    (piece.name.clone(), data)
+}
+
+/// The bytes a piece of a stored float tensor takes.
+pub fn float_piece_bytes(piece: &Piece, shape: &[usize], dtype: DType) -> usize {
+    let values = match &piece.rows {
+        Some(rows) => rows.len() * shape[1],
+        None => shape.iter().product(),
+    };
+    values * dtype.size()
+}
+
+/// A whole stored float tensor as the tensor data the module takes (see [`pieces`]).
+pub fn tensor_data(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Tensors {
+    let mut at = 0;
+    pieces(name, shape)
+        .iter()
+        .map(|piece| {
+            let n = float_piece_bytes(piece, shape, dtype);
+            at += n;
+            float_piece(piece, shape, dtype, &bytes[at - n..at])
         })
         .collect()
 }
@@ -81,6 +125,7 @@ pub fn tensor_data(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> T
 /// tensor belongs to it and, at the end, that none is missing.
 pub struct ModuleLoader<M> {
     module: M,
+    device: Device,
     dtype: DType,
     applied: HashSet<String>,
     params: HashSet<String>,
@@ -89,10 +134,12 @@ pub struct ModuleLoader<M> {
 }
 
 impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
-    /// Float tensors are converted to `dtype`; quantized ones stay as they are.
-    pub fn new(module: M, dtype: DType) -> Self {
+    /// Float tensors are converted to `dtype`; quantized ones stay as they are. `device`:
+    /// the module's.
+    pub fn new(module: M, (device, dtype): (&Device, DType)) -> Self {
         Self {
             module,
+            device: device.clone(),
             dtype,
             applied: HashSet::new(),
             params: HashSet::new(),
@@ -102,10 +149,14 @@ impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
 
     /// The loader for `component`'s weights: what the component may lack is allowed to
     /// be missing (see `Component::optional_parts`).
-    pub fn for_component(module: M, component: crate::component::Component, dtype: DType) -> Self {
+    pub fn for_component(
+        module: M,
+        component: crate::component::Component,
+        device: (&Device, DType),
+    ) -> Self {
         Self {
             optional: component.optional_parts(),
-            ..Self::new(module, dtype)
+            ..Self::new(module, device)
         }
     }
 
@@ -119,6 +170,12 @@ impl<M: Module + ModuleSnapshot> ModuleLoader<M> {
         let result = self
             .module
             .apply(tensors, None, Some(Box::new(adapter)), true);
+        // The device queues uploads (cubecl: up to 32 tasks) with their bytes; sent now,
+        // a batch's bytes are freed before the next arrives, instead of a dozen batches
+        // (the token embedding's blocks: 32 MiB each in f32) piling up in memory.
+        self.device
+            .flush()
+            .map_err(|e| Error::Backend(format!("uploading weights from {file}: {e:?}")))?;
         self.record(result, file)
     }
 

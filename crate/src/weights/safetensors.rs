@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use safetensors::Dtype;
 use serde::Deserialize;
 
-use super::{TensorReader, Tensors, tensor_data};
+use super::{Piece, TensorReader, Tensors, float_piece, float_piece_bytes, pieces};
 use crate::error::{Error, Result};
 
 /// The largest header accepted (as the safetensors crate).
@@ -199,7 +199,8 @@ pub fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Reads a safetensors file that arrives in pieces, holding only the bytes not yet turned
-/// into tensors: at most one piece plus a tensor that spans pieces.
+/// into tensors: at most one piece plus a tensor (or a block of the token embedding's
+/// rows, see [`pieces`]) that spans pieces.
 #[derive(Default)]
 pub struct SafetensorsReader {
     file: String,
@@ -207,7 +208,9 @@ pub struct SafetensorsReader {
     buffer: Vec<u8>,
     offset: usize,
     header: Option<Header>,
-    /// Tensors of the header already returned.
+    /// Every tensor's pieces in file order: file range, tensor index, piece.
+    order: Vec<(std::ops::Range<usize>, usize, Piece)>,
+    /// Pieces already returned.
     next: usize,
 }
 
@@ -224,23 +227,25 @@ impl TensorReader for SafetensorsReader {
         self.buffer.extend_from_slice(piece);
         if self.header.is_none() {
             match Header::parse(&self.buffer, &self.file)? {
-                Some(header) => self.header = Some(header),
+                Some(header) => {
+                    self.order = piece_order(&header);
+                    self.header = Some(header);
+                }
                 None => return Ok(Vec::new()),
             }
         }
         let header = self.header.as_ref().expect("header read");
-        let available = (self.offset + self.buffer.len()).saturating_sub(header.data_start);
+        let end = self.offset + self.buffer.len();
         let mut out = Vec::new();
         let mut used = self.offset;
-        for t in header.tensors[self.next..]
+        for (range, i, piece) in self.order[self.next..]
             .iter()
-            .take_while(|t| t.data_offsets.1 <= available)
+            .take_while(|(range, ..)| range.end <= end)
         {
-            let (a, b) = t.data_offsets;
-            let at = header.data_start - self.offset;
-            let bytes = &self.buffer[at + a..at + b];
-            out.extend(stored_tensor(t, bytes, &self.file)?);
-            used = header.data_start + b;
+            let t = &header.tensors[*i];
+            let bytes = &self.buffer[range.start - self.offset..range.end - self.offset];
+            out.extend(stored_piece(t, piece, bytes, &self.file)?);
+            used = range.end;
             self.next += 1;
         }
         self.buffer.drain(..used - self.offset);
@@ -251,7 +256,7 @@ impl TensorReader for SafetensorsReader {
     fn end(&mut self) -> Result<Tensors> {
         let received = self.offset + self.buffer.len();
         match &self.header {
-            Some(header) if self.next == header.tensors.len() && received == header.file_len() => {
+            Some(header) if self.next == self.order.len() && received == header.file_len() => {
                 Ok(Vec::new())
             }
             Some(header) => Err(invalid(
@@ -266,11 +271,37 @@ impl TensorReader for SafetensorsReader {
     }
 }
 
-/// A stored tensor as burn tensor data; integer tensors are buffers (CLIP's
+/// Each tensor's pieces with the file range of their bytes, in file order.
+fn piece_order(header: &Header) -> Vec<(std::ops::Range<usize>, usize, Piece)> {
+    let mut order = Vec::new();
+    for (i, t) in header.tensors.iter().enumerate() {
+        let mut at = header.data_start + t.data_offsets.0;
+        let end = header.data_start + t.data_offsets.1;
+        match float_dtype(t.dtype) {
+            Some(dtype) => {
+                for piece in pieces(&t.name, &t.shape) {
+                    let n = float_piece_bytes(&piece, &t.shape, dtype);
+                    order.push((at..at + n, i, piece));
+                    at += n;
+                }
+            }
+            None => {
+                let piece = Piece {
+                    name: t.name.clone(),
+                    rows: None,
+                };
+                order.push((at..end, i, piece));
+            }
+        }
+    }
+    order
+}
+
+/// A piece of a stored tensor as burn tensor data; integer tensors are buffers (CLIP's
 /// `position_ids`), not parameters, and are skipped.
-fn stored_tensor(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Tensors> {
+fn stored_piece(t: &TensorInfo, piece: &Piece, bytes: &[u8], file: &str) -> Result<Tensors> {
     match float_dtype(t.dtype) {
-        Some(dtype) => Ok(tensor_data(&t.name, &t.shape, dtype, bytes)),
+        Some(dtype) => Ok(vec![float_piece(piece, &t.shape, dtype, bytes)]),
         None if super::keys::is_buffer(&t.name) => Ok(Vec::new()),
         None => Err(invalid(
             file,
