@@ -113,6 +113,7 @@ fn tiny_models(device: &Device) {
     println!("| model | weights | bytes | UNet bytes/param | image rel-L2 | PSNR (dB) |");
     println!("|---|---|---:|---:|---:|---:|");
     let tmp = std::env::temp_dir().join(format!("webdiffusion-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temporary folder");
     for model in ["sd1-tiny", "sd2-tiny"] {
         let src = fixtures().join(model);
         let (_, expected) = golden(model, "ddim.image");

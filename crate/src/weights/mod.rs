@@ -60,6 +60,10 @@ pub struct Piece {
     pub rows: Option<std::ops::Range<usize>>,
 }
 
+/// More rows than any tokenizer's vocabulary: a table claiming more is read whole (and then
+/// refused for its shape), so that a hostile header cannot ask for millions of pieces.
+const MAX_SPLIT_ROWS: usize = 1 << 20;
+
 /// The pieces of the stored tensor `name` of `shape`, in stream order.
 pub fn pieces(name: &str, shape: &[usize]) -> Vec<Piece> {
     let whole = || {
@@ -72,7 +76,7 @@ pub fn pieces(name: &str, shape: &[usize]) -> Vec<Piece> {
         return whole();
     };
     let rows = match shape[..] {
-        [rows, _] if rows > 0 => rows,
+        [rows, cols] if rows > 0 && cols > 0 && rows <= MAX_SPLIT_ROWS => rows,
         _ => return whole(),
     };
     (0..rows.div_ceil(ROWS))
@@ -349,5 +353,30 @@ pub fn check_tensors(
             key: key.to_string(),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plausible_token_embedding_is_read_in_row_blocks() {
+        let key = "text_model.embeddings.token_embedding.weight";
+        let rows: Vec<_> = pieces(key, &[49408, 768])
+            .into_iter()
+            .map(|p| p.rows)
+            .collect();
+        assert_eq!(rows.len(), 7);
+        assert_eq!(rows[0], Some(0..ROWS));
+        assert_eq!(rows[6], Some(6 * ROWS..49408));
+        // Hostile or empty shapes are one piece, whatever they claim.
+        for shape in [[usize::MAX, 0], [1 << 40, 1], [0, 768]] {
+            assert_eq!(pieces(key, &shape).len(), 1, "{shape:?}");
+        }
+        assert_eq!(
+            pieces("text_model.encoder.fc1.weight", &[49408, 768]).len(),
+            1
+        );
     }
 }
