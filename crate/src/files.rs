@@ -69,6 +69,15 @@ pub struct DirFiles(pub std::path::PathBuf);
 #[cfg(not(target_family = "wasm"))]
 pub const MAX_FILE_BYTES: u64 = 32 << 30;
 
+/// The folder `path` is in: `.` for a bare file name, where `Path::parent` gives "".
+#[cfg(not(target_family = "wasm"))]
+pub fn parent_folder(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    }
+}
+
 /// Reads the regular file at `path` if it holds at most `max` bytes. A device or a pipe
 /// (a link to `/dev/zero`) is refused before anything is read.
 #[cfg(not(target_family = "wasm"))]

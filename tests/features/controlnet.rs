@@ -3,7 +3,7 @@
 //! window, a control image of another size, two ControlNets together), scale 0, the
 //! single-file layout and a q8 pack; and Canny edges against OpenCV's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::common::{self, Goldens, assert_close, devices, fixtures, model_dir, rel_l2, to_f64};
@@ -279,6 +279,14 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The golden starting latents of sd1-tiny's pipeline runs, written under `dir` for `--latents`.
+fn golden_latents(dir: &Path) -> PathBuf {
+    let latents = dir.join("latents.safetensors");
+    let goldens = Goldens::load("pipeline-sd1-tiny");
+    common::write_golden(&goldens, "latents", "latents", &latents);
+    latents
+}
+
 /// `generate` on sd1-tiny as the goldens' "window" run: the golden latents, 8 steps, one
 /// ControlNet at scale 0.8 on control-a.png from 25% to 75% of the steps; `extra` appended.
 fn generate_window(
@@ -321,13 +329,7 @@ fn generate_window(
 #[test]
 fn the_cli_runs_controlnets_and_records_them() {
     let dir = tempfile::tempdir().unwrap();
-    let latents = dir.path().join("latents.safetensors");
-    common::write_golden(
-        &Goldens::load("pipeline-sd1-tiny"),
-        "latents",
-        "latents",
-        &latents,
-    );
+    let latents = golden_latents(dir.path());
     let out = dir.path().join("out.safetensors");
     let png = dir.path().join("out.png");
     let cn = fixtures().join("controlnet-sd1-tiny");
@@ -495,13 +497,7 @@ fn bad_controlnet_input_is_refused_by_name() {
 #[test]
 fn the_cli_converts_controlnet_folders_and_single_files_to_packs() {
     let dir = tempfile::tempdir().unwrap();
-    let latents = dir.path().join("latents.safetensors");
-    common::write_golden(
-        &Goldens::load("pipeline-sd1-tiny"),
-        "latents",
-        "latents",
-        &latents,
-    );
+    let latents = golden_latents(dir.path());
     let model = model_dir("sd1-tiny");
     let folder = fixtures().join("controlnet-sd1-tiny");
     let single = fixtures().join("single/controlnet-sd1-tiny.safetensors");

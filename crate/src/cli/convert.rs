@@ -94,10 +94,10 @@ pub fn run(args: ConvertArgs) -> Result<()> {
                 ),
             ));
         }
-        let kind = single_file::detect(model)?;
-        let name = args.config.clone().unwrap_or(kind.to_string());
+        let detected = single_file::detect(model)?;
+        let name = args.config.clone().unwrap_or(detected.config.to_string());
         let config = configs(&name, "--config")?;
-        if single_file::is_controlnet(model)? {
+        if detected.controlnet {
             // The original layout has no config: it is the UNet's, with the file's hint block.
             let device = burn::prelude::Device::flex();
             let (unet, _) =

@@ -10,6 +10,7 @@ use burn::tensor::DType;
 use safetensors::tensor::Dtype;
 
 use webdiffusion::error::{Error, Result};
+use webdiffusion::files::parent_folder;
 use webdiffusion::weights::floats;
 use webdiffusion::weights::safetensors::{SafetensorsFile, serialize};
 
@@ -85,7 +86,7 @@ pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::io(path.display(), "is a folder; give a file path"));
     }
-    let parent = parent(path);
+    let parent = parent_folder(path);
     if !parent.is_dir() {
         return Err(Error::io(
             path.display(),
@@ -131,13 +132,6 @@ impl Outputs {
     }
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 fn temporary(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let name = path
         .file_name()
@@ -145,7 +139,7 @@ fn temporary(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
-        .tempfile_in(parent(path))
+        .tempfile_in(parent_folder(path))
 }
 
 /// Reads the f32/f16/bf16 tensor `name` of rank 4 from the safetensors file at `path`.

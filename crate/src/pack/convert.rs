@@ -24,7 +24,7 @@ use super::{
 };
 use crate::component::{Component, TOKENIZER_TEXT, pipeline_configs};
 use crate::error::{Error, Result};
-use crate::files::ModelFiles;
+use crate::files::{ModelFiles, parent_folder};
 use crate::load;
 use crate::models::clip::ClipTextModel;
 use crate::models::controlnet::ControlNetModel;
@@ -227,17 +227,13 @@ fn write_new_folder<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Re
             format!("{} already exists; give a new folder", out.display()),
         ));
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let name = out
         .file_name()
         .map_or("pack".into(), |n| n.to_string_lossy());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
-        .tempdir_in(parent)
+        .tempdir_in(parent_folder(out))
         .map_err(|e| Error::io(out.display(), e))?;
     let value = write(tmp.path())?;
     std::fs::rename(tmp.path(), out).map_err(|e| Error::io(out.display(), e))?;

@@ -260,10 +260,19 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
     Some(named(&format!("{layer}.{name}")))
 }
 
-/// The built-in config a single file most likely needs, from its header alone: `sd21` for
-/// an OpenCLIP text encoder (or a ControlNet for 1024-wide text embeddings), else `sd15`.
+/// What a single file's header says it is.
 #[cfg(not(target_family = "wasm"))]
-pub fn detect(path: &std::path::Path) -> Result<&'static str> {
+pub struct Detected {
+    /// The built-in config it most likely needs: `sd21` for an OpenCLIP text encoder (or a
+    /// ControlNet for 1024-wide text embeddings), else `sd15`.
+    pub config: &'static str,
+    /// Whether it is a ControlNet in the original layout.
+    pub controlnet: bool,
+}
+
+/// Reads the header of the single file at `path` (only the header) and says what it is.
+#[cfg(not(target_family = "wasm"))]
+pub fn detect(path: &std::path::Path) -> Result<Detected> {
     let header = crate::weights::safetensors::read_header(path)?;
     let open_clip = header.tensors.iter().any(|t| t.name.starts_with(OPEN_CLIP));
     // A ControlNet has no text encoder: SD 2.x's cross-attention reads 1024-wide embeddings.
@@ -272,18 +281,14 @@ pub fn detect(path: &std::path::Path) -> Result<&'static str> {
             && t.name.ends_with("attn2.to_k.weight")
             && t.shape.get(1) == Some(&1024)
     });
-    Ok(if open_clip || wide_context {
-        "sd21"
-    } else {
-        "sd15"
+    Ok(Detected {
+        config: if open_clip || wide_context {
+            "sd21"
+        } else {
+            "sd15"
+        },
+        controlnet: header.tensors.iter().any(|t| t.name.starts_with(CONTROL)),
     })
-}
-
-/// Whether the single file at `path` is a ControlNet in the original layout.
-#[cfg(not(target_family = "wasm"))]
-pub fn is_controlnet(path: &std::path::Path) -> Result<bool> {
-    let header = crate::weights::safetensors::read_header(path)?;
-    Ok(header.tensors.iter().any(|t| t.name.starts_with(CONTROL)))
 }
 
 #[cfg(test)]
