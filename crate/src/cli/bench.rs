@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
@@ -57,23 +59,55 @@ pub struct BenchArgs {
 }
 
 /// The device allocator's readings: what it holds in use, and the most it has reserved.
-struct Memory<'a> {
-    device: &'a Device,
-    peak: Option<u64>,
+/// The allocator keeps no high-water mark and returns pages as they empty, so a thread
+/// reads it every few milliseconds while the benchmark runs: pages reserved and returned
+/// within one step count too.
+struct Memory {
+    device: Device,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<JoinHandle<()>>,
 }
 
-impl Memory<'_> {
-    /// Bytes in use now (`None` where the backend keeps no statistics, as the CPU's).
+impl Memory {
+    /// Starts reading `device`'s allocator (nothing to read on backends that keep no
+    /// statistics, as the CPU's).
+    fn start(device: &Device) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = device.memory_pool_usage().map(|_| {
+            let (device, peak, stop) = (device.clone(), peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(usage) = device.memory_pool_usage() {
+                        peak.fetch_max(usage.bytes_reserved, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        });
+        Memory {
+            device: device.clone(),
+            peak,
+            stop,
+            sampler,
+        }
+    }
+
+    /// Bytes in use now (`None` where the backend keeps no statistics).
     fn in_use(&self) -> Option<u64> {
         self.device.memory_pool_usage().map(|u| u.bytes_in_use)
     }
 
-    /// Records what the allocator holds now; the allocator keeps the pages a computation
-    /// needed, so reading after each call finds the peak.
-    fn sample(&mut self) {
+    /// Stops the readings; the most the allocator reserved while they ran.
+    fn peak(mut self) -> Option<u64> {
+        let sampler = self.sampler.take()?;
+        self.stop.store(true, Ordering::Relaxed);
+        sampler.join().ok();
         if let Some(usage) = self.device.memory_pool_usage() {
-            self.peak = Some(self.peak.unwrap_or(0).max(usage.bytes_reserved));
+            self.peak.fetch_max(usage.bytes_reserved, Ordering::Relaxed);
         }
+        Some(self.peak.load(Ordering::Relaxed))
     }
 }
 
@@ -183,10 +217,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rand = |shape: [usize; 4]| {
         Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
     };
-    let mut memory = Memory {
-        device: &device,
-        peak: None,
-    };
+    let memory = Memory::start(&device);
 
     // Every network loaded first, as the pipeline holds them; the VAE in f32 as its config
     // asks (`force_upcast`).
@@ -204,22 +235,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?),
     };
     let weights = memory.in_use();
-    memory.sample();
     if let Some(bytes) = weights {
         println!("weights on the device: {:.1} MB", bytes as f64 / 1e6);
     }
 
     let ids =
         Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64; 2 * 77], [2, 77]), &device);
-    let text_ms = time(iters, &mut memory, || {
-        text.forward(ids.clone(), 0).into_data()
-    });
+    let text_ms = time(iters, || text.forward(ids.clone(), 0).into_data());
     println!("text encoder, batch 2 × 77 tokens: {text_ms:.1} ms");
 
     let sample = rand([2, 4, latent, latent]);
     let context =
         Tensor::<3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-    let unet_ms = time(iters, &mut memory, || {
+    let unet_ms = time(iters, || {
         unet.forward(sample.clone(), 500.0, context.clone(), None, None)
             .into_data()
     });
@@ -231,7 +259,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let lora = Arc::new(Lora::new(&file, "bench", "", &targets, &device)?);
         let layers = lora.layers(Component::Unet);
         let adapted = lora::apply(&unet, Component::Unet, &[(lora, 1.0)]);
-        let with = time(iters, &mut memory, || {
+        let with = time(iters, || {
             adapted
                 .forward(sample.clone(), 500.0, context.clone(), None, None)
                 .into_data()
@@ -250,11 +278,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let ms = time(iters, &mut memory, || vae.decode(z.clone()).into_data());
+        let ms = time(iters, || vae.decode(z.clone()).into_data());
         println!("VAE decode, {0}×{0}: {ms:.1} ms", args.size);
         ms
     });
-    if let Some(peak) = memory.peak {
+    let peak = memory.peak();
+    if let Some(peak) = peak {
         println!("peak device memory: {:.1} MB", peak as f64 / 1e6);
     }
     if args.json {
@@ -271,7 +300,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "lora_rank": args.lora_rank,
             "vae_decode_ms": vae_ms,
             "weights_device_bytes": weights,
-            "peak_device_bytes": memory.peak,
+            "peak_device_bytes": peak,
         });
         println!("{json}");
     }
@@ -279,16 +308,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Mean wall time in ms of `iters` runs of `f`, after one warm-up (kernels are compiled
-/// on first use). `f` must read its result back so the work finishes; the allocator is
-/// read after each run.
-fn time<T>(iters: usize, memory: &mut Memory, mut f: impl FnMut() -> T) -> f64 {
+/// on first use). `f` must read its result back so the work finishes.
+fn time<T>(iters: usize, mut f: impl FnMut() -> T) -> f64 {
     f();
-    memory.sample();
     let start = Instant::now();
     for _ in 0..iters {
         f();
     }
-    let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
-    memory.sample();
-    ms
+    start.elapsed().as_secs_f64() * 1000.0 / iters as f64
 }
