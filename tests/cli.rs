@@ -241,7 +241,9 @@ fn missing_unexpected_and_misshapen_tensors_are_named() {
 
     std::fs::write(&weights, &original).unwrap();
     rewrite_tensors(&weights, |t| {
-        let mut extra = t[0].clone();
+        // A copy of a float tensor: the file's order varies, and its int tensor
+        // (`position_ids`) would be refused for its dtype before the name is checked.
+        let mut extra = t.iter().find(|(n, ..)| n == key).unwrap().clone();
         extra.0 = "text_model.extra_layer.weight".into();
         t.push(extra);
     });
