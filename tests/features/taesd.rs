@@ -63,7 +63,9 @@ fn the_cli_decodes_and_generates_with_another_vae() {
     );
     assert!(err <= TOL, "vae-decode --vae: rel-L2 {err:e}");
 
-    // generate: the same latents as without --vae, decoded by TAESD at its ×8.
+    // generate: the same latents as without --vae, decoded by TAESD at its ×8; TAESD as
+    // the preview decoder too, whose PNG after the last step shows those final latents.
+    let preview = dir.path().join("preview.png");
     let start = dir.path().join("start.safetensors");
     common::write_golden(
         &Goldens::load("pipeline-sd1-tiny"),
@@ -77,6 +79,10 @@ fn the_cli_decodes_and_generates_with_another_vae() {
         arg(&model),
         "--vae",
         arg(&taesd),
+        "--preview-vae",
+        arg(&taesd),
+        "--preview",
+        arg(&preview),
         "--prompt",
         "a photograph of an astronaut riding a horse",
         "--negative-prompt",
@@ -99,6 +105,15 @@ fn the_cli_decodes_and_generates_with_another_vae() {
         goldens.values("pipeline.image"),
     );
     assert!(err <= 1e-3, "generate --vae: image rel-L2 {err:e}");
+    let png = webdiffusion::image::read_png(&preview).unwrap();
+    assert_eq!((png.width, png.height), (128, 128));
+    let pixels: Vec<f64> = png.rgb.iter().map(|&v| v as f64 / 255.0).collect();
+    let expected = goldens.values("pipeline.image");
+    let worst = (pixels.iter().zip(expected))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    // 8-bit rounding (half a level) and the decoders' own parity.
+    assert!(worst <= 0.5 / 255.0 + 2e-3, "--preview: off by {worst:e}");
 }
 
 #[test]
@@ -159,10 +174,59 @@ fn a_vae_that_does_not_fit_is_refused_by_name() {
         &["config.json", "latent_channels", "8", "4"],
         &out,
     );
+    // As the preview decoder too, before any step runs (no preview is written).
+    let preview = dir.path().join("preview.png");
+    let previewed = common::webdiffusion(&[
+        "generate",
+        "--model",
+        arg(&model),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--preview-vae",
+        arg(&other),
+        "--preview",
+        arg(&preview),
+        "--out",
+        arg(&out),
+    ]);
+    common::fails_with(&previewed, &["config.json", "latent_channels", "8"], &out);
+    assert!(!preview.exists(), "a preview was written");
     std::fs::write(&config, text.replace("AutoencoderTiny", "VQModel")).unwrap();
     common::fails_with(
         &generate(),
         &["config.json", "_class_name", "VQModel"],
         &out,
     );
+}
+
+#[test]
+fn a_preview_needs_its_decoder_and_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_dir("sd1-tiny");
+    let out = dir.path().join("out.png");
+    let preview = dir.path().join("preview.png");
+    let taesd = fixtures().join("taesd-tiny");
+    let base = [
+        "generate",
+        "--model",
+        arg(&model),
+        "--prompt",
+        "x",
+        "--out",
+        arg(&out),
+    ];
+    let alone = [&base[..], &["--preview", arg(&preview)]].concat();
+    common::fails_with(&common::webdiffusion(&alone), &["--preview-vae"], &out);
+    let alone = [&base[..], &["--preview-vae", arg(&taesd)]].concat();
+    common::fails_with(&common::webdiffusion(&alone), &["--preview"], &out);
+    // A folder where the preview PNG should go, refused before any work.
+    let folder = [
+        &base[..],
+        &["--preview-vae", arg(&taesd), "--preview"],
+        &[arg(dir.path())],
+    ]
+    .concat();
+    common::fails_with(&common::webdiffusion(&folder), &["is a folder"], &out);
 }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor};
 
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
@@ -75,6 +75,13 @@ pub struct GenerateArgs {
     /// an AutoencoderTiny (TAESD, much faster); the output size follows its scale factor.
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// A small decoder for --preview: a folder or pack of an AutoencoderTiny (TAESD).
+    #[arg(long, requires = "preview")]
+    preview_vae: Option<PathBuf>,
+    /// A PNG replaced after every step by the current latents as --preview-vae decodes them
+    /// (a live preview to watch; the last step's stays).
+    #[arg(long, requires = "preview_vae")]
+    preview: Option<PathBuf>,
     /// The PNG to write (default: webdiffusion-SEED.png unless --out-tensor is given).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -107,7 +114,7 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     let default_out = PathBuf::from("webdiffusion.png");
     let outs = [&args.out, &args.out_tensor].into_iter().flatten();
     let default = (args.out.is_none() && args.out_tensor.is_none()).then_some(&default_out);
-    for out in outs.chain(default) {
+    for out in outs.chain(default).chain(&args.preview) {
         io::check_writable(out)?;
     }
     if args.init_image.is_none() {
@@ -155,15 +162,29 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
         .as_deref()
         .map(|path| webdiffusion::pack::open_component(path, Component::Vae))
         .transpose()?;
-    let pipe = StableDiffusion::load_from(&*files, vae.as_deref(), &device, dtype)?;
+    let mut pipe = StableDiffusion::load_from(&*files, vae.as_deref(), &device, dtype)?;
+    if let Some(path) = &args.preview_vae {
+        pipe.load_preview(&*webdiffusion::pack::open_component(path, Component::Vae)?)?;
+    }
     request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
     request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();
-    let generated = pipe.generate(&request, &mut |step, total, _| {
+    // A preview that cannot be written stops the run with its error, not as a cancel.
+    let mut preview_error = None;
+    let generated = pipe.generate(&request, &mut |step, total, latents| {
         progress.update(step, total);
-        true
-    })?;
+        let written = match (&args.preview, pipe.preview(latents)) {
+            // Written atomically: a viewer watching the file never reads half of one.
+            (Some(path), Some(image)) => png(image, &[]).and_then(|b| io::write_atomic(path, &b)),
+            _ => Ok(()),
+        };
+        written.map_err(|e| preview_error = Some(e)).is_ok()
+    });
     progress.finish();
+    let generated = match preview_error {
+        Some(e) => return Err(e),
+        None => generated?,
+    };
 
     // Both outputs are written, or neither.
     let mut outputs = io::Outputs::default();
@@ -188,10 +209,7 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
         for field in super::control::a1111(&request.controlnets, canny) {
             parameters += &format!(", {field}");
         }
-        let png = image::encode_png(
-            &image::tensor_to_image(generated.image)?,
-            &[("parameters", &parameters)],
-        )?;
+        let png = png(generated.image, &[("parameters", &parameters)])?;
         outputs.add(out, &png)?;
     }
     outputs.commit()?;
@@ -199,6 +217,11 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
         eprintln!("seed {seed}: wrote {}", out.display());
     }
     Ok(())
+}
+
+/// `image` (`[H, W, 3]` in [0, 1]) as a PNG with the text chunks `text`.
+fn png(image: Tensor<3>, text: &[(&str, &str)]) -> Result<Vec<u8>> {
+    image::encode_png(&image::tensor_to_image(image)?, text)
 }
 
 /// The generation's parameters as AUTOMATIC1111 writes them into a PNG's `parameters`.

@@ -268,12 +268,9 @@ impl Generation<'_> {
         &self.latents
     }
 
-    /// The current latents decoded by the preview decoder (TAESD), `[H, W, 3]` in [0, 1];
-    /// `None` without one.
+    /// The current latents decoded by the preview decoder (see [`StableDiffusion::preview`]).
     pub fn preview(&self) -> Option<Tensor<3>> {
-        let (config, vae) = self.pipe.preview.as_ref()?;
-        let latents = self.latents.clone() / config.scaling_factor();
-        Some(to_image(vae.decode(latents.cast(self.pipe.dtype))))
+        self.pipe.preview(&self.latents)
     }
 
     /// The largest |value| of the text embeddings, to read back and check.
@@ -373,7 +370,7 @@ impl Generation<'_> {
 
 /// A decoder's output `[1, 3, H, W]`, roughly in [-1, 1], as the image `[H, W, 3]` in
 /// [0, 1].
-fn to_image(image: Tensor<4>) -> Tensor<3> {
+pub(super) fn to_image(image: Tensor<4>) -> Tensor<3> {
     let image = (image.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0);
     let [_, c, h, w] = image.dims();
     image.reshape([c, h, w]).permute([1, 2, 0])

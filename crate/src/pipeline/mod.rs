@@ -286,12 +286,20 @@ impl StableDiffusion {
         }
     }
 
-    /// Loads the VAE `files` holds as the preview decoder (see [`Generation::preview`]).
+    /// Loads the VAE `files` holds as the preview decoder (see [`preview`](Self::preview)).
     pub fn load_preview(&mut self, files: &dyn ModelFiles) -> Result<()> {
         let (config, vae) = self.build_preview(files)?;
         let vae = load::weights(files, Component::Vae, vae, &self.device, self.dtype)?;
         self.preview = Some((config, vae));
         Ok(())
+    }
+
+    /// `latents` (the scheduler's, as each step leaves them) decoded by the preview decoder
+    /// (TAESD), `[H, W, 3]` in [0, 1]; `None` without one.
+    pub fn preview(&self, latents: &Tensor<4>) -> Option<Tensor<3>> {
+        let (config, vae) = self.preview.as_ref()?;
+        let latents = latents.clone() / config.scaling_factor();
+        Some(generation::to_image(vae.decode(latents.cast(self.dtype))))
     }
 
     /// The preview decoder `files` describes, checked to read this model's latents, its
