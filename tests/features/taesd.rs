@@ -140,43 +140,10 @@ fn the_preview_decoder_shows_the_current_latents() {
     assert_eq!(to_f64(preview), to_f64(expected));
 }
 
-#[test]
-fn a_vae_that_does_not_fit_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
+/// `generate` on the tiny SD 1.x model, one step, writing `out`, with `extra` flags.
+fn generate_tiny(out: &Path, extra: &[&str]) -> std::process::Output {
     let model = model_dir("sd1-tiny");
-    let out = dir.path().join("out.png");
-    let other = dir.path().join("vae");
-    common::copy_dir(&fixtures().join("taesd-tiny"), &other);
-    let config = other.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let generate = || {
-        common::webdiffusion(&[
-            "generate",
-            "--model",
-            arg(&model),
-            "--prompt",
-            "x",
-            "--steps",
-            "1",
-            "--vae",
-            arg(&other),
-            "--out",
-            arg(&out),
-        ])
-    };
-    std::fs::write(
-        &config,
-        text.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
-    )
-    .unwrap();
-    common::fails_with(
-        &generate(),
-        &["config.json", "latent_channels", "8", "4"],
-        &out,
-    );
-    // As the preview decoder too, before any step runs (no preview is written).
-    let preview = dir.path().join("preview.png");
-    let previewed = common::webdiffusion(&[
+    let base = [
         "generate",
         "--model",
         arg(&model),
@@ -184,18 +151,34 @@ fn a_vae_that_does_not_fit_is_refused_by_name() {
         "x",
         "--steps",
         "1",
-        "--preview-vae",
-        arg(&other),
-        "--preview",
-        arg(&preview),
-        "--out",
-        arg(&out),
-    ]);
-    common::fails_with(&previewed, &["config.json", "latent_channels", "8"], &out);
+    ];
+    common::webdiffusion(&[&base[..], extra, &["--out", arg(out)]].concat())
+}
+
+#[test]
+fn a_vae_that_does_not_fit_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let preview = dir.path().join("preview.png");
+    let other = dir.path().join("vae");
+    common::copy_dir(&fixtures().join("taesd-tiny"), &other);
+    let config = other.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let as_vae = ["--vae", arg(&other)];
+    std::fs::write(
+        &config,
+        text.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
+    )
+    .unwrap();
+    let needles = ["config.json", "latent_channels", "8", "4"];
+    common::fails_with(&generate_tiny(&out, &as_vae), &needles, &out);
+    // As the preview decoder too, before any step runs (no preview is written).
+    let as_preview = ["--preview-vae", arg(&other), "--preview", arg(&preview)];
+    common::fails_with(&generate_tiny(&out, &as_preview), &needles, &out);
     assert!(!preview.exists(), "a preview was written");
     std::fs::write(&config, text.replace("AutoencoderTiny", "VQModel")).unwrap();
     common::fails_with(
-        &generate(),
+        &generate_tiny(&out, &as_vae),
         &["config.json", "_class_name", "VQModel"],
         &out,
     );
@@ -204,29 +187,14 @@ fn a_vae_that_does_not_fit_is_refused_by_name() {
 #[test]
 fn a_preview_needs_its_decoder_and_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model_dir("sd1-tiny");
     let out = dir.path().join("out.png");
     let preview = dir.path().join("preview.png");
     let taesd = fixtures().join("taesd-tiny");
-    let base = [
-        "generate",
-        "--model",
-        arg(&model),
-        "--prompt",
-        "x",
-        "--out",
-        arg(&out),
-    ];
-    let alone = [&base[..], &["--preview", arg(&preview)]].concat();
-    common::fails_with(&common::webdiffusion(&alone), &["--preview-vae"], &out);
-    let alone = [&base[..], &["--preview-vae", arg(&taesd)]].concat();
-    common::fails_with(&common::webdiffusion(&alone), &["--preview"], &out);
+    let alone = generate_tiny(&out, &["--preview", arg(&preview)]);
+    common::fails_with(&alone, &["--preview-vae"], &out);
+    let alone = generate_tiny(&out, &["--preview-vae", arg(&taesd)]);
+    common::fails_with(&alone, &["--preview"], &out);
     // A folder where the preview PNG should go, refused before any work.
-    let folder = [
-        &base[..],
-        &["--preview-vae", arg(&taesd), "--preview"],
-        &[arg(dir.path())],
-    ]
-    .concat();
-    common::fails_with(&common::webdiffusion(&folder), &["is a folder"], &out);
+    let folder = ["--preview-vae", arg(&taesd), "--preview", arg(dir.path())];
+    common::fails_with(&generate_tiny(&out, &folder), &["is a folder"], &out);
 }
