@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webdiffusion/target}"
+# The same checks as CI: a missing Vulkan adapter fails the wgpu tests instead of skipping
+# them (WEBDIFFUSION_TEST_WGPU=0 skips them on a machine without one).
+export WEBDIFFUSION_TEST_WGPU="${WEBDIFFUSION_TEST_WGPU:-1}"
 
 cargo fmt --all --check
 cargo clippy --release --all-targets -- -D warnings

@@ -16,6 +16,12 @@
 //   bytes are checked against the hashes of what was handed.
 // - A content-encoded response (gzip, …) has no known length: progress reports a null
 //   total, and the size is what arrived.
+// - A web page where a file was asked for (a single-page app's fallback: Vite's dev server,
+//   Netlify, Cloudflare Pages, …; or an error page sent with status 200), told by its
+//   Content-Type or by its first bytes, means the server has no such file: it is never
+//   cached or handed over, it is remembered like a 404, and fetchFile rejects with an
+//   `HtmlPageError` naming the URL, which the loader reads as "absent" where a file is
+//   optional (a pack manifest, an fp16 variant) and reports where it is required.
 // - When storing fails (quota exceeded, IndexedDB unavailable), the download goes on
 //   without caching; the partial entry is dropped, a warning is logged and the progress
 //   reports carry `notCached` (e.g. "storage full").
@@ -110,11 +116,43 @@ function forget(url) {
   });
 }
 
-/** Remembers that the server has no file at `url` (for `freshMs`). */
-const remember404 = (url) =>
+/**
+ * Remembers that the server has no file at `url` (for `freshMs`): it answered 404, or with
+ * the web page `page` (what `pageAnswer` said of it).
+ */
+const remember404 = (url, page = null) =>
   forget(url)
-    .then(() => putMeta({ url, missing: true, hashes: [], checked: Date.now() }))
+    .then(() => putMeta({ url, missing: true, page, hashes: [], checked: Date.now() }))
     .catch(() => {});
+
+/**
+ * What a response is when it is a web page, not a file (`text/html` or XHTML): e.g.
+ * "an HTML page (HTTP 200, text/html)"; null otherwise. No file the loader asks for is one.
+ */
+function pageAnswer(response) {
+  const type = (response.headers.get("Content-Type") ?? "").split(";")[0].trim().toLowerCase();
+  if (type !== "text/html" && type !== "application/xhtml+xml") return null;
+  return `an HTML page (HTTP ${response.status}, ${type})`;
+}
+
+/** Whether `bytes` start like an HTML document (a page sent with another Content-Type). */
+function looksLikePage(bytes) {
+  const head = new TextDecoder().decode(bytes.subarray(0, 64)).replace(/^\uFEFF?\s*/, "").toLowerCase();
+  return /^<(!doctype html|html[\s>]|head[\s>]|body[\s>])/.test(head);
+}
+
+/**
+ * The error for a web page answered in place of the file at `url`. Its `answer` says what
+ * came back, for messages that list what was tried.
+ */
+function pageError(url, page) {
+  const err = new Error(`${url} answered with ${page}, not the file: the server has no such file ` +
+    "and sends a web page in its place (a single-page-app fallback or an error page)");
+  err.name = "HtmlPageError";
+  err.url = url;
+  err.answer = `answered with ${page}`;
+  return err;
+}
 
 /** The cached files under the folder `dir` ("…/") are asked about again on their next load. */
 async function expireUnder(dir) {
@@ -174,6 +212,11 @@ export async function fetchFile(url, cache, onProgress, onChunk) {
     const response = await send(url, {}, { httpCache: true });
     if (response.status === 404) return null;
     if (!response.ok) throw httpError(url, response);
+    const page = pageAnswer(response);
+    if (page) {
+      cancel(response);
+      throw pageError(url, page);
+    }
     return receive(url, response, sink, null);
   }
   if (navigator.storage?.persist) navigator.storage.persist().catch(() => {});
@@ -199,12 +242,16 @@ async function fetchCached(url, sink) {
     // An optional file the server does not have (e.g. no fp16 variant): remembered as
     // absent for a while, so a cached model loads with no request at all.
     const beside = await folderHoldsFiles(url);
-    if (isFresh && beside) return null;
+    if (isFresh && beside) {
+      if (meta.page) throw pageError(url, meta.page);
+      return null;
+    }
     let response;
     try {
       response = await send(url, {});
     } catch (e) {
       // Offline: as far as is known, still absent.
+      if (beside && meta.page) throw pageError(url, meta.page);
       if (beside) return null;
       throw e;
     }
@@ -269,6 +316,15 @@ async function fresh(url, sink, stored, response = null) {
     return null;
   }
   if (!response.ok) throw httpError(url, response);
+  const page = pageAnswer(response);
+  if (page) {
+    cancel(response);
+    if (caching) {
+      await remember404(url, page);
+      await expireManifestsAbove(url);
+    }
+    throw pageError(url, page);
+  }
   if (!caching) return receive(url, response, sink, null);
   let meta = entry(url, response);
   if (stored) {
@@ -301,6 +357,13 @@ async function revalidate(url, meta, sink) {
     cancel(response);
     await remember404(url);
     return null;
+  }
+  const page = response.ok && pageAnswer(response);
+  if (page) {
+    // Gone from the server, which now sends its fallback page.
+    cancel(response);
+    await remember404(url, page);
+    throw pageError(url, page);
   }
   if (response.status === 304 || (response.ok && same(meta, response))) {
     cancel(response);
@@ -364,6 +427,8 @@ async function handStored(url, meta, sink, n) {
     try {
       bytes = await getChunk(url, i);
       if (!bytes || (await sha256(bytes)) !== meta.hashes[i]) return i;
+      // A web page stored in place of a file (by a version that took it for one): damaged.
+      if (i === 0 && looksLikePage(new Uint8Array(bytes))) return i;
     } catch {
       return i;
     }
@@ -390,6 +455,12 @@ async function repair(url, meta, sink) {
     if (response.status !== 404) throw httpError(url, response);
     if (!sink.notCached) await forget(url).catch(() => {});
     throw new Error(`${url}: not found (HTTP 404) while fetching the rest of its cached copy; load again`);
+  }
+  const page = pageAnswer(response);
+  if (page) {
+    cancel(response);
+    if (!sink.notCached) await remember404(url, page);
+    throw pageError(url, page);
   }
   const caching = sink.notCached ? null : meta;
   if (response.status === 206) {
@@ -425,6 +496,12 @@ async function resume(url, meta, sink) {
     return null;
   }
   if (!response.ok) throw httpError(url, response);
+  const page = pageAnswer(response);
+  if (page) {
+    cancel(response);
+    await remember404(url, page);
+    throw pageError(url, page);
+  }
   if (response.status === 206 && rangeStart(response) === offset && !encoded(response)) {
     const good = await handStored(url, meta, sink, meta.hashes.length);
     if (good < meta.hashes.length) {
@@ -570,6 +647,12 @@ async function receive(url, response, sink, meta, { start = 0, handed = [] } = {
       }
       verified += 1;
       return;
+    }
+    if (sink.chunks === 0 && start === 0 && looksLikePage(bytes)) {
+      // A web page sent as something else (text/plain, octet-stream, no type at all).
+      const page = `an HTML page (HTTP ${response.status}, ${response.headers.get("Content-Type") || "no Content-Type"})`;
+      if (meta) await remember404(url, page);
+      throw pageError(url, page);
     }
     sink.put(bytes);
     if (!meta) return;

@@ -86,11 +86,20 @@ function fetchVia(page, url, { chunk = 1024, cache = true, onChunk = false } = {
       }
       return { text: bytes === null ? null : new TextDecoder().decode(bytes), progress, chunks: chunks.length };
     } catch (e) {
-      return { error: String(e.message ?? e), progress };
+      return { error: String(e.message ?? e), name: e.name, progress };
     }
   }, { module: CACHE, url, chunk, cache, onChunk });
 }
 
+/** `Pipeline.load(url)` in the page (the pipeline freed at once): "loaded", or its error message. */
+const loadModel = (page, url) => page.evaluate(async ({ url }) => {
+  try {
+    (await window.webdiffusion.Pipeline.load(url, {})).free();
+    return "loaded";
+  } catch (e) {
+    return e.message;
+  }
+}, { url });
 const listCached = (page) => page.evaluate(async (module) => (await import(module)).listCached(), CACHE);
 const advance = (page, ms) => page.evaluate((ms) => window.advance(ms), ms);
 const requests = (from, name) => server.log.slice(from).filter((r) => r.path.endsWith(name));
@@ -420,14 +429,7 @@ test("a pack changed on the server is picked up after a shard fails its sha256 c
 
   const { page, context } = await openPage({ wasm: true });
   const url = `${server.base}/packs/pack`;
-  const load = () => page.evaluate(async ({ url }) => {
-    try {
-      (await window.webdiffusion.Pipeline.load(url, {})).free();
-      return "loaded";
-    } catch (e) {
-      return e.message;
-    }
-  }, { url });
+  const load = () => loadModel(page, url);
   assert.equal(await load(), "loaded");
   // The server gets the new pack; the cache still holds the old manifest (fresh) when
   // the UNet shard has to be fetched again (evicted here).
@@ -449,6 +451,81 @@ test("a pack changed on the server is picked up after a shard fails its sha256 c
   assert.equal(await load(), "loaded", "the next load asks for the manifest again and gets the new pack");
   const asked = requests(from, "/packs/pack/manifest.json");
   assert.ok(asked.length === 1 && asked[0].ifNoneMatch && asked[0].status === 200, JSON.stringify(asked));
+  await context.close();
+});
+
+
+test("a web page in place of a file (a single-page-app fallback) is an error naming the URL, never cached", async () => {
+  const { page, context } = await openPage();
+  // Told by its Content-Type (text/html), or by its first bytes when sent as something else.
+  for (const [odd, type] of [["spa", "text/html"], ["spabare", "application/octet-stream"]]) {
+    for (const options of [{}, { cache: false }, { onChunk: true }]) {
+      const url = `${server.base}/${odd}/mem/page/missing-${Object.keys(options).join("") || "cached"}.json`;
+      const got = await fetchVia(page, url, options);
+      assert.equal(got.name, "HtmlPageError", `${url}: ${JSON.stringify(got)}`);
+      assert.equal(got.error.startsWith(`${url} answered with an HTML page (HTTP 200, ${type})`), true, got.error);
+      assert.equal(got.chunks ?? 0, 0, "no byte of the page was handed over");
+    }
+  }
+  const cached = await listCached(page);
+  assert.deepEqual(cached.filter((c) => c.url.includes("/mem/page/")), [], "no page is listed as a cached file");
+
+  // A page that an earlier version cached as a file is dropped and the file fetched again.
+  const url = `${server.base}/mem/old/manifest.json`;
+  server.setFile("/mem/old/manifest.json", "{\"format\": \"x\"}");
+  await page.evaluate(async ({ url, html }) => {
+    const bytes = new TextEncoder().encode(html);
+    const hash = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)),
+      (b) => b.toString(16).padStart(2, "0")).join("");
+    const db = await new Promise((ok, err) => {
+      const r = indexedDB.open("webdiffusion");
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => err(r.error);
+    });
+    const tx = db.transaction(["files", "chunks"], "readwrite");
+    tx.objectStore("chunks").put(bytes, `${url}#0`);
+    tx.objectStore("files").put({ url, hashes: [hash], chunk: 1024, size: bytes.length, complete: true,
+      etag: null, lastModified: null, encoded: false, checked: Date.now() });
+    await new Promise((ok) => { tx.oncomplete = ok; });
+    db.close();
+  }, { url, html: "<!DOCTYPE html><html><body>app</body></html>" });
+  assert.equal((await fetchVia(page, url)).text, "{\"format\": \"x\"}");
+  await context.close();
+});
+
+test("Pipeline.load behind a single-page-app fallback: a folder loads; what is missing is named with what came back", async () => {
+  const { page, context } = await openPage({ wasm: true });
+  const load = (url) => loadModel(page, url);
+  // manifest.json, the fp16 weight variants and tokenizer.json all answer with the page.
+  for (const odd of ["spa", "spabare"]) {
+    const url = `${server.base}/${odd}${MODEL}`;
+    assert.equal(await load(url), "loaded", url);
+    const cached = (await listCached(page)).filter((c) => c.url.startsWith(`${url}/`)).map((c) => c.url.slice(url.length));
+    assert.ok(cached.includes("/unet/diffusion_pytorch_model.safetensors"), cached.join());
+    assert.deepEqual(cached.filter((f) => /manifest|fp16|tokenizer\.json/.test(f)), [], "no page was cached");
+    const from = server.log.length;
+    assert.equal(await load(url), "loaded");
+    assert.deepEqual(requests(from, ""), [], `${url}: the second load needs no request, pages remembered as absent`);
+  }
+
+  const none = `${server.base}/spa/no/such/model`;
+  assert.match(await load(none), new RegExp(`^${none}: neither a pack nor a diffusers model folder: ` +
+    `${none}/manifest\\.json: answered with an HTML page \\(HTTP 200, text/html\\); ` +
+    `${none}/model_index\\.json: answered with an HTML page \\(HTTP 200, text/html\\)`));
+
+  // Required files answered with the page: the UNet's weights (both variants), the tokenizer.
+  for (const [name, remove, expected] of [
+    ["no-unet", "unet/diffusion_pytorch_model.safetensors",
+      /unet's weights are missing: \S+\/spa\/later\/no-unet\/unet\/diffusion_pytorch_model\.fp16\.safetensors: answered with an HTML page \(HTTP 200, text\/html\); \S+\/unet\/diffusion_pytorch_model\.safetensors: answered with an HTML page/],
+    ["no-vocab", "tokenizer/vocab.json",
+      /tokenizer needs tokenizer\.json, or vocab\.json and merges\.txt: .*later\/no-vocab\/tokenizer\/tokenizer\.json: answered with an HTML page \(HTTP 200, text\/html\); \S+\/tokenizer\/vocab\.json: answered with an HTML page/],
+    ["no-vae-config", "vae/config.json",
+      /later\/no-vae-config\/vae\/config\.json: answered with an HTML page \(HTTP 200, text\/html\); a diffusers model folder needs it/],
+  ]) {
+    cpSync(join(root, MODEL), join(later, name), { recursive: true });
+    rmSync(join(later, name, remove));
+    assert.match(await load(`${server.base}/spa/later/${name}`), expected);
+  }
   await context.close();
 });
 

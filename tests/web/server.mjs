@@ -14,6 +14,9 @@
 //   /nolastmod/  sends no Last-Modified
 //   /norange/    ignores Range (always the whole file, 200)
 //   /nocond/     ignores If-None-Match and If-Modified-Since (never 304)
+//   /spa/        answers a missing file with an HTML page, status 200 and text/html, as a
+//                single-page app's fallback does (Vite's dev server, Netlify, …)
+//   /spabare/    the same page sent as application/octet-stream
 //   /cors/       allows any origin and exposes ETag, but refuses every CORS preflight (as a
 //                CDN allowing plain GETs only): cross-origin requests with If-None-Match,
 //                If-Modified-Since or If-Range fail
@@ -29,7 +32,10 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
   ".wasm": "application/wasm", ".json": "application/json", ".css": "text/css", ".png": "image/png",
   ".svg": "image/svg+xml", ".txt": "text/plain" };
 
-const BEHAVIOURS = ["flaky", "cut", "gzip", "noetag", "weaketag", "nolastmod", "norange", "nocond", "cors"];
+const BEHAVIOURS = ["flaky", "cut", "gzip", "noetag", "weaketag", "nolastmod", "norange", "nocond", "cors", "spa", "spabare"];
+
+/** What a single-page app's server sends for any path it has no file for. */
+const FALLBACK_PAGE = "<!doctype html>\n<html lang=\"en\"><head><title>app</title></head><body><div id=\"app\"></div></body></html>\n";
 
 /** The entity tag without its weak prefix, for If-None-Match's weak comparison. */
 const opaque = (tag) => tag.trim().replace(/^W\//i, "");
@@ -90,6 +96,12 @@ export function serve(root, mounts = {}) {
         stat = statSync(file);
         if (!stat.isFile()) throw new Error("not a file");
       } catch {
+        if (odd.has("spa") || odd.has("spabare")) {
+          reply(200, { "Content-Type": odd.has("spa") ? "text/html; charset=utf-8" : "application/octet-stream",
+            "Content-Length": Buffer.byteLength(FALLBACK_PAGE), "Cache-Control": "no-store" });
+          res.end(req.method === "HEAD" ? undefined : FALLBACK_PAGE);
+          return;
+        }
         reply(404);
         res.end("not found");
         return;

@@ -27,11 +27,23 @@ export function explain(error: { name?: string; message?: string }, context: Err
   }
 
   const url = /(https?:\/\/[^\s:;,]+(?::\d+)?[^\s:;,]*)/.exec(message)?.[1];
+  const where = "Check the URL: it must point at a diffusers model folder (with model_index.json) or a webdiffusion pack " +
+    "(with manifest.json). On the Hugging Face hub use …/resolve/main, not …/tree/main.";
+  if (/neither a pack nor/.test(message)) {
+    // What each marker file's URL answered (404, a web page, other JSON) is the detail.
+    const answers = message.slice(message.indexOf("nor a") + 1).replace(/^[^:]*:\s*/, "").replace(/\. The URL must.*$/s, "");
+    return { title: `No model found at ${url ?? "that address"}.`, advice: `${where} What the server sent: ${answers}.` };
+  }
+  if (/answered with an HTML page/.test(message)) {
+    return {
+      title: `Nothing found at ${url ?? "that address"}: the server sent a web page instead.`,
+      advice: "The server answers missing files with a page (a single-page-app fallback): the file is not there. " + where,
+    };
+  }
   if (/HTTP 404|not found/i.test(message)) {
     return {
       title: `Nothing found at ${url ?? "that address"}.`,
-      advice: "Check the URL: it must point at a diffusers model folder (with model_index.json) or a webdiffusion pack " +
-        "(with manifest.json). On the Hugging Face hub use …/resolve/main, not …/tree/main.",
+      advice: where,
     };
   }
   if (/HTTP 40[13]/.test(message)) {

@@ -83,6 +83,18 @@ picker.onChange = () => {
 
 // ——— Generating ———
 
+/**
+ * On a narrow screen the stage (download and step progress, preview, result, errors) sits
+ * below every settings panel: bring it into view as a generation starts, so that pressing
+ * Generate visibly does something.
+ */
+function showStage() {
+  const stage = document.querySelector<HTMLElement>(".stage");
+  if (!stage || !matchMedia("(max-width: 899px)").matches) return;
+  const reduce = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  stage.scrollIntoView({ behavior: reduce ? "auto" : "smooth", block: "start" });
+}
+
 async function generate() {
   if (busy || !gpu) return;
   const values = form.read();
@@ -94,6 +106,7 @@ async function generate() {
   setBusy(true);
   hideError();
   notice("");
+  showStage();
   try {
     const model = await ensureModel();
     if (!model) throw new Error("Enter the URL of a model folder under Model → Custom URL.");
@@ -117,7 +130,6 @@ async function generate() {
     progress.startSteps(`Generating with ${model.label}`);
     aspect = image ? [image.initImage.width, image.initImage.height] : [values.width ?? 1, values.height ?? 1];
     cancelButton.disabled = false;
-    if (matchMedia("(max-width: 899px)").matches) byId("stage-figure").scrollIntoView({ behavior: "smooth", block: "nearest" });
     const result = await engine.generate(options);
     cancelButton.disabled = true;
     // What actually ran (the model's own scheduler, LCM's 4 steps, …), not what the form said.

@@ -200,7 +200,8 @@ test("1280×800: a wrong model URL says what was not found, with the URL", async
   await page.getByRole("textbox", { name: "Model URL" }).fill(`${server.base}/models/nope`);
   await generateButton().click();
   await page.waitForSelector("#error:not([hidden])", WAIT);
-  assert.match(await page.locator("#error-title").textContent(), /^Nothing found at http:\/\/127\.0\.0\.1:\d+\/models\/nope\/model_index\.json/);
+  assert.match(await page.locator("#error-title").textContent(), /^No model found at http:\/\/127\.0\.0\.1:\d+\/models\/nope\.$/);
+  assert.match(await page.locator("#error-advice").textContent(), /models\/nope\/model_index\.json: not found \(HTTP 404\)/);
   assert.doesNotMatch(await page.locator("#error").textContent(), /\bat .*\.js:\d+/);
   await page.getByRole("radio", { name: "Tiny test model" }).check();
 });

@@ -14,10 +14,21 @@ describe("errors people can act on", () => {
     expect(r.advice).toBe("Delete something under Storage: the largest are SD-Turbo (2.6 GB) and SD 1.5 (2.1 GB).");
     expect(explain(error("x", "QuotaExceededError")).advice).toMatch(/Delete models or old images/);
   });
-  it("a wrong model URL (HTTP 404), with the URL", () => {
-    const r = explain(error("http://127.0.0.1:5173/models/nope/model_index.json: not found (HTTP 404), nor manifest.json; the URL must point at a diffusers model folder or a pack"));
-    expect(r.title).toBe("Nothing found at http://127.0.0.1:5173/models/nope/model_index.json.");
+  it("a wrong model URL: what each marker file answered, with the URL", () => {
+    const base = "http://127.0.0.1:5173/models/nope";
+    const r = explain(error(`${base}: neither a pack nor a diffusers model folder: ${base}/manifest.json: answered with an HTML page (HTTP 200, text/html); ${base}/model_index.json: not found (HTTP 404). The URL must point at a folder holding manifest.json (a pack) or model_index.json (a diffusers model)`));
+    expect(r.title).toBe(`No model found at ${base}.`);
     expect(r.advice).toMatch(/resolve\/main/);
+    expect(r.advice).toContain(`What the server sent: ${base}/manifest.json: answered with an HTML page (HTTP 200, text/html); ${base}/model_index.json: not found (HTTP 404).`);
+  });
+  it("a missing file (HTTP 404), with the URL", () => {
+    const r = explain(error("unet's weights are missing: http://h/m/unet/diffusion_pytorch_model.safetensors: not found (HTTP 404)"));
+    expect(r.title).toBe("Nothing found at http://h/m/unet/diffusion_pytorch_model.safetensors.");
+  });
+  it("a web page where a file should be (a single-page-app fallback)", () => {
+    const r = explain(error("http://h/m/vae/config.json: answered with an HTML page (HTTP 200, text/html); a diffusers model folder needs it"));
+    expect(r.title).toBe("Nothing found at http://h/m/vae/config.json: the server sent a web page instead.");
+    expect(r.advice).toMatch(/single-page-app fallback/);
   });
   it("a server that refuses other sites (CORS) or is offline", () => {
     const r = explain(error("download failed for https://example.com/m/model_index.json: Failed to fetch (offline, or the URL is unreachable)"));

@@ -39,57 +39,112 @@ impl Source {
         format!("{}/{path}", self.base)
     }
 
-    /// The file at `path`, `None` on HTTP 404.
-    pub async fn fetch(&self, path: &str) -> Result<Option<Vec<u8>>, JsValue> {
-        let bytes = fetch_file(
+    /// The file at `path`, or why the server has none.
+    pub async fn fetch(&self, path: &str) -> Result<Answer, JsValue> {
+        let found = fetch_file(
             &self.url(path),
             self.cache,
             &self.on_progress,
             &JsValue::UNDEFINED,
         )
-        .await?;
-        Ok((!bytes.is_null()).then(|| Uint8Array::new(&bytes).to_vec()))
+        .await;
+        match found {
+            Ok(bytes) if bytes.is_null() => Ok(Answer::Absent(NOT_FOUND.into())),
+            Ok(bytes) => Ok(Answer::File(Uint8Array::new(&bytes).to_vec())),
+            Err(e) => page_answer(&e).map(Answer::Absent).ok_or(e),
+        }
     }
 
-    /// The pack at this URL (its `manifest.json` read and checked), `None` if there is none.
-    pub async fn pack(&self) -> Result<Option<PackFiles<RemoteFolder>>, JsValue> {
-        let Some(bytes) = self.fetch(MANIFEST).await? else {
-            return Ok(None);
-        };
+    /// The pack at this URL (its `manifest.json` read and checked), or what was found in
+    /// its place. Only a JSON object that says it is a pack is taken for one: a server's
+    /// fallback page, or other JSON, is no pack.
+    pub async fn pack(&self) -> Result<Result<PackFiles<RemoteFolder>, String>, JsValue> {
         let url = self.url(MANIFEST);
-        let text = String::from_utf8(bytes)
+        let text = match self.fetch(MANIFEST).await? {
+            Answer::Absent(why) => return Ok(Err(format!("{url}: {why}"))),
+            Answer::File(bytes) => bytes,
+        };
+        let json = match serde_json::from_slice::<serde_json::Value>(&text) {
+            Ok(json) => json,
+            Err(_) => return Ok(Err(format!("{url}: {}", not_json(&text)))),
+        };
+        if json.get("format").and_then(|f| f.as_str()) != Some(crate::pack::FORMAT) {
+            return Ok(Err(format!(
+                "{url}: JSON, but not a pack manifest (no \"format\": \"{}\")",
+                crate::pack::FORMAT
+            )));
+        }
+        let text = String::from_utf8(text)
             .map_err(|_| js_sys::Error::new(&format!("{url}: is not UTF-8 text")))?;
         let manifest = Manifest::parse(&url, &text).map_err(js_error)?;
         let inner = RemoteFolder(MemoryFiles {
             base: self.base.clone(),
             files: HashMap::new(),
         });
-        Ok(Some(PackFiles { inner, manifest }))
+        Ok(Ok(PackFiles { inner, manifest }))
     }
 
-    /// A pipeline: a pack, or a diffusers folder (`model_index.json` marks it; a wrong URL
-    /// fails here, plainly).
+    /// A pipeline: a pack, or a diffusers folder (`model_index.json` marks it). When it is
+    /// neither, the message says what each file's URL answered.
     pub async fn pipeline(&self) -> Result<Box<dyn ModelFiles>, JsValue> {
-        if let Some(pack) = self.pack().await? {
-            return Ok(Box::new(pack));
-        }
-        if self.fetch(component::MODEL_INDEX).await?.is_none() {
+        let not_a_pack = match self.pack().await? {
+            Ok(pack) => return Ok(Box::new(pack)),
+            Err(why) => why,
+        };
+        let index_url = self.url(component::MODEL_INDEX);
+        let not_a_folder = match self.fetch(component::MODEL_INDEX).await? {
+            Answer::Absent(why) => Some(why),
+            Answer::File(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(json) if json.is_object() => None,
+                Ok(_) => Some("JSON, but not an object".to_string()),
+                Err(_) => Some(not_json(&bytes)),
+            },
+        };
+        if let Some(why) = not_a_folder {
             return Err(js_sys::Error::new(&format!(
-                "{}: not found (HTTP 404), nor {MANIFEST}; the URL must point at a diffusers \
-                 model folder or a pack",
-                self.url(component::MODEL_INDEX)
+                "{}: neither a pack nor a diffusers model folder: {not_a_pack}; {index_url}: \
+                 {why}. The URL must point at a folder holding {MANIFEST} (a pack) or \
+                 {} (a diffusers model)",
+                self.base,
+                component::MODEL_INDEX
             ))
             .into());
         }
-        let configs = component::pipeline_configs()
-            .into_iter()
-            .map(|(path, _)| path);
-        let tokenizer = component::TOKENIZER_TEXT.iter().map(|p| p.to_string());
         let mut files = HashMap::new();
-        for path in configs.chain(tokenizer) {
-            if let Some(bytes) = self.fetch(&path).await? {
-                files.insert(path, bytes);
+        let mut absent = HashMap::new();
+        let configs = component::pipeline_configs().into_iter();
+        let tokenizer = component::TOKENIZER_TEXT.map(|p| (p.to_string(), false));
+        for (path, required) in configs.chain(tokenizer) {
+            match self.fetch(&path).await? {
+                Answer::File(bytes) => {
+                    files.insert(path, bytes);
+                }
+                Answer::Absent(why) if required => {
+                    let url = self.url(&path);
+                    return Err(js_sys::Error::new(&format!(
+                        "{url}: {why}; a diffusers model folder needs it"
+                    ))
+                    .into());
+                }
+                Answer::Absent(why) => {
+                    absent.insert(path, why);
+                }
             }
+        }
+        // The tokenizer is tokenizer.json, or vocab.json with merges.txt.
+        let has = |path: &str| files.contains_key(path);
+        let tokenizer_found = has(component::TOKENIZER_JSON)
+            || (has(component::VOCAB_JSON) && has(component::MERGES_TXT));
+        if !tokenizer_found {
+            let answers: Vec<String> = component::TOKENIZER_TEXT
+                .iter()
+                .filter_map(|p| Some(format!("{}: {}", self.url(p), absent.get(*p)?)))
+                .collect();
+            return Err(js_sys::Error::new(&format!(
+                "the tokenizer needs tokenizer.json, or vocab.json and merges.txt: {}",
+                answers.join("; ")
+            ))
+            .into());
         }
         Ok(Box::new(RemoteFolder(MemoryFiles {
             base: self.base.clone(),
@@ -100,23 +155,29 @@ impl Source {
     /// A component published on its own (`config.json` and weights at the URL), or a pack
     /// holding it.
     pub async fn component(&self, component: Component) -> Result<Box<dyn ModelFiles>, JsValue> {
-        if let Some(pack) = self.pack().await? {
-            if !pack.manifest.components.contains_key(&component) {
+        let not_a_pack = match self.pack().await? {
+            Ok(pack) if !pack.manifest.components.contains_key(&component) => {
                 return Err(js_sys::Error::new(&format!(
                     "{}: a pack without a {component}",
                     self.url(MANIFEST)
                 ))
                 .into());
             }
-            return Ok(Box::new(pack));
-        }
-        let Some(config) = self.fetch("config.json").await? else {
-            return Err(js_sys::Error::new(&format!(
-                "{}: not found (HTTP 404), nor {MANIFEST}; the URL must point at a {component} \
-                 folder (config.json and weights) or a pack",
-                self.url("config.json")
-            ))
-            .into());
+            Ok(pack) => return Ok(Box::new(pack)),
+            Err(why) => why,
+        };
+        let config = match self.fetch("config.json").await? {
+            Answer::File(config) => config,
+            Answer::Absent(why) => {
+                return Err(js_sys::Error::new(&format!(
+                    "{}: neither a pack nor a {component} folder: {not_a_pack}; {}: {why}. \
+                     The URL must point at a {component} folder (config.json and weights) or \
+                     a pack",
+                    self.base,
+                    self.url("config.json")
+                ))
+                .into());
+            }
         };
         let inner = RemoteFolder(MemoryFiles {
             base: self.base.clone(),
@@ -145,6 +206,7 @@ impl Source {
             reader,
             bad_bytes: false,
         }));
+        let mut tried = Vec::new();
         for choice in &choices {
             for (i, path) in choice.iter().enumerate() {
                 // How the source names the file is its URL.
@@ -157,14 +219,23 @@ impl Source {
                 );
                 let found =
                     fetch_file(&url, self.cache, &self.on_progress, on_chunk.as_ref()).await;
-                let ended = match found {
-                    Ok(found) if found.is_null() && i == 0 => break, // try the next choice
-                    Ok(found) if found.is_null() => Err(js_sys::Error::new(&format!(
-                        "{url}: not found (HTTP 404); the model is incomplete"
+                let absent = match &found {
+                    Ok(found) if found.is_null() => Some(NOT_FOUND.to_string()),
+                    Ok(_) => None,
+                    Err(e) => page_answer(e),
+                };
+                let ended = match (found, absent) {
+                    (_, Some(why)) if i == 0 => {
+                        // Try the next choice.
+                        tried.push(format!("{url}: {why}"));
+                        break;
+                    }
+                    (_, Some(why)) => Err(js_sys::Error::new(&format!(
+                        "{url}: {why}; the model is incomplete"
                     ))
                     .into()),
-                    Ok(_) => state.borrow_mut().end(&url),
-                    Err(e) => Err(e),
+                    (Ok(_), None) => state.borrow_mut().end(&url),
+                    (Err(e), None) => Err(e),
                 };
                 if let Err(e) = ended {
                     if state.borrow().bad_bytes {
@@ -182,17 +253,35 @@ impl Source {
                 }
             }
         }
-        let tried: Vec<String> = choices.iter().map(|c| files.display(&c[0])).collect();
-        let also = match tried.len() {
-            0 | 1 => String::new(),
-            _ => format!("; also tried {}", tried[1..].join(", ")),
-        };
         Err(js_sys::Error::new(&format!(
-            "{}: not found (HTTP 404){also}",
-            tried.first().map_or("", String::as_str)
+            "{component}'s weights are missing: {}",
+            tried.join("; ")
         ))
         .into())
     }
+}
+
+/// What a server has at a path.
+pub enum Answer {
+    File(Vec<u8>),
+    /// Why there is no file: "not found (HTTP 404)", or the web page it sent instead.
+    Absent(String),
+}
+
+const NOT_FOUND: &str = "not found (HTTP 404)";
+
+/// What `js/cache.js` said came back when it rejected with an `HtmlPageError`: a web page
+/// (a single-page app's fallback) in place of a file, which means the file is absent.
+fn page_answer(e: &JsValue) -> Option<String> {
+    let get = |key: &str| js_sys::Reflect::get(e, &key.into()).ok()?.as_string();
+    (get("name")? == "HtmlPageError").then(|| get("answer"))?
+}
+
+/// What a body that should have been JSON looked like, for messages.
+fn not_json(bytes: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+    let head: String = head.chars().filter(|c| !c.is_control()).collect();
+    format!("not JSON ({} bytes starting {head:?})", bytes.len())
 }
 
 /// A component's weights on their way in: the reader turning bytes into tensors, the
