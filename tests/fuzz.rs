@@ -132,7 +132,7 @@ proptest! {
         let folder = path.split('/').next().unwrap();
         named(parts.as_ref().map(drop).map_err(clone_error), folder)?;
         if let Ok(parts) = parts {
-            let name = webdiffusion::schedulers::SCHEDULERS[scheduler].0;
+            let name = webdiffusion::schedulers::SCHEDULERS[scheduler].name;
             let built = webdiffusion::schedulers::build(name, &parts.scheduler_config, steps, 0.0);
             if let Ok(mut scheduler) = built {
                 run_scheduler(&mut *scheduler, &device);

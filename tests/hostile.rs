@@ -198,6 +198,61 @@ fn scheduler_configs_are_validated_as_a_whole() {
 }
 
 #[test]
+fn families_and_schedulers_this_build_does_not_run_are_refused_by_name() {
+    // A flow-matching scheduler: refused unless another scheduler is asked for.
+    let case = Case::new();
+    case.set(
+        SCHEDULER,
+        "_class_name",
+        json!("FlowMatchEulerDiscreteScheduler"),
+    );
+    refused(
+        &case.generate(&[]),
+        &[
+            "invalid scheduler",
+            "FlowMatchEulerDiscreteScheduler",
+            "ddim, euler",
+        ],
+        &case.out,
+    );
+    ok(&case.generate(&["--scheduler", "ddim"]));
+
+    // Another family's pipeline, before anything is built or read.
+    for (class, named) in [
+        ("StableDiffusionXLPipeline", "SDXL"),
+        ("StableDiffusion3Pipeline", "Stable Diffusion 3"),
+    ] {
+        let case = Case::new();
+        case.set("model_index.json", "_class_name", json!(class));
+        refused(
+            &case.generate(&[]),
+            &["model_index.json", class, named],
+            &case.out,
+        );
+    }
+    let case = Case::new();
+    case.set(
+        "model_index.json",
+        "text_encoder_2",
+        json!(["transformers", "CLIPTextModelWithProjection"]),
+    );
+    refused(
+        &case.generate(&[]),
+        &["model_index.json", "two text encoders"],
+        &case.out,
+    );
+
+    // A VAE whose latents are shifted (SD3's, FLUX's) is not decoded wrongly in silence.
+    let case = Case::new();
+    case.set("vae/config.json", "shift_factor", json!(0.0609));
+    refused(
+        &case.generate(&[]),
+        &["vae/config.json", "shift_factor"],
+        &case.out,
+    );
+}
+
+#[test]
 fn components_that_do_not_fit_are_named() {
     let case = Case::new();
     case.set(UNET, "cross_attention_dim", json!(48));

@@ -1,7 +1,7 @@
 // Runs a Pipeline inside a Web Worker so that a page never freezes while it generates.
 //
 //   const worker = new Worker(new URL("webdiffusion/worker.js", import.meta.url), { type: "module" });
-//   worker.postMessage({ type: "load", url });            // → {type:"progress"}…, {type:"loaded"}
+//   worker.postMessage({ type: "load", url });            // → {type:"progress"}…, {type:"loaded", info}
 //   worker.postMessage({ type: "generate", options });    // → {type:"step"}…, {type:"result", result}
 //   worker.postMessage({ type: "abort" });                // the running generations reject
 //   worker.postMessage({ type: "abort", id });            // only the generate sent with this id
@@ -104,7 +104,7 @@ async function handle(data) {
       freeWhenUnused(old);
     });
     await loading;
-    self.postMessage({ type: "loaded", url: data.url, id: data.id });
+    self.postMessage({ type: "loaded", url: data.url, info: pipeline.info, id: data.id });
   } else if (data.type === "generate") {
     if (!pipeline) await loading.catch(() => {});
     if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
@@ -128,8 +128,8 @@ async function handle(data) {
       const result = await run.pipeline.generate({
         ...options,
         signal: run.controller.signal,
-        onStep: (step, total, latents, preview) => self.postMessage(
-          { type: "step", step, total, latents, preview, id: data.id },
+        onStep: (step, total, latents, preview, shape) => self.postMessage(
+          { type: "step", step, total, latents, preview, shape, id: data.id },
           preview ? [latents.buffer, preview.pixels.buffer] : [latents.buffer],
         ),
       });

@@ -7,6 +7,7 @@ pub mod component;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod family;
 pub mod files;
 pub mod image;
 pub mod load;

@@ -41,15 +41,22 @@ test("generates the same latents as the native CLI, with progress", async () => 
     const pipe = await Pipeline.load(url, { onProgress: (p) => progress.push(p) });
     const steps = [];
     const r = await pipe.generate({ prompt: "a red fox", steps: 4, seed: 7, scheduler: "ddim",
-      onStep: (s, t) => steps.push([s, t]) });
+      onStep: (s, t, latents, preview, shape) => steps.push([s, t, latents.length, ...shape]) });
     // With the scheduler left out, the result says which one ran: the model's own.
     const own = await pipe.generate({ prompt: "a red fox", steps: 1, seed: 1 });
-    return { latents: Array.from(r.latents), width: r.width, height: r.height, steps,
+    return { latents: Array.from(r.latents), width: r.width, height: r.height, steps, info: pipe.info,
       pixels: r.pixels.length, seed: r.seed, files: new Set(progress.map((p) => p.file)).size,
       ran: [r.scheduler, r.steps, r.guidance, own.scheduler, own.steps, own.guidance] };
   }, { url: server.base + MODEL });
   assert.deepEqual(out.ran, ["ddim", 4, 7.5, "pndm", 1, 7.5]);
-  assert.deepEqual(out.steps, [[1, 4], [2, 4], [3, 4], [4, 4]]);
+  // Each step's latents with their shape [1, 4, 16, 16] (the tiny VAE halves 32×32).
+  assert.deepEqual(out.steps, [1, 2, 3, 4].map((k) => [k, 4, 4 * 16 * 16, 1, 4, 16, 16]));
+  // The model's own settings (sd1-tiny: PNDM, sample_size 16, a ×2 VAE), which the run
+  // without options below uses.
+  const { schedulers, ...info } = out.info;
+  assert.deepEqual(info, { family: "sd", latentChannels: 4, vaeScaleFactor: 2, defaultSize: 32, defaultSteps: 20,
+    defaultGuidance: 7.5, scheduler: "pndm", inpainting: false });
+  assert.ok(schedulers.includes("ddim") && schedulers.includes("dpmpp-2m-karras"), schedulers.join());
   assert.equal(out.pixels, out.width * out.height * 4);
   assert.equal(out.seed, 7);
   assert.ok(out.files >= 5, "download progress reported per file");
@@ -60,6 +67,37 @@ test("generates the same latents as the native CLI, with progress", async () => 
     "--seed", "7", "--scheduler", "ddim", "--backend", "cpu", "--out-tensor", tensors]);
   const native = readSafetensors(tensors, "latents");
   const err = relL2(Float32Array.from(out.latents), native);
+  assert.ok(err <= 1e-3, `browser vs native latents rel-L2 ${err}`);
+  await page.close();
+});
+
+test("clipSkip, eta and guidanceRescale act as the CLI's --clip-skip, --eta and --guidance-rescale", async () => {
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url }) => {
+    const pipe = await window.webdiffusion.Pipeline.load(url, {});
+    const options = { prompt: "a red fox", steps: 3, seed: 5, scheduler: "ddim", clipSkip: 1, eta: 0.5, guidanceRescale: 0.7 };
+    const r = await pipe.generate(options);
+    const refused = [];
+    for (const bad of [{ clipSkip: 99 }, { clipSkip: -1 }, { eta: 2 }, { guidanceRescale: "x" }]) {
+      try {
+        await pipe.generate({ ...options, ...bad });
+        refused.push("resolved");
+      } catch (e) {
+        refused.push(e.message);
+      }
+    }
+    return { latents: Array.from(r.latents), refused };
+  }, { url: server.base + MODEL });
+  assert.match(out.refused[0], /clip_skip.*99/);
+  assert.match(out.refused[1], /clipSkip/);
+  assert.match(out.refused[2], /eta/);
+  assert.match(out.refused[3], /guidanceRescale/);
+  const dir = mkdtempSync(join(tmpdir(), "webdiffusion-"));
+  const tensors = join(dir, "native.safetensors");
+  execFileSync(cli, ["generate", "--model", join(root, MODEL), "--prompt", "a red fox", "--steps", "3", "--seed", "5",
+    "--scheduler", "ddim", "--clip-skip", "1", "--eta", "0.5", "--guidance-rescale", "0.7", "--backend", "cpu",
+    "--out-tensor", tensors]);
+  const err = relL2(Float32Array.from(out.latents), readSafetensors(tensors, "latents"));
   assert.ok(err <= 1e-3, `browser vs native latents rel-L2 ${err}`);
   await page.close();
 });

@@ -1,7 +1,7 @@
 // The package's Web Worker, as promises: each request gets an id and resolves with the reply
 // that carries it back; download progress and steps go to listeners. The model never runs
 // on the page's thread, so the page stays responsive while it generates.
-import type { CachedModel, GenerateOptions, LoadProgress, LoadRequest, Message, Request, StepMessage, WorkerLora } from "./protocol";
+import type { CachedModel, GenerateOptions, LoadProgress, LoadRequest, Message, ModelInfo, Request, StepMessage, WorkerLora } from "./protocol";
 import type { GenerateResult } from "webdiffusion";
 
 type Reply<T extends Message["type"]> = Extract<Message, { type: T }>;
@@ -24,8 +24,9 @@ export class Engine {
     };
   }
 
-  load(request: Omit<LoadRequest, "type" | "id">) {
-    return this.request({ type: "load", ...request }, "loaded");
+  /** Loads a model; resolves with what it is (family, latent channels, defaults). */
+  async load(request: Omit<LoadRequest, "type" | "id">): Promise<ModelInfo> {
+    return (await this.request({ type: "load", ...request }, "loaded")).info;
   }
 
   async generate(options: GenerateOptions): Promise<GenerateResult> {

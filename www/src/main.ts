@@ -11,7 +11,7 @@ import { asParsed, parametersFromChunks, splitLoraTags, toA1111, type ParsedPara
 import { plural } from "./format";
 import { readTextChunks, withTextChunk } from "./png";
 import { presets } from "./presets";
-import { latentSize, latentsToRgba } from "./preview";
+import { latentsToRgba } from "./preview";
 import type { GenerateOptions } from "./protocol";
 import { ControlNetPanel } from "./ui/controlnet";
 import { GenerationForm } from "./ui/form";
@@ -46,8 +46,6 @@ let loaded: ModelChoice | null = null;
 let loading: Promise<ModelChoice> | null = null;
 let busy = false;
 let previewNoted = false;
-/** The image's aspect (width, height), to lay the preview's latents out. */
-let aspect: [number, number] = [1, 1];
 
 // ——— Model ———
 
@@ -128,7 +126,6 @@ async function generate() {
       ...(control ? { controlnets: [control.input] } : {}),
     };
     progress.startSteps(`Generating with ${model.label}`);
-    aspect = image ? [image.initImage.width, image.initImage.height] : [values.width ?? 1, values.height ?? 1];
     cancelButton.disabled = false;
     const result = await engine.generate(options);
     cancelButton.disabled = true;
@@ -164,8 +161,8 @@ engine.onStep = (s) => {
     stage.preview(new ImageData(s.preview.pixels, s.preview.width, s.preview.height));
     return;
   }
-  const [h, w] = latentSize(s.latents, ...aspect);
-  stage.preview(new ImageData(latentsToRgba(s.latents, h, w), w, h));
+  const [, , h, w] = s.shape;
+  stage.preview(new ImageData(latentsToRgba(s.latents, s.shape), w, h));
   if (loaded?.previewVae && !previewNoted) {
     previewNoted = true;
     notice("This version of the engine does not decode previews with TAESD yet: showing the quick preview.");

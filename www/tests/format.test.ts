@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { downloadStatus, formatBytes, formatDuration, plural, stepStatus } from "../src/format";
-import { latentSize, latentsToRgba } from "../src/preview";
+import { latentsToRgba } from "../src/preview";
 import { modelName, presets } from "../src/presets";
 
 describe("progress text", () => {
@@ -21,18 +21,22 @@ describe("progress text", () => {
 
 describe("latent preview", () => {
   it("maps zero latents to mid grey and is opaque", () => {
-    const rgba = latentsToRgba(new Float32Array(4 * 2 * 3), 2, 3);
+    const rgba = latentsToRgba(new Float32Array(4 * 2 * 3), [1, 4, 2, 3]);
     expect(rgba.length).toBe(2 * 3 * 4);
     expect(Array.from(rgba.subarray(0, 4))).toEqual([128, 128, 128, 255]);
   });
   it("reads channel k of pixel i at k·h·w + i", () => {
     const latents = new Float32Array(4);
     latents[0] = 1; // channel 0 only: r = 0.298, g = 0.207, b = 0.208
-    expect(Array.from(latentsToRgba(latents, 1, 1).subarray(0, 3))).toEqual([165, 154, 154]);
+    expect(Array.from(latentsToRgba(latents, [1, 4, 1, 1]).subarray(0, 3))).toEqual([165, 154, 154]);
   });
-  it("lays latents out with the image's aspect", () => {
-    expect(latentSize(new Float32Array(4 * 64 * 96), 768, 512)).toEqual([64, 96]);
-    expect(latentSize(new Float32Array(4 * 16 * 16), 1, 1)).toEqual([16, 16]);
+  it("lays latents out by their shape, whatever their channel count", () => {
+    // 16 channels (SD3-like), 1×2: the first three channels are R, G and B.
+    const latents = new Float32Array(16 * 2);
+    latents[1] = 1; // channel 0, pixel 1
+    latents[2 + 0] = -1; // channel 1, pixel 0
+    const rgba = Array.from(latentsToRgba(latents, [1, 16, 1, 2]));
+    expect(rgba).toEqual([128, 0, 128, 255, 255, 128, 128, 255]);
   });
 });
 

@@ -31,9 +31,8 @@ pub struct GenerateArgs {
     /// diffusers' guidance_rescale (0 = off).
     #[arg(long, default_value_t = 0.0)]
     guidance_rescale: f64,
-    /// ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, heun, pndm, unipc, lcm, ddpm
-    /// (default: the model's own).
-    #[arg(long)]
+    // The names come from the one registry, `schedulers::SCHEDULERS`.
+    #[arg(long, help = format!("{} (default: the model's own)", webdiffusion::schedulers::names()))]
     scheduler: Option<String>,
     /// DDIM's η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]

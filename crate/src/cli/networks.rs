@@ -95,7 +95,7 @@ pub fn vae_decode(common: &Common, other: Option<&Path>, latents: &Path, out: &P
             ),
         ));
     }
-    let image = vae.decode((latents / config.scaling_factor()).cast(dtype));
+    let image = vae.decode(config.latent_space().from_latents(latents).cast(dtype));
     io::write_safetensors(
         out,
         vec![Output::f32_finite("image", image, "the VAE decoder")?],

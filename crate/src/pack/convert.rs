@@ -24,6 +24,7 @@ use super::{
 };
 use crate::component::{Component, TOKENIZER_TEXT, pipeline_configs};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::files::{ModelFiles, parent_folder};
 use crate::load;
 use crate::models::clip::ClipTextModel;
@@ -269,9 +270,10 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
     // describe networks this crate runs.
     load::tokenizer(src)?;
     load::scheduler_config(src)?;
-    let expected = Component::PIPELINE
-        .into_iter()
-        .map(|c| Ok((c, expected_of(src, c)?)))
+    let expected = Family::detect(src)?
+        .components()
+        .iter()
+        .map(|&c| Ok((c, expected_of(src, c)?)))
         .collect::<Result<Expected>>()?;
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -387,7 +389,7 @@ fn write(
     dir: &Path,
 ) -> Result<Vec<ComponentReport>> {
     let mut reports = Vec::new();
-    for component in Component::PIPELINE {
+    for &component in expected.keys() {
         let (path, bytes) = weight_file(src, component)?;
         let file = src.display(&path);
         let st = SafetensorsFile::parse(&bytes, &file)?;
@@ -456,7 +458,7 @@ pub fn convert_single_file(
     let mut components = super::single_file::components(&st, &file, &layout)?;
     write_new_folder(out, |dir| {
         let mut reports = Vec::new();
-        for component in Component::PIPELINE {
+        for &component in expected.keys() {
             let sources = components.remove(&component).unwrap_or_default();
             let policy = (precision, Policy::Pack);
             let (entry, report) =
@@ -595,7 +597,8 @@ pub fn convert_random(
     let (mut manifest, mut expected) = read_configs(config, precision)?;
     write_new_folder(out, |dir| {
         let mut reports = Vec::new();
-        for component in Component::PIPELINE {
+        let family: Vec<Component> = expected.keys().copied().collect();
+        for component in family {
             let mut writer = ComponentWriter::new(dir, component);
             let mut noise = crate::noise::Generator::new(seed ^ component as u64);
             let mut wanted = expected.remove(&component).unwrap_or_default();

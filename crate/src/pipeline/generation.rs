@@ -48,13 +48,13 @@ impl StableDiffusion {
         request: &Request,
         mut rng: Box<dyn NoiseSource>,
     ) -> Result<Generation<'_>> {
-        let scheduler_name = request
-            .scheduler
-            .clone()
-            .unwrap_or_else(|| self.default_scheduler().to_string());
+        let scheduler_name = match &request.scheduler {
+            Some(name) => name.clone(),
+            None => self.default_scheduler()?.to_string(),
+        };
         let steps = request
             .steps
-            .unwrap_or(if scheduler_name == "lcm" { 4 } else { 20 });
+            .unwrap_or_else(|| self.default_steps(&scheduler_name));
         let scheduler =
             schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
         let (height, width) = self.check_size(request)?;
@@ -134,7 +134,10 @@ impl StableDiffusion {
         };
         let encode = |image: Tensor<4>| -> Result<Tensor<4>> {
             let latents = self.vae.encode(image.cast(self.vae_dtype()));
-            let latents = latents.cast(DType::F32) * self.vae_config.scaling_factor();
+            let latents = self
+                .vae_config
+                .latent_space()
+                .to_latents(latents.cast(DType::F32));
             check_shape(latents, shape, "init image")
         };
         let image_latents = match &request.init_image {
@@ -352,7 +355,11 @@ impl Generation<'_> {
     /// when asked).
     pub fn finish(self) -> Generated {
         let vae = &self.pipe.vae;
-        let latents = self.latents.clone() / self.pipe.vae_config.scaling_factor();
+        let latents = self
+            .pipe
+            .vae_config
+            .latent_space()
+            .from_latents(self.latents.clone());
         let mut image = vae
             .decode(latents.cast(self.pipe.vae_dtype()))
             .cast(DType::F32);

@@ -16,6 +16,7 @@ use burn::tensor::DType;
 
 use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::files::{ModelFiles, sha256_hex};
 use crate::load;
 use crate::lora::{self, Lora, LoraFile};
@@ -32,6 +33,7 @@ use crate::tokenizer::ClipTokenizer;
 use crate::weights::expected_tensors;
 
 pub struct StableDiffusion {
+    pub family: Family,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
@@ -52,6 +54,7 @@ pub struct StableDiffusion {
 /// which each edge then loads its own way (whole files natively, streamed in the browser),
 /// and [`StableDiffusion::from_parts`] assembles the result.
 pub struct Parts {
+    pub family: Family,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
@@ -67,6 +70,7 @@ impl Parts {
     /// Reads the configs and tokenizer of `files` and builds the networks, their weights
     /// not yet loaded (nothing is allocated); they will compute in `dtype`.
     pub fn build(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let family = Family::detect(files)?;
         let tokenizer = load::tokenizer(files)?;
         let scheduler_config = load::scheduler_config(files)?;
         let (text_config, text_encoder) =
@@ -76,6 +80,7 @@ impl Parts {
         fits_together(files, &text_config, &unet_config, &vae_config)?;
         tokenizer_fits(files, &tokenizer, &text_config)?;
         Ok(Self {
+            family,
             tokenizer,
             text_encoder,
             unet,
@@ -263,6 +268,7 @@ impl StableDiffusion {
     /// The pipeline made of `parts`, whose weights are loaded, running on `device`.
     pub fn from_parts(parts: Parts, device: &Device) -> Self {
         let Parts {
+            family,
             tokenizer,
             text_encoder,
             unet,
@@ -273,6 +279,7 @@ impl StableDiffusion {
             dtype,
         } = parts;
         Self {
+            family,
             tokenizer,
             text_encoder,
             unet,
@@ -298,7 +305,7 @@ impl StableDiffusion {
     /// (TAESD), `[H, W, 3]` in [0, 1]; `None` without one.
     pub fn preview(&self, latents: &Tensor<4>) -> Option<Tensor<3>> {
         let (config, vae) = self.preview.as_ref()?;
-        let latents = latents.clone() / config.scaling_factor();
+        let latents = config.latent_space().from_latents(latents.clone());
         Some(generation::to_image(vae.decode(latents.cast(self.dtype))))
     }
 
@@ -361,9 +368,15 @@ impl StableDiffusion {
         Ok((config, model))
     }
 
-    /// The scheduler the model ships with, or DDIM if its class is not one of ours.
-    pub fn default_scheduler(&self) -> &'static str {
-        schedulers::name_of_class(&self.scheduler_config).unwrap_or("ddim")
+    /// The scheduler the model ships with (DDIM when its config names no class); an error
+    /// when it names a class the engine does not run.
+    pub fn default_scheduler(&self) -> Result<&'static str> {
+        Ok(schedulers::of_config(&self.scheduler_config)?.map_or("ddim", |e| e.name))
+    }
+
+    /// The steps a request without `steps` runs with `scheduler`: 20, or 4 for LCM.
+    pub fn default_steps(&self, scheduler: &str) -> usize {
+        if scheduler == "lcm" { 4 } else { 20 }
     }
 
     /// Pixels per latent along each side.

@@ -62,35 +62,114 @@ pub trait Scheduler {
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Tensor<4>;
 }
 
-/// The scheduler names accepted everywhere (CLI, JS API), with their diffusers classes.
-pub const SCHEDULERS: &[(&str, &str)] = &[
-    ("ddim", "DDIMScheduler"),
-    ("euler", "EulerDiscreteScheduler"),
-    ("euler-a", "EulerAncestralDiscreteScheduler"),
-    ("dpmpp-2m", "DPMSolverMultistepScheduler"),
-    (
+/// How a scheduler moves between noise levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The DDPM family: discrete training timesteps over a schedule of ᾱ (SD 1.x/2.x/XL).
+    Discrete,
+    /// Flow matching: σ from 1 to 0 along a straight path (SD3, FLUX).
+    Flow,
+}
+
+/// A scheduler the engine runs: the one list from which the CLI's help, the error messages
+/// and the model's own choice are derived (the TypeScript union `SchedulerName` in
+/// `web/types.rs` is checked against it by a test).
+pub struct Entry {
+    /// Its name in the CLI, the JS API and PNG parameters.
+    pub name: &'static str,
+    /// The diffusers class, and the option that selects it where one class has two.
+    pub class: &'static str,
+    pub kind: Kind,
+    /// diffusers' `set_timesteps`: the scheduler for `steps` steps, η for DDIM.
+    build: fn(&SchedulerConfig, usize, f64) -> Box<dyn Scheduler>,
+}
+
+pub const SCHEDULERS: &[Entry] = &[
+    discrete("ddim", "DDIMScheduler", |c, steps, eta| {
+        Box::new(ddim::Ddim::new(c, steps, eta))
+    }),
+    discrete("euler", "EulerDiscreteScheduler", |c, steps, _| {
+        Box::new(euler::Euler::new(c, steps))
+    }),
+    discrete(
+        "euler-a",
+        "EulerAncestralDiscreteScheduler",
+        |c, steps, _| Box::new(euler_ancestral::EulerAncestral::new(c, steps)),
+    ),
+    discrete("dpmpp-2m", "DPMSolverMultistepScheduler", |c, steps, _| {
+        Box::new(dpm_solver::DpmSolver::new(c, steps, false))
+    }),
+    discrete(
         "dpmpp-2m-karras",
         "DPMSolverMultistepScheduler + use_karras_sigmas",
+        |c, steps, _| Box::new(dpm_solver::DpmSolver::new(c, steps, true)),
     ),
-    ("heun", "HeunDiscreteScheduler"),
-    ("pndm", "PNDMScheduler"),
-    ("unipc", "UniPCMultistepScheduler"),
-    ("lcm", "LCMScheduler"),
-    ("ddpm", "DDPMScheduler"),
+    discrete("heun", "HeunDiscreteScheduler", |c, steps, _| {
+        Box::new(heun::Heun::new(c, steps))
+    }),
+    discrete("pndm", "PNDMScheduler", |c, steps, _| {
+        Box::new(pndm::Pndm::new(c, steps))
+    }),
+    discrete("unipc", "UniPCMultistepScheduler", |c, steps, _| {
+        Box::new(unipc::UniPc::new(c, steps))
+    }),
+    discrete("lcm", "LCMScheduler", |c, steps, _| {
+        Box::new(lcm::Lcm::new(c, steps))
+    }),
+    discrete("ddpm", "DDPMScheduler", |c, steps, _| {
+        Box::new(ddpm::Ddpm::new(c, steps))
+    }),
 ];
 
-/// The name of the scheduler a model ships with (its config's `_class_name`).
-pub fn name_of_class(config: &SchedulerConfig) -> Option<&'static str> {
-    let class = config.class_name.as_deref()?;
-    let karras = config.use_karras_sigmas == Some(true);
-    match class {
-        "DPMSolverMultistepScheduler" if karras => Some("dpmpp-2m-karras"),
-        "DPMSolverMultistepScheduler" => Some("dpmpp-2m"),
-        _ => SCHEDULERS
-            .iter()
-            .find(|(_, c)| *c == class)
-            .map(|(name, _)| *name),
+const fn discrete(
+    name: &'static str,
+    class: &'static str,
+    build: fn(&SchedulerConfig, usize, f64) -> Box<dyn Scheduler>,
+) -> Entry {
+    Entry {
+        name,
+        class,
+        kind: Kind::Discrete,
+        build,
     }
+}
+
+/// The scheduler called `name`.
+pub fn find(name: &str) -> Option<&'static Entry> {
+    SCHEDULERS.iter().find(|e| e.name == name)
+}
+
+/// The names, comma-separated, for help texts and messages.
+pub fn names() -> String {
+    let names: Vec<&str> = SCHEDULERS.iter().map(|e| e.name).collect();
+    names.join(", ")
+}
+
+/// The scheduler a model ships with (its config's `_class_name`): `Ok(None)` when the
+/// config names no class, an error naming the class when it is not one the engine runs
+/// (a flow-matching model must not silently run DDIM).
+pub fn of_config(config: &SchedulerConfig) -> Result<Option<&'static Entry>> {
+    let Some(class) = config.class_name.as_deref() else {
+        return Ok(None);
+    };
+    let karras = config.use_karras_sigmas == Some(true);
+    let name = match class {
+        "DPMSolverMultistepScheduler" if karras => "dpmpp-2m-karras",
+        _ => match SCHEDULERS.iter().find(|e| e.class == class) {
+            Some(entry) => entry.name,
+            None => {
+                return Err(Error::invalid(
+                    "scheduler",
+                    format!(
+                        "the model's scheduler_config.json names {class:?}, a scheduler \
+                         webdiffusion does not run; choose one of {}",
+                        names()
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(find(name))
 }
 
 /// Builds scheduler `name` from `config` for `steps` inference steps. `eta` is DDIM's η.
@@ -115,25 +194,13 @@ pub fn build(
     if !eta.is_finite() || !(0.0..=1.0).contains(&eta) {
         return Err(Error::invalid("eta", format!("{eta} is not in [0, 1]")));
     }
-    let scheduler: Box<dyn Scheduler> = match name {
-        "ddim" => Box::new(ddim::Ddim::new(config, steps, eta)),
-        "euler" => Box::new(euler::Euler::new(config, steps)),
-        "euler-a" => Box::new(euler_ancestral::EulerAncestral::new(config, steps)),
-        "dpmpp-2m" => Box::new(dpm_solver::DpmSolver::new(config, steps, false)),
-        "dpmpp-2m-karras" => Box::new(dpm_solver::DpmSolver::new(config, steps, true)),
-        "heun" => Box::new(heun::Heun::new(config, steps)),
-        "pndm" => Box::new(pndm::Pndm::new(config, steps)),
-        "unipc" => Box::new(unipc::UniPc::new(config, steps)),
-        "lcm" => Box::new(lcm::Lcm::new(config, steps)),
-        "ddpm" => Box::new(ddpm::Ddpm::new(config, steps)),
-        other => {
-            let names: Vec<&str> = SCHEDULERS.iter().map(|(n, _)| *n).collect();
-            return Err(Error::invalid(
-                "scheduler",
-                format!("unknown scheduler {other:?} (valid: {})", names.join(", ")),
-            ));
-        }
+    let Some(entry) = find(name) else {
+        return Err(Error::invalid(
+            "scheduler",
+            format!("unknown scheduler {name:?} (valid: {})", names()),
+        ));
     };
+    let scheduler = (entry.build)(config, steps, eta);
     // Every timestep the UNet will see must be a training timestep (ᾱ is looked up by it).
     let n = config.num_train_timesteps() as f64;
     if let Some(t) = scheduler
@@ -150,4 +217,52 @@ pub fn build(
         ));
     }
     Ok(scheduler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_typescript_union_lists_the_registry() {
+        // web/types.rs is compiled for wasm only: read its TypeScript as text.
+        let types = include_str!("../web/types.rs");
+        let union = types
+            .split("export type SchedulerName =")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .expect("web/types.rs declares SchedulerName");
+        let names: Vec<&str> = union
+            .split('|')
+            .map(|n| n.trim().trim_matches('"'))
+            .collect();
+        let registry: Vec<&str> = SCHEDULERS.iter().map(|e| e.name).collect();
+        assert_eq!(names, registry);
+    }
+
+    #[test]
+    fn a_model_scheduler_is_found_by_class_and_an_unknown_class_is_refused_by_name() {
+        let config = |json: &str| SchedulerConfig::parse("scheduler_config.json", json).unwrap();
+        let of = |json: &str| of_config(&config(json)).unwrap().map(|e| e.name);
+        assert_eq!(of(r#"{"_class_name": "PNDMScheduler"}"#), Some("pndm"));
+        assert_eq!(
+            of(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": true}"#),
+            Some("dpmpp-2m-karras")
+        );
+        assert_eq!(
+            of(r#"{"_class_name": "DPMSolverMultistepScheduler"}"#),
+            Some("dpmpp-2m")
+        );
+        assert_eq!(of("{}"), None);
+        let err = of_config(&config(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#,
+        ))
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("ddim, euler"),
+            "{err}"
+        );
+    }
 }

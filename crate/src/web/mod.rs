@@ -203,6 +203,34 @@ impl Pipeline {
         })
     }
 
+    /// What the loaded model is and what a generation without options does (see
+    /// `ModelInfo`), so that a page need not assume SD 1.x's latents or defaults.
+    #[wasm_bindgen(getter, unchecked_return_type = "ModelInfo")]
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let pipe = &self.inner;
+        let scheduler = pipe.default_scheduler().ok();
+        let object = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&object, &k.into(), &v);
+        set("family", pipe.family.name().into())?;
+        set(
+            "latentChannels",
+            pipe.vae_config.latent_space().channels.into(),
+        )?;
+        set("vaeScaleFactor", pipe.vae_scale_factor().into())?;
+        set("defaultSize", pipe.default_size().into())?;
+        let steps = pipe.default_steps(scheduler.unwrap_or("ddim"));
+        set("defaultSteps", steps.into())?;
+        let guidance = crate::pipeline::Request::new("").guidance;
+        set("defaultGuidance", guidance.into())?;
+        set("scheduler", scheduler.map_or(JsValue::NULL, JsValue::from))?;
+        let names = crate::schedulers::SCHEDULERS
+            .iter()
+            .map(|e| JsValue::from(e.name));
+        set("schedulers", names.collect::<js_sys::Array>().into())?;
+        set("inpainting", pipe.is_inpainting().into())?;
+        Ok(object.into())
+    }
+
     /// Loads a LoRA for this pipeline from a URL (fetched and cached like model files) or
     /// from bytes (a file the user picked): `{ onProgress?, cache?, name? }`. It is matched
     /// against the text encoder and UNet now, so a LoRA for another model is refused here.
@@ -302,7 +330,14 @@ impl Pipeline {
                     Some(image) => rgba_object(image).await?,
                     None => JsValue::UNDEFINED,
                 };
-                let args = js_sys::Array::of4(&step.into(), &total.into(), &latents, &preview);
+                let shape: js_sys::Array = generation
+                    .latents()
+                    .dims()
+                    .iter()
+                    .map(|&d| JsValue::from(d))
+                    .collect();
+                let args =
+                    js_sys::Array::of5(&step.into(), &total.into(), &latents, &preview, &shape);
                 on_step.apply(&JsValue::NULL, &args)?;
             }
         }

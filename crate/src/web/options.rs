@@ -132,7 +132,14 @@ pub fn parse(
     if let Some(g) = number(options, "guidance", "guidance")? {
         request.guidance = g;
     }
+    if let Some(rescale) = number(options, "guidanceRescale", "guidanceRescale")? {
+        request.guidance_rescale = rescale;
+    }
     request.scheduler = text("scheduler")?;
+    if let Some(eta) = number(options, "eta", "eta")? {
+        request.eta = eta;
+    }
+    request.clip_skip = count("clipSkip")?.unwrap_or(0);
     request.seed = match count("seed")? {
         Some(seed) => seed as u64,
         None => (js_sys::Math::random() * 2f64.powi(53)) as u64,

@@ -58,6 +58,15 @@ export interface GenerateOptions {
   steps?: number;
   /** Classifier-free guidance scale (default 7.5); 1 or less runs the UNet once per step. */
   guidance?: number;
+  /** diffusers' `guidance_rescale` (default 0, off): rescales the guided prediction towards
+   *  the conditional one's standard deviation (for v-prediction models trained with zero
+   *  terminal SNR). */
+  guidanceRescale?: number;
+  /** DDIM's η in [0, 1] (default 0, deterministic). */
+  eta?: number;
+  /** Text encoder layers to skip from the end (default 0), as diffusers' `clip_skip`:
+   *  A1111's "Clip skip: 2" is `clipSkip: 1`. */
+  clipSkip?: number;
   /** Default: the model's own scheduler. */
   scheduler?: SchedulerName;
   /** Default: random (returned in the result). */
@@ -86,10 +95,32 @@ export interface GenerateOptions {
   loras?: { lora: Lora; scale?: number }[];
   /** ControlNets loaded with this pipeline's `loadControlNet`; their residuals add up. */
   controlnets?: ControlNetUse[];
-  /** After each step, with the current latents [1, 4, h, w], and with a preview image when
-   *  a preview VAE was loaded. */
-  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>, preview?: Preview) => void;
+  /** After each step, with the current latents (`shape`: [1, channels, h, w]), and with a
+   *  preview image when a preview VAE was loaded. */
+  onStep?: (step: number, total: number, latents: Float32Array<ArrayBuffer>, preview: Preview | undefined,
+    shape: [number, number, number, number]) => void;
   signal?: AbortSignal;
+}
+/** What a loaded model is (`Pipeline.info`, and the worker's `loaded` message). */
+export interface ModelInfo {
+  /** The model family: "sd" (Stable Diffusion 1.x/2.x, Turbo, LCM, inpainting). */
+  family: "sd";
+  /** Channels of the latents (`onStep`'s and the result's). */
+  latentChannels: number;
+  /** Pixels per latent along each side. */
+  vaeScaleFactor: number;
+  /** The size a generation without width/height makes (square). */
+  defaultSize: number;
+  /** Steps and guidance a generation without them runs. */
+  defaultSteps: number;
+  defaultGuidance: number;
+  /** The model's own scheduler; null when it ships one the engine does not run (a
+   *  generation must then name one). */
+  scheduler: SchedulerName | null;
+  /** Every scheduler `generate` takes. */
+  schedulers: SchedulerName[];
+  /** Whether the UNet is an inpainting model's (9 input channels). */
+  inpainting: boolean;
 }
 /** What ran, every default resolved (the model's own scheduler, LCM's 4 steps, …). */
 export interface GenerateResult {
@@ -140,8 +171,9 @@ export type WorkerRequest =
 /** Messages from `worker.js`. */
 export type WorkerMessage =
   | ({ type: "progress" } & LoadProgress)
-  | { type: "loaded"; url: string; id?: number }
-  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer>; preview?: Preview; id?: number }
+  | { type: "loaded"; url: string; info: ModelInfo; id?: number }
+  | { type: "step"; step: number; total: number; latents: Float32Array<ArrayBuffer>; preview?: Preview;
+      shape: [number, number, number, number]; id?: number }
   | { type: "result"; result: GenerateResult; id?: number }
   | { type: "loraLoaded"; lora: WorkerLora; id?: number }
   | { type: "controlnetLoaded"; controlnet: WorkerControlNet; id?: number }

@@ -53,11 +53,16 @@ impl VaeConfig {
         }
     }
 
-    /// Pipeline latents are the VAE's times this.
-    pub fn scaling_factor(&self) -> f64 {
-        match self {
-            VaeConfig::Kl(c) => c.scaling_factor,
-            VaeConfig::Tiny(c) => c.scaling_factor,
+    /// The latents the denoiser works in, and how they relate to this VAE's.
+    pub fn latent_space(&self) -> LatentSpace {
+        let (scaling, shift) = match self {
+            VaeConfig::Kl(c) => (c.scaling_factor, c.shift_factor.unwrap_or(0.0)),
+            VaeConfig::Tiny(c) => (c.scaling_factor, c.shift_factor),
+        };
+        LatentSpace {
+            channels: self.latent_channels(),
+            scaling,
+            shift,
         }
     }
 
@@ -69,6 +74,45 @@ impl VaeConfig {
             VaeConfig::Tiny(c) => c.force_upcast,
         }
     }
+}
+
+/// The latents a denoiser works in: the VAE's, shifted and scaled to about unit variance
+/// (diffusers' `shift_factor` and `scaling_factor`). The one place that converts between
+/// the two.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatentSpace {
+    pub channels: usize,
+    pub scaling: f64,
+    pub shift: f64,
+}
+
+impl LatentSpace {
+    /// The VAE's latents (an encoded image) → the denoiser's: `(z − shift) · scaling`.
+    pub fn to_latents(&self, z: Tensor<4>) -> Tensor<4> {
+        (z - self.shift) * self.scaling
+    }
+
+    /// The denoiser's latents → the VAE's, for decoding: `x / scaling + shift`.
+    pub fn from_latents(&self, x: Tensor<4>) -> Tensor<4> {
+        x / self.scaling + self.shift
+    }
+}
+
+/// A latent space with a shift (`z / scaling + shift` before decoding: SD3's and FLUX's
+/// VAEs) is refused until a model family that uses it applies it, rather than decoded
+/// wrongly in silence.
+fn refuse_shift(file: &str, shift_factor: f64) -> Result<()> {
+    if shift_factor == 0.0 {
+        return Ok(());
+    }
+    Err(Error::config(
+        file,
+        "shift_factor",
+        format!(
+            "{shift_factor}: latents with a shift (SD3 and FLUX VAEs) are not supported by \
+             this build"
+        ),
+    ))
 }
 
 /// (One or two per pipeline: the variants' sizes do not matter.)
@@ -113,5 +157,62 @@ impl Vae {
                 _ => false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latents_are_scaled_and_shifted_as_diffusers_does() {
+        let device = Device::flex();
+        let space = LatentSpace {
+            channels: 1,
+            scaling: 1.5305,
+            shift: 0.0609,
+        };
+        let z = Tensor::<4>::from_data(
+            TensorData::new(vec![-1.0f32, 0.0, 2.0], [1, 1, 1, 3]),
+            &device,
+        );
+        let x = space.to_latents(z.clone());
+        let expected: Vec<f32> = [-1.0f32, 0.0, 2.0]
+            .iter()
+            .map(|z| (z - 0.0609) * 1.5305)
+            .collect();
+        let got = x.clone().into_data().try_to_vec::<f32>().unwrap();
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+        }
+        let back = space
+            .from_latents(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (b, z) in back.iter().zip([-1.0f32, 0.0, 2.0]) {
+            assert!((b - z).abs() < 1e-6, "{back:?}");
+        }
+    }
+
+    #[test]
+    fn a_shifted_latent_space_is_refused_by_key() {
+        let device = Device::flex();
+        let build = |json: &str| {
+            let config = VaeConfig::parse("vae/config.json", json).unwrap();
+            Vae::new(&config, "vae/config.json", &device).map(|_| ())
+        };
+        for class in ["AutoencoderKL", "AutoencoderTiny"] {
+            let shifted = format!(r#"{{"_class_name": "{class}", "shift_factor": 0.0609}}"#);
+            let err = build(&shifted).expect_err("refused").to_string();
+            assert!(
+                err.contains("vae/config.json") && err.contains("shift_factor"),
+                "{err}"
+            );
+            let plain = format!(r#"{{"_class_name": "{class}", "shift_factor": 0.0}}"#);
+            assert!(build(&plain).is_ok(), "{class}");
+        }
+        let null = r#"{"_class_name": "AutoencoderKL", "shift_factor": null}"#;
+        assert!(build(null).is_ok());
     }
 }

@@ -1,0 +1,149 @@
+//! Model families: which networks a pipeline is made of. Read from `model_index.json`, the
+//! pipeline's own description (its `_class_name` and the components it lists), so that a
+//! model of a family this build does not run is refused by name before anything is built,
+//! instead of failing later on a missing file or a misfit shape.
+
+use crate::component::{self, Component};
+use crate::error::{Error, Result};
+use crate::files::ModelFiles;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Stable Diffusion 1.x and 2.x (with Turbo, LCM and inpainting models): one CLIP text
+    /// encoder, a UNet, a 4-channel VAE.
+    Sd,
+}
+
+/// Families that diffusers has and this build does not run yet: a pipeline class, or a
+/// component that only they list, and how to name them.
+const NOT_YET: &[(&str, &str)] = &[
+    ("StableDiffusionXL", "SDXL"),
+    ("StableDiffusion3", "Stable Diffusion 3"),
+    ("Flux", "FLUX"),
+    ("Kandinsky", "Kandinsky"),
+    ("PixArt", "PixArt"),
+    ("Sana", "Sana"),
+];
+
+impl Family {
+    /// Its name in messages and in the browser's model info.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sd => "sd",
+        }
+    }
+
+    /// The networks of its pipelines, in loading order.
+    pub fn components(self) -> &'static [Component] {
+        match self {
+            Family::Sd => &Component::PIPELINE,
+        }
+    }
+
+    /// The family of the pipeline `files` holds. A model without `model_index.json` (a
+    /// single-file checkpoint's parts) is taken for SD; one whose class or components name
+    /// another family is refused, naming it.
+    pub fn detect(files: &dyn ModelFiles) -> Result<Family> {
+        let Some(text) = files.read_text(component::MODEL_INDEX)? else {
+            return Ok(Family::Sd);
+        };
+        let file = files.display(component::MODEL_INDEX);
+        let index: serde_json::Value = crate::config::parse(&file, &text)?;
+        let class = index.get("_class_name").and_then(|c| c.as_str());
+        // Second text encoders and transformers belong to SDXL, SD3 and the DiTs.
+        // diffusers lists an absent one as [null, null].
+        let listed = |name: &str| {
+            index.get(name).is_some_and(|v| match v.as_array() {
+                Some(pair) => pair.iter().any(|x| !x.is_null()),
+                None => !v.is_null(),
+            })
+        };
+        let other = match class.and_then(|c| NOT_YET.iter().find(|(p, _)| c.starts_with(p))) {
+            Some((_, family)) => Some(*family),
+            None if listed("transformer") => Some("a diffusion transformer"),
+            None if listed("text_encoder_2") => Some("a model with two text encoders (SDXL)"),
+            None => None,
+        };
+        match other {
+            Some(family) => Err(Error::config(
+                &file,
+                "_class_name",
+                format!(
+                    "{} is {family}, which this build does not run yet (it runs Stable \
+                     Diffusion 1.x and 2.x: SD 1.5, SD 2.1, SD-Turbo, LCM, inpainting models)",
+                    class.unwrap_or("this pipeline")
+                ),
+            )),
+            None => Ok(Family::Sd),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::MemoryFiles;
+    use std::collections::HashMap;
+
+    fn with_index(json: Option<&str>) -> MemoryFiles {
+        let files = json.map(|j| (component::MODEL_INDEX.to_string(), j.as_bytes().to_vec()));
+        MemoryFiles {
+            base: "https://h/model".into(),
+            files: HashMap::from_iter(files),
+        }
+    }
+
+    #[test]
+    fn sd_pipelines_are_sd_and_other_families_are_refused_by_name() {
+        for class in [
+            "StableDiffusionPipeline",
+            "StableDiffusionInpaintPipeline",
+            "LatentConsistencyModelPipeline",
+        ] {
+            let json = format!(r#"{{"_class_name": "{class}", "unet": ["diffusers", "U"]}}"#);
+            let files = with_index(Some(&json));
+            assert_eq!(Family::detect(&files).unwrap(), Family::Sd, "{class}");
+        }
+        assert_eq!(Family::detect(&with_index(None)).unwrap(), Family::Sd);
+        for (json, named) in [
+            (r#"{"_class_name": "StableDiffusionXLPipeline"}"#, "SDXL"),
+            (
+                r#"{"_class_name": "StableDiffusion3Pipeline"}"#,
+                "Stable Diffusion 3",
+            ),
+            (r#"{"_class_name": "FluxPipeline"}"#, "FLUX"),
+            (
+                r#"{"_class_name": "MyPipeline", "text_encoder_2": ["t", "C"]}"#,
+                "two text encoders",
+            ),
+            (
+                r#"{"_class_name": "MyPipeline", "transformer": ["d", "T"]}"#,
+                "diffusion transformer",
+            ),
+        ] {
+            let err = Family::detect(&with_index(Some(json)))
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                err.contains("https://h/model/model_index.json") && err.contains(named),
+                "{err}"
+            );
+        }
+        // A second encoder listed as absent (diffusers writes [null, null]) is none.
+        for absent in ["null", "[null, null]"] {
+            let json = format!(
+                r#"{{"_class_name": "StableDiffusionPipeline", "text_encoder_2": {absent}}}"#
+            );
+            assert_eq!(
+                Family::detect(&with_index(Some(&json))).unwrap(),
+                Family::Sd
+            );
+        }
+    }
+}
