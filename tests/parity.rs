@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use common::{Goldens, MODELS, assert_close, devices, model_dir, prompts};
 use webdiffusion::files::DirFiles;
 use webdiffusion::load;
-use webdiffusion::models::unet::Residuals;
+use webdiffusion::models::unet::{Conditioning, Residuals};
 use webdiffusion::models::vae::Vae;
 use webdiffusion::weights::{ModuleLoader, SafetensorsReader, TensorReader};
 
@@ -84,7 +84,12 @@ fn unet_matches_diffusers() {
             let what = format!("{name} on {dev_name}");
             for k in 0..4 {
                 let t = goldens.values(&format!("unet.timestep.{k}"))[0] as f32;
-                let out = unet.forward(sample.clone(), t, context.clone(), None, None);
+                let out = unet.forward(
+                    sample.clone(),
+                    t,
+                    &Conditioning::text(context.clone()),
+                    None,
+                );
                 assert_close(
                     &goldens,
                     &format!("unet.out.{k}"),
@@ -104,7 +109,7 @@ fn unet_matches_diffusers() {
                 down,
                 mid: goldens.tensor::<4>("unet.mid_residual", &device),
             };
-            let out = unet.forward(sample, 500.0, context, None, Some(residuals));
+            let out = unet.forward(sample, 500.0, &Conditioning::text(context), Some(residuals));
             assert_close(
                 &goldens,
                 "unet.out_residuals",

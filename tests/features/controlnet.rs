@@ -11,6 +11,7 @@ use burn::prelude::*;
 use webdiffusion::component::Component;
 use webdiffusion::files::DirFiles;
 use webdiffusion::image::{self, Image};
+use webdiffusion::models::unet::Conditioning;
 use webdiffusion::pack::open_component;
 use webdiffusion::pipeline::{Control, ControlNet, Request, StableDiffusion};
 
@@ -38,27 +39,20 @@ fn residuals_and_the_unet_with_them_match_diffusers() {
             let goldens = Goldens::file(&format!("controlnet/goldens-{model}.safetensors"));
             let base = Goldens::load(model);
             let sample = base.tensor::<4>("unet.sample", &device);
-            let context = base.tensor::<3>("unet.encoder_hidden_states", &device);
+            let text = Conditioning::text(base.tensor::<3>("unet.encoder_hidden_states", &device));
             let cond = goldens.tensor::<4>("cond", &device);
             let what = format!("{model} on {dev}");
             for (scale, suffix) in [(1.0, ""), (0.5, ".scale05")] {
-                let r = cn.model.forward(
-                    sample.clone(),
-                    500.0,
-                    context.clone(),
-                    cond.clone(),
-                    None,
-                    scale,
-                );
+                let r = cn
+                    .model
+                    .forward(sample.clone(), 500.0, &text, cond.clone(), scale);
                 for (j, down) in r.down.into_iter().enumerate() {
                     assert_close(&goldens, &format!("down.{j}{suffix}"), down, TOL, &what);
                 }
                 assert_close(&goldens, &format!("mid{suffix}"), r.mid, TOL, &what);
             }
-            let r = cn
-                .model
-                .forward(sample.clone(), 500.0, context.clone(), cond, None, 1.0);
-            let out = pipe.unet.forward(sample, 500.0, context, None, Some(r));
+            let r = cn.model.forward(sample.clone(), 500.0, &text, cond, 1.0);
+            let out = pipe.unet.forward(sample, 500.0, &text, Some(r));
             assert_close(&goldens, "unet.out", out, TOL, &what);
         }
     }
@@ -207,12 +201,12 @@ fn the_single_file_layout_loads_the_same_controlnet() {
     let cn = pipe.load_controlnet(&single, "single").unwrap();
     let goldens = Goldens::file("controlnet/goldens-sd1-tiny.safetensors");
     let base = Goldens::load("sd1-tiny");
+    let text = Conditioning::text(base.tensor::<3>("unet.encoder_hidden_states", &device));
     let r = cn.model.forward(
         base.tensor::<4>("unet.sample", &device),
         500.0,
-        base.tensor::<3>("unet.encoder_hidden_states", &device),
+        &text,
         goldens.tensor::<4>("cond", &device),
-        None,
         1.0,
     );
     assert_close(&goldens, "mid", r.mid, TOL, "single file");

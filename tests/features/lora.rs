@@ -11,6 +11,7 @@ use burn::prelude::*;
 use webdiffusion::component::Component;
 use webdiffusion::files::DirFiles;
 use webdiffusion::lora::{self, Lora};
+use webdiffusion::models::unet::Conditioning;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant::Precision;
 
@@ -42,7 +43,10 @@ fn outputs(
     let unet = lora::apply(&pipe.unet, Component::Unet, loras);
     let sample = base.tensor::<4>("unet.sample", device);
     let context = base.tensor::<3>("unet.encoder_hidden_states", device);
-    (embeds, unet.forward(sample, 500.0, context, None, None))
+    (
+        embeds,
+        unet.forward(sample, 500.0, &Conditioning::text(context), None),
+    )
 }
 
 #[test]

@@ -20,7 +20,7 @@ use webdiffusion::files::ModelFiles;
 use webdiffusion::load::{self, Network};
 use webdiffusion::lora::{self, Format, Layer, Lora, LoraFile, Stored, Target, Targets};
 use webdiffusion::models::clip::ClipTextModel;
-use webdiffusion::models::unet::UNet2DConditionModel;
+use webdiffusion::models::unet::{Conditioning, UNet2DConditionModel};
 use webdiffusion::models::vae::Vae;
 use webdiffusion::noise::Generator;
 use webdiffusion::pack::convert::{Policy, encode};
@@ -247,9 +247,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let sample = rand([2, 4, latent, latent]);
     let context =
         Tensor::<3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+    let cond = Conditioning::text(context);
     let unet_ms = time(iters, || {
-        unet.forward(sample.clone(), 500.0, context.clone(), None, None)
-            .into_data()
+        unet.forward(sample.clone(), 500.0, &cond, None).into_data()
     });
     println!("UNet step, batch 2 (CFG), {latent}×{latent} latents: {unet_ms:.1} ms");
     let mut lora_ms = None;
@@ -261,7 +261,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let adapted = lora::apply(&unet, Component::Unet, &[(lora, 1.0)]);
         let with = time(iters, || {
             adapted
-                .forward(sample.clone(), 500.0, context.clone(), None, None)
+                .forward(sample.clone(), 500.0, &cond, None)
                 .into_data()
         });
         println!(

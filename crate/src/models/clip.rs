@@ -26,6 +26,10 @@ pub struct ClipTextConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `["CLIPTextModelWithProjection"]` for SDXL's second encoder (and SD3's two): the
+    /// model then has a `text_projection` to `projection_dim`.
+    pub architectures: Vec<String>,
+    pub projection_dim: usize,
 }
 
 impl Default for ClipTextConfig {
@@ -43,6 +47,8 @@ impl Default for ClipTextConfig {
             pad_token_id: Some(1),
             bos_token_id: Some(49406),
             eos_token_id: Some(49407),
+            architectures: Vec::new(),
+            projection_dim: 512,
         }
     }
 }
@@ -100,6 +106,10 @@ pub struct ClipTextModel {
     pub embeddings: ClipEmbeddings,
     pub encoder: ClipEncoder,
     pub final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s projection of the pooled (end-token) state.
+    pub text_projection: Option<Linear>,
+    /// The end token, whose final state is the pooled one.
+    pub eos_token_id: u32,
 }
 
 impl ClipTextModel {
@@ -142,6 +152,13 @@ impl ClipTextModel {
             ));
         }
         let eps = config.layer_norm_eps;
+        let projected = config
+            .architectures
+            .iter()
+            .any(|a| a == "CLIPTextModelWithProjection");
+        if projected {
+            bounded(file, "projection_dim", config.projection_dim, 1..=8192)?;
+        }
         let layer = || ClipEncoderLayer {
             self_attn: ClipAttention {
                 q_proj: linear(d, d, true, device),
@@ -168,6 +185,8 @@ impl ClipTextModel {
                 layers: (0..config.num_hidden_layers).map(|_| layer()).collect(),
             },
             final_layer_norm: layer_norm(d, eps, device),
+            text_projection: projected.then(|| linear(d, config.projection_dim, false, device)),
+            eos_token_id: config.eos_token_id.unwrap_or(49407),
         })
     }
 
@@ -198,6 +217,52 @@ impl ClipTextModel {
             x = layer.forward(x);
         }
         self.final_layer_norm.forward(x)
+    }
+}
+
+impl ClipTextModel {
+    /// SDXL's (and SD3's) reading of one tokenized prompt: the hidden states `1 + clip_skip`
+    /// layers before the last, without the final layer norm (diffusers'
+    /// `hidden_states[-(clip_skip + 2)]`), `[1, tokens, hidden]`; and, for a model with a
+    /// projection, the pooled embedding `[1, projection_dim]`: the end token's final state
+    /// (after the final layer norm) projected. The pooled embedding ignores `clip_skip`.
+    pub fn encode_penultimate(
+        &self,
+        ids: &[u32],
+        clip_skip: usize,
+        device: &Device,
+    ) -> (Tensor<3>, Option<Tensor<2>>) {
+        let n = ids.len();
+        let input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), device);
+        let positions = Tensor::<1, Int>::arange(0..n as i64, device).unsqueeze::<2>();
+        let mut x = self.embeddings.token_embedding.forward(input)
+            + self.embeddings.position_embedding.forward(positions);
+        let keep = self.num_layers().saturating_sub(1 + clip_skip);
+        // The pooled embedding needs every layer; the hidden states only the first `keep`.
+        let depth = match self.text_projection {
+            Some(_) => self.num_layers(),
+            None => keep,
+        };
+        let mut hidden = (keep == 0).then(|| x.clone());
+        for (i, layer) in self.encoder.layers[..depth].iter().enumerate() {
+            x = layer.forward(x);
+            if i + 1 == keep {
+                hidden = Some(x.clone());
+            }
+        }
+        let hidden = hidden.expect("keep ≤ depth");
+        let pooled = self.text_projection.as_ref().map(|projection| {
+            // transformers: the first position holding the end token.
+            let eos = ids
+                .iter()
+                .position(|&i| i == self.eos_token_id)
+                .unwrap_or(n - 1);
+            let last = self.final_layer_norm.forward(x).narrow(1, eos, 1);
+            let [_, _, d] = last.dims();
+            projection.forward(last.reshape([1, d]))
+        });
+        (hidden, pooled)
     }
 }
 

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::layers::{Conv2d, conv2d};
-use super::unet::{DownBlock, MidBlock, Residuals, UNetConfig, down_path};
+use super::unet::{Conditioning, DownBlock, MidBlock, Residuals, UNetConfig, down_path};
 use crate::config::{all_bounded, bounded, expect_one_of};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -85,6 +85,13 @@ impl ControlNetModel {
     pub fn new(config: &ControlNetConfig, file: &str, device: &Device) -> Result<Self> {
         let unet = &config.unet;
         let plan = unet.encoder_plan(file)?;
+        if unet.addition_embed_type.is_some() {
+            return Err(Error::config(
+                file,
+                "addition_embed_type",
+                "an SDXL ControlNet (text_time conditioning) is not supported yet",
+            ));
+        }
         expect_one_of(
             file,
             "controlnet_conditioning_channel_order",
@@ -151,17 +158,17 @@ impl ControlNetModel {
     }
 
     /// The residuals for the UNet's skip connections and mid block, each multiplied by
-    /// `scale`. `sample` and `context` are the UNet's own inputs at this step; `image` is
-    /// the control image `[B, 3, H, W]` in [0, 1] at the output size.
+    /// `scale`. `sample` and `cond` are the UNet's own inputs at this step; `image` is the
+    /// control image `[B, 3, H, W]` in [0, 1] at the output size.
     pub fn forward(
         &self,
         sample: Tensor<4>,
         timestep: f32,
-        context: Tensor<3>,
+        cond: &Conditioning,
         image: Tensor<4>,
-        timestep_cond: Option<Tensor<2>>,
         scale: f32,
     ) -> Residuals {
+        let context = &cond.context;
         let dtype = sample.dtype();
         let batch = sample.dims()[0];
         let t_emb = timestep_embedding(
@@ -172,17 +179,19 @@ impl ControlNetModel {
             &sample.device(),
         )
         .cast(dtype);
-        let temb = self.time_embedding.forward(t_emb, timestep_cond);
+        let temb = self
+            .time_embedding
+            .forward(t_emb, cond.timestep_cond.clone());
         let image = if self.bgr { image.flip([1]) } else { image };
         let mut x = self.conv_in.forward(sample) + self.controlnet_cond_embedding.forward(image);
         let mut states = vec![x.clone()];
         for block in &self.down_blocks {
-            let (out, skips) = block.forward(x, &temb, &context);
+            let (out, skips) = block.forward(x, &temb, context);
             x = out;
             states.extend(skips);
         }
         if let Some(mid) = &self.mid_block {
-            x = mid.forward(x, &temb, &context);
+            x = mid.forward(x, &temb, context);
         }
         let finish = |t: Tensor<4>| {
             let t = t * scale;

@@ -11,7 +11,7 @@ use super::Control;
 use crate::error::{Error, Result};
 use crate::image::{self, Image};
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
-use crate::models::unet::{Residuals, UNetConfig};
+use crate::models::unet::{Conditioning, Residuals, UNetConfig};
 
 /// A loaded ControlNet, checked to fit the pipeline it was loaded for.
 pub struct ControlNet {
@@ -161,13 +161,12 @@ fn to_tensor(image: &Image, device: &Device) -> Tensor<4> {
 }
 
 /// The summed residuals of the ControlNets active at step `k` of `total` (none active:
-/// `None`). `sample` and `context` are the UNet's inputs at this step.
+/// `None`). `sample` and `cond` are the UNet's inputs at this step.
 pub(super) fn residuals(
     controls: &[ActiveControl],
     sample: &Tensor<4>,
     timestep: f32,
-    context: &Tensor<3>,
-    timestep_cond: &Option<Tensor<2>>,
+    cond: &Conditioning,
     (k, total): (usize, usize),
 ) -> Option<Residuals> {
     let (k, total) = (k as f64, total as f64);
@@ -176,14 +175,9 @@ pub(super) fn residuals(
         // diffusers' `controlnet_keep`: off before `start` and after `end`.
         .filter(|c| !(k / total < c.start || (k + 1.0) / total > c.end))
         .map(|c| {
-            c.controlnet.model.forward(
-                sample.clone(),
-                timestep,
-                context.clone(),
-                c.image.clone(),
-                timestep_cond.clone(),
-                c.scale,
-            )
+            c.controlnet
+                .model
+                .forward(sample.clone(), timestep, cond, c.image.clone(), c.scale)
         })
         .reduce(|a, b| Residuals {
             down: a.down.into_iter().zip(b.down).map(|(x, y)| x + y).collect(),

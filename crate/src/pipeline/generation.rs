@@ -11,7 +11,7 @@ use super::{Generated, Request, Settings, StableDiffusion};
 use crate::component::Component;
 use crate::error::{Error, Result};
 use crate::lora;
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{Conditioning, UNet2DConditionModel};
 use crate::schedulers::{self, NoiseSource, Scheduler};
 
 /// A generation in progress: the scheduler's state and the current latents.
@@ -23,9 +23,9 @@ pub struct Generation<'a> {
     scheduler: Box<dyn Scheduler>,
     rng: Box<dyn NoiseSource>,
     latents: Tensor<4>,
-    /// Text embeddings: `[negative, positive]` under classifier-free guidance.
-    context: Tensor<3>,
-    timestep_cond: Option<Tensor<2>>,
+    /// What the UNet is conditioned on: `[negative, positive]` under classifier-free
+    /// guidance.
+    cond: Conditioning,
     /// (scale, rescale) when running classifier-free guidance.
     guidance: Option<(f64, f64)>,
     controls: Vec<ActiveControl>,
@@ -241,8 +241,11 @@ impl StableDiffusion {
             scheduler,
             rng,
             latents,
-            context,
-            timestep_cond,
+            cond: Conditioning {
+                context,
+                timestep_cond,
+                text_time: None,
+            },
             guidance: guided.then_some((request.guidance, request.guidance_rescale)),
             controls,
             inpaint,
@@ -278,7 +281,7 @@ impl Generation<'_> {
 
     /// The largest |value| of the text embeddings, to read back and check.
     pub fn context_max_abs(&self) -> Tensor<1> {
-        self.context.clone().abs().max()
+        self.cond.context.clone().abs().max()
     }
 
     /// The largest |latent|, to read back and check for divergence (NaN or ∞).
@@ -305,8 +308,7 @@ impl Generation<'_> {
             &self.controls,
             &input,
             t,
-            &self.context,
-            &self.timestep_cond,
+            &self.cond,
             (i - self.start, self.total()),
         );
         let output = self
@@ -314,8 +316,7 @@ impl Generation<'_> {
             .forward(
                 Inpaint::unet_input(&self.inpaint, input),
                 t,
-                self.context.clone(),
-                self.timestep_cond.clone(),
+                &self.cond,
                 residuals,
             )
             .cast(DType::F32);

@@ -42,7 +42,13 @@ pub struct UNetConfig {
     /// LCM's guidance-scale embedding width.
     pub time_cond_proj_dim: Option<usize>,
     pub class_embed_type: Option<String>,
+    /// `"text_time"` (SDXL): a pooled text embedding and six size ids, embedded and added to
+    /// the time embedding.
     pub addition_embed_type: Option<String>,
+    /// The sinusoidal width each of the six size ids is embedded at (SDXL: 256).
+    pub addition_time_embed_dim: Option<usize>,
+    /// The width of the pooled text embedding and the six embedded ids together.
+    pub projection_class_embeddings_input_dim: Option<usize>,
     pub encoder_hid_dim: Option<usize>,
     pub num_class_embeds: Option<usize>,
     pub attention_type: String,
@@ -100,6 +106,8 @@ impl Default for UNetConfig {
             time_cond_proj_dim: None,
             class_embed_type: None,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
             encoder_hid_dim: None,
             num_class_embeds: None,
             attention_type: "default".into(),
@@ -286,14 +294,14 @@ impl UNetConfig {
             &self.time_embedding_type,
             &["positional"],
         )?;
-        for (key, value) in [
-            ("class_embed_type", &self.class_embed_type),
-            ("addition_embed_type", &self.addition_embed_type),
-        ] {
-            if let Some(v) = value {
-                return Err(Error::config(file, key, format!("{v:?} is not supported")));
-            }
+        if let Some(v) = &self.class_embed_type {
+            return Err(Error::config(
+                file,
+                "class_embed_type",
+                format!("{v:?} is not supported"),
+            ));
         }
+        self.text_time(file)?;
         expect_one_of(file, "attention_type", &self.attention_type, &["default"])?;
         let unsupported = [
             ("center_input_sample", self.center_input_sample),
@@ -374,6 +382,48 @@ impl UNetConfig {
             None => self
                 .attention_head_dim
                 .expand(n, file, "attention_head_dim"),
+        }
+    }
+
+    /// SDXL's `text_time` embedding: (`addition_time_embed_dim`, the pooled embedding's
+    /// width), `None` without one.
+    pub fn text_time(&self, file: &str) -> Result<Option<(usize, usize)>> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(None),
+            Some("text_time") => {
+                let need = |key: &str, v: Option<usize>| {
+                    v.ok_or_else(|| Error::config(file, key, "is required with text_time"))
+                };
+                let time = need("addition_time_embed_dim", self.addition_time_embed_dim)?;
+                let total = need(
+                    "projection_class_embeddings_input_dim",
+                    self.projection_class_embeddings_input_dim,
+                )?;
+                bounded(file, "addition_time_embed_dim", time, 2..=4096)?;
+                bounded(
+                    file,
+                    "projection_class_embeddings_input_dim",
+                    total,
+                    1..=65536,
+                )?;
+                if total <= 6 * time {
+                    return Err(Error::config(
+                        file,
+                        "projection_class_embeddings_input_dim",
+                        format!(
+                            "is {total}, which leaves no room for a pooled text embedding \
+                             beside 6 × addition_time_embed_dim = {}",
+                            6 * time
+                        ),
+                    ));
+                }
+                Ok(Some((time, total - 6 * time)))
+            }
+            Some(v) => Err(Error::config(
+                file,
+                "addition_embed_type",
+                format!("{v:?} is not supported (only \"text_time\", SDXL's)"),
+            )),
         }
     }
 

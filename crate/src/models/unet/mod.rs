@@ -23,9 +23,46 @@ pub struct UNet2DConditionModel {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    /// SDXL's `text_time` embedding of the pooled text embedding and the size ids.
+    pub add_embedding: Option<TimestepEmbedding>,
     pub time_proj_dim: usize,
+    /// The sinusoidal width of each size id (`addition_time_embed_dim`; 0 without one).
+    pub add_time_proj_dim: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f32,
+}
+
+/// What the UNet (and a ControlNet) is conditioned on besides the latents and the
+/// timestep, batched as the latents are (the negative prompt's first under CFG).
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The text embeddings its cross-attention reads, `[B, tokens, dim]`.
+    pub context: Tensor<3>,
+    /// LCM's embedding of the guidance scale, `[B, time_cond_proj_dim]`.
+    pub timestep_cond: Option<Tensor<2>>,
+    /// SDXL's `text_time` inputs.
+    pub text_time: Option<TextTime>,
+}
+
+/// SDXL's added conditioning: the pooled text embedding and the size ids.
+#[derive(Debug, Clone)]
+pub struct TextTime {
+    /// `[B, P]`: the second text encoder's projected end-token state.
+    pub pooled: Tensor<2>,
+    /// Six per sample, row after row (original height and width, crop top and left,
+    /// target height and width): plain numbers, embedded on the host as timesteps are.
+    pub time_ids: Vec<f32>,
+}
+
+impl Conditioning {
+    /// Conditioning on text embeddings alone (SD 1.x/2.x).
+    pub fn text(context: Tensor<3>) -> Self {
+        Self {
+            context,
+            timestep_cond: None,
+            text_time: None,
+        }
+    }
 }
 
 /// Extra residuals added to the skip connections and the mid-block output (ControlNet):
@@ -41,6 +78,7 @@ impl UNet2DConditionModel {
     /// Parameters are lazy: nothing is allocated before weights are loaded.
     pub fn new(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
         let plan = config.plan(file)?;
+        let text_time = config.text_time(file)?;
         let c0 = plan.channels[0];
         let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
         Ok(Self {
@@ -56,41 +94,32 @@ impl UNet2DConditionModel {
             up_blocks: blocks::up_path(&plan, device),
             conv_norm_out: group_norm(plan.groups, c0, config.norm_eps, device),
             conv_out: conv2d(c0, config.out_channels, k_out, 1, k_out / 2, device),
+            add_embedding: text_time.map(|(time, pooled)| {
+                TimestepEmbedding::new(6 * time + pooled, plan.temb_dim, None, device)
+            }),
             time_proj_dim: c0,
+            add_time_proj_dim: text_time.map_or(0, |(time, _)| time),
             flip_sin_to_cos: config.flip_sin_to_cos,
             freq_shift: config.freq_shift,
         })
     }
 
     /// Predicts the noise (or v, or x₀, per the scheduler's `prediction_type`) in `sample`
-    /// `[B, C, h, w]` at `timestep`, attending to `context` `[B, tokens, dim]`.
-    ///
-    /// `timestep_cond` is LCM's guidance embedding; `residuals` are ControlNet's.
+    /// `[B, C, h, w]` at `timestep`, given `cond` (the text embeddings its cross-attention
+    /// reads, and the embeddings added to the time embedding). `residuals` are ControlNet's.
     pub fn forward(
         &self,
         sample: Tensor<4>,
         timestep: f32,
-        context: Tensor<3>,
-        timestep_cond: Option<Tensor<2>>,
+        cond: &Conditioning,
         residuals: Option<Residuals>,
     ) -> Tensor<4> {
-        let device = sample.device();
-        let dtype = sample.dtype();
-        let batch = sample.dims()[0];
-        let t_emb = timestep_embedding(
-            &vec![timestep; batch],
-            self.time_proj_dim,
-            self.flip_sin_to_cos,
-            self.freq_shift,
-            &device,
-        )
-        .cast(dtype);
-        let temb = self.time_embedding.forward(t_emb, timestep_cond);
-
+        let context = &cond.context;
+        let temb = self.embed_time(&sample, timestep, cond);
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
-            let (out, block_skips) = block.forward(x, &temb, &context);
+            let (out, block_skips) = block.forward(x, &temb, context);
             x = out;
             skips.extend(block_skips);
         }
@@ -99,7 +128,7 @@ impl UNet2DConditionModel {
             r.mid
         });
         if let Some(mid) = &self.mid_block {
-            x = mid.forward(x, &temb, &context);
+            x = mid.forward(x, &temb, context);
         }
         if let Some(r) = mid_residual {
             x = x + r;
@@ -110,8 +139,33 @@ impl UNet2DConditionModel {
                 let [_, _, h, w] = s.dims();
                 [h, w]
             });
-            x = block.forward(x, block_skips, &temb, &context, upsample_to);
+            x = block.forward(x, block_skips, &temb, context, upsample_to);
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+
+    /// The embedding every resnet receives: the timestep's, plus LCM's guidance embedding
+    /// and SDXL's `text_time` embedding when the model has them.
+    fn embed_time(&self, sample: &Tensor<4>, timestep: f32, cond: &Conditioning) -> Tensor<2> {
+        let device = sample.device();
+        let dtype = sample.dtype();
+        let batch = sample.dims()[0];
+        let sinusoids = |values: &[f32], dim: usize| {
+            timestep_embedding(values, dim, self.flip_sin_to_cos, self.freq_shift, &device)
+        };
+        let t_emb = sinusoids(&vec![timestep; batch], self.time_proj_dim).cast(dtype);
+        let temb = self
+            .time_embedding
+            .forward(t_emb, cond.timestep_cond.clone());
+        let (Some(add_embedding), Some(text_time)) = (&self.add_embedding, &cond.text_time) else {
+            return temb;
+        };
+        // Each size id through the sinusoidal projection, flattened per sample: diffusers'
+        // `add_time_proj(time_ids.flatten())` reshaped to [B, 6·d].
+        let time_embeds = sinusoids(&text_time.time_ids, self.add_time_proj_dim)
+            .reshape([batch, 6 * self.add_time_proj_dim])
+            .cast(dtype);
+        let add = Tensor::cat(vec![text_time.pooled.clone().cast(dtype), time_embeds], 1);
+        temb + add_embedding.forward(add, None)
     }
 }
