@@ -289,6 +289,21 @@ impl Generation<'_> {
         self.latents.clone().abs().max()
     }
 
+    /// Fails when the text embeddings are not finite: `max_abs` is
+    /// [`context_max_abs`](Self::context_max_abs) read back (natively at once, in the
+    /// browser awaited), so that every driver checks and words it alike.
+    pub fn check_context(&self, max_abs: f32) -> Result<()> {
+        super::check_finite("the text encoder", max_abs, self.pipe.dtype)
+    }
+
+    /// Fails when the latents the last step left are not finite: `max_abs` is
+    /// [`max_abs`](Self::max_abs) read back. The message names the step.
+    pub fn check_latents(&self, max_abs: f32) -> Result<()> {
+        let (step, total) = (self.index - self.start, self.total());
+        let what = format!("the UNet at step {step} of {total}");
+        super::check_finite(&what, max_abs, self.pipe.dtype)
+    }
+
     /// One UNet call (with the ControlNets' residuals) and scheduler step; returns (steps
     /// done, total).
     pub fn step(&mut self) -> (usize, usize) {

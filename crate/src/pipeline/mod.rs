@@ -435,23 +435,23 @@ impl StableDiffusion {
     ) -> Result<Generated> {
         let read = |t: Tensor<1>| t.into_scalar::<f32>();
         let mut generation = self.start(request, rng)?;
-        check_finite(
-            "the text encoder",
-            read(generation.context_max_abs()),
-            self.dtype,
-        )?;
+        generation.check_context(read(generation.context_max_abs()))?;
         while !generation.is_done() {
             let (step, total) = generation.step();
-            let what = format!("the UNet at step {step} of {total}");
-            check_finite(&what, read(generation.max_abs()), self.dtype)?;
+            generation.check_latents(read(generation.max_abs()))?;
             if !on_step(step, total, generation.latents()) {
                 return Err(Error::Cancelled);
             }
         }
         let generated = generation.finish();
-        let image_max = generated.image.clone().abs().max();
-        check_finite("the VAE decoder", read(image_max), self.vae_dtype())?;
+        self.check_image(read(generated.image.clone().abs().max()))?;
         Ok(generated)
+    }
+
+    /// Fails when a decoded image, read back as its largest |value| `max_abs`, is not
+    /// finite (the last of the checks a driver of [`Generation`] makes).
+    pub fn check_image(&self, max_abs: f32) -> Result<()> {
+        check_finite("the VAE decoder", max_abs, self.vae_dtype())
     }
 
     fn check_size(&self, request: &Request) -> Result<(usize, usize)> {

@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 use crate::component::Component;
 use crate::error::Error;
 use crate::noise::Generator;
-use crate::pipeline::{ControlNet, Parts, StableDiffusion, check_finite};
+use crate::pipeline::{ControlNet, Parts, StableDiffusion};
 use handles::{JsControlNet, JsLora, Loaded};
 use source::Source;
 
@@ -312,15 +312,14 @@ impl Pipeline {
             .start(&request, Box::new(Generator::new(request.seed)))
             .map_err(js_error)?;
         let max = read_f32(generation.context_max_abs().reshape([1])).await?[0];
-        check_finite("the text encoder", max, pipe.dtype).map_err(js_error)?;
+        generation.check_context(max).map_err(js_error)?;
         while !generation.is_done() {
             if hooks.aborted() {
                 return Err(abort_error());
             }
             let (step, total) = generation.step();
             let max = read_f32(generation.max_abs().reshape([1])).await?[0];
-            let what = format!("the UNet at step {step} of {total}");
-            check_finite(&what, max, pipe.dtype).map_err(js_error)?;
+            generation.check_latents(max).map_err(js_error)?;
             if let Some(on_step) = &hooks.on_step {
                 // The current latents go along for previews (a few KB to read back), and the
                 // preview decoder's image when there is one.
@@ -349,7 +348,7 @@ impl Pipeline {
         let [height, width, _] = out.image.dims();
         let rgb = read_f32(out.image.reshape([height * width * 3])).await?;
         let max = rgb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        check_finite("the VAE decoder", max, pipe.vae_dtype()).map_err(js_error)?;
+        pipe.check_image(max).map_err(js_error)?;
         let latents = read_f32(out.latents.reshape([-1])).await?;
 
         let result = Object::new();
