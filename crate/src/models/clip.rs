@@ -196,10 +196,7 @@ impl ClipTextModel {
 
     /// Text embeddings `[1, tokens, hidden]` of one tokenized prompt.
     pub fn encode(&self, ids: &[u32], clip_skip: usize, device: &Device) -> Tensor<3> {
-        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let n = ids.len();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
-        self.forward(ids, clip_skip)
+        self.forward(input_ids(ids, device), clip_skip)
     }
 
     /// Text embeddings `[B, tokens, hidden]` for `input_ids` `[B, tokens]`.
@@ -207,20 +204,23 @@ impl ClipTextModel {
     /// `clip_skip` as in diffusers: 0 is the last layer's output; `k` takes the output of
     /// the layer `k` before the last, passed through the final layer norm.
     pub fn forward(&self, input_ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
-        let [_, n] = input_ids.dims();
-        let device = input_ids.device();
-        let positions = Tensor::<1, Int>::arange(0..n as i64, &device).unsqueeze::<2>();
-        let mut x = self.embeddings.token_embedding.forward(input_ids)
-            + self.embeddings.position_embedding.forward(positions);
+        let mut x = self.embed(input_ids);
         let layers = self.num_layers().saturating_sub(clip_skip);
         for layer in &self.encoder.layers[..layers] {
             x = layer.forward(x);
         }
         self.final_layer_norm.forward(x)
     }
-}
 
-impl ClipTextModel {
+    /// Token plus position embeddings of `input_ids` `[B, tokens]`: the first layer's input.
+    fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, n] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..n as i64, &device).unsqueeze::<2>();
+        self.embeddings.token_embedding.forward(input_ids)
+            + self.embeddings.position_embedding.forward(positions)
+    }
+
     /// SDXL's (and SD3's) reading of one tokenized prompt: the hidden states `1 + clip_skip`
     /// layers before the last, without the final layer norm (diffusers'
     /// `hidden_states[-(clip_skip + 2)]`), `[1, tokens, hidden]`; and, for a model with a
@@ -232,12 +232,7 @@ impl ClipTextModel {
         clip_skip: usize,
         device: &Device,
     ) -> (Tensor<3>, Option<Tensor<2>>) {
-        let n = ids.len();
-        let input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), device);
-        let positions = Tensor::<1, Int>::arange(0..n as i64, device).unsqueeze::<2>();
-        let mut x = self.embeddings.token_embedding.forward(input)
-            + self.embeddings.position_embedding.forward(positions);
+        let mut x = self.embed(input_ids(ids, device));
         let keep = self.num_layers().saturating_sub(1 + clip_skip);
         // The pooled embedding needs every layer; the hidden states only the first `keep`.
         let depth = match self.text_projection {
@@ -257,13 +252,19 @@ impl ClipTextModel {
             let eos = ids
                 .iter()
                 .position(|&i| i == self.eos_token_id)
-                .unwrap_or(n - 1);
+                .unwrap_or(ids.len() - 1);
             let last = self.final_layer_norm.forward(x).narrow(1, eos, 1);
             let [_, _, d] = last.dims();
             projection.forward(last.reshape([1, d]))
         });
         (hidden, pooled)
     }
+}
+
+/// One tokenized prompt as the `[1, tokens]` id tensor the embedding reads.
+fn input_ids(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let values: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    Tensor::from_data(TensorData::new(values, [1, ids.len()]), device)
 }
 
 impl ClipEncoderLayer {

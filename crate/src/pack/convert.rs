@@ -597,8 +597,8 @@ pub fn convert_random(
     let (mut manifest, mut expected) = read_configs(config, precision)?;
     write_new_folder(out, |dir| {
         let mut reports = Vec::new();
-        let family: Vec<Component> = expected.keys().copied().collect();
-        for component in family {
+        let components: Vec<Component> = expected.keys().copied().collect();
+        for component in components {
             let mut writer = ComponentWriter::new(dir, component);
             let mut noise = crate::noise::Generator::new(seed ^ component as u64);
             let mut wanted = expected.remove(&component).unwrap_or_default();

@@ -92,27 +92,33 @@ impl Source {
             Err(why) => why,
         };
         let index_url = self.url(component::MODEL_INDEX);
-        let not_a_folder = match self.fetch(component::MODEL_INDEX).await? {
-            Answer::Absent(why) => Some(why),
+        let index = match self.fetch(component::MODEL_INDEX).await? {
+            Answer::Absent(why) => Err(why),
             Answer::File(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(json) if json.is_object() => None,
-                Ok(_) => Some("JSON, but not an object".to_string()),
-                Err(_) => Some(not_json(&bytes)),
+                Ok(json) if json.is_object() => Ok(bytes),
+                Ok(_) => Err("JSON, but not an object".to_string()),
+                Err(_) => Err(not_json(&bytes)),
             },
         };
-        if let Some(why) = not_a_folder {
-            return Err(js_sys::Error::new(&format!(
-                "{}: neither a pack nor a diffusers model folder: {not_a_pack}; {index_url}: \
-                 {why}. The URL must point at a folder holding {MANIFEST} (a pack) or \
-                 {} (a diffusers model)",
-                self.base,
-                component::MODEL_INDEX
-            ))
-            .into());
-        }
-        let mut files = HashMap::new();
+        let index = match index {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                return Err(js_sys::Error::new(&format!(
+                    "{}: neither a pack nor a diffusers model folder: {not_a_pack}; {index_url}: \
+                     {why}. The URL must point at a folder holding {MANIFEST} (a pack) or \
+                     {} (a diffusers model)",
+                    self.base,
+                    component::MODEL_INDEX
+                ))
+                .into());
+            }
+        };
+        // model_index.json is read once, here; the loop fetches the other files.
+        let mut files = HashMap::from([(component::MODEL_INDEX.to_string(), index)]);
         let mut absent = HashMap::new();
-        let configs = component::pipeline_configs().into_iter();
+        let configs = component::pipeline_configs()
+            .into_iter()
+            .filter(|(path, _)| path != component::MODEL_INDEX);
         let tokenizer = component::TOKENIZER_TEXT.map(|p| (p.to_string(), false));
         for (path, required) in configs.chain(tokenizer) {
             match self.fetch(&path).await? {
