@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use common::{fixtures, model_dir};
 use webdiffusion::component::Component;
+use webdiffusion::family::Family;
 use webdiffusion::files::{MemoryFiles, ModelFiles};
 use webdiffusion::load;
 use webdiffusion::models::clip::ClipTextModel;
@@ -137,9 +138,9 @@ proptest! {
             if let Ok(mut scheduler) = built {
                 run_scheduler(&mut *scheduler, &device);
             }
-            let ids = parts.tokenizer.encode("a photo of a cat");
+            let ids = parts.text.encoders[0].tokenizer.encode("a photo of a cat");
             prop_assert!(ids.is_ok());
-            prop_assert_eq!(ids.unwrap().len(), parts.tokenizer.max_length());
+            prop_assert_eq!(ids.unwrap().len(), parts.text.encoders[0].tokenizer.max_length());
         }
     }
 
@@ -390,7 +391,7 @@ proptest! {
         let opened = webdiffusion::pack::PackFiles::open(files);
         named(opened.as_ref().map(drop).map_err(clone_error), "manifest.json")?;
         let Ok(Some(pack)) = opened else { return Ok(()) };
-        let component = Component::PIPELINE[component];
+        let component = Family::Sd.components()[component];
         let _ = match component {
             Component::TextEncoder => load::network::<ClipTextModel>(&pack, component, &device, DType::F32).map(drop),
             Component::Unet => load::network::<UNet2DConditionModel>(&pack, component, &device, DType::F32).map(drop),

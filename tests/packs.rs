@@ -160,7 +160,7 @@ fn convert_to(model: &str, precision: Precision, dir: &Path) -> PathBuf {
 /// The final image of diffusers' 8-step DDIM txt2img (CFG 7.5, given latents).
 fn ddim_image(pipe: &StableDiffusion, goldens: &Goldens, device: &Device) -> Vec<f64> {
     let mut r = Request::new("a photograph of an astronaut riding a horse");
-    r.negative_prompt = "blurry, low quality".into();
+    r.negative_prompt = Some("blurry, low quality".into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.scheduler = Some("ddim".into());

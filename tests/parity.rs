@@ -18,7 +18,7 @@ fn tokenizer_matches_transformers() {
     let prompts = prompts();
     for name in MODELS {
         let goldens = Goldens::load(name);
-        let tokenizer = load::tokenizer(&DirFiles(model_dir(name))).unwrap();
+        let tokenizer = load::tokenizer(&DirFiles(model_dir(name)), "tokenizer").unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
             let ids = tokenizer.encode(prompt).unwrap();
             assert_eq!(
@@ -38,7 +38,7 @@ fn built_in_tokenizers_match_transformers() {
     for (builtin, fixture) in [("sd15", "sd1-tiny"), ("sd21", "sd2-tiny")] {
         let goldens = Goldens::load(fixture);
         let files = webdiffusion::builtin::config(builtin).unwrap();
-        let tokenizer = load::tokenizer(&files).unwrap();
+        let tokenizer = load::tokenizer(&files, "tokenizer").unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
             let ids = tokenizer.encode(prompt).unwrap();
             let golden = goldens.ids(&format!("input_ids.{i}"));

@@ -30,7 +30,7 @@ impl NoiseSource for Recorded {
 
 fn request(goldens: &Goldens, device: &Device, scheduler: Option<&str>) -> Request {
     let mut r = Request::new(PROMPT);
-    r.negative_prompt = NEGATIVE.into();
+    r.negative_prompt = Some(NEGATIVE.into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.scheduler = scheduler.map(String::from);
@@ -95,7 +95,7 @@ fn txt2img_matches_diffusers() {
 
         let mut r = request(&goldens, &device, None);
         r.guidance = 1.0;
-        r.negative_prompt = String::new();
+        r.negative_prompt = None;
         check(
             &goldens,
             "guidance1",

@@ -8,10 +8,14 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::{Goldens, assert_close, devices, model_dir};
 use webdiffusion::component::Component;
+use webdiffusion::family::Family;
 use webdiffusion::files::{ComponentDir, DirFiles};
+use webdiffusion::image;
 use webdiffusion::load;
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::unet::{Conditioning, TextTime};
+use webdiffusion::models::vae::Tiling;
+use webdiffusion::pipeline::{Request, SizeConditioning, StableDiffusion, VaeTiling};
 use webdiffusion::tokenizer::{ClipTokenizer, TokenizerFiles};
 
 const TOL: f64 = 1e-4;
@@ -248,4 +252,362 @@ fn the_sdxl_pieces_in_f16_stay_near_diffusers_float32() {
         eprintln!("sdxl-tiny {name} in f16: rel-L2 {err:e}");
         assert!(err <= 3e-3, "{name} in f16: rel-L2 {err:e}");
     }
+}
+
+/// Hands out the noise diffusers drew, in order.
+struct Recorded(std::collections::VecDeque<Tensor<4>>);
+
+impl webdiffusion::schedulers::NoiseSource for Recorded {
+    fn noise(&mut self, _shape: [usize; 4], _device: &Device) -> Tensor<4> {
+        self.0
+            .pop_front()
+            .expect("more noise drawn than diffusers did")
+    }
+}
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const NEGATIVE: &str = "blurry, low quality";
+
+/// Runs `r` on `pipe` with diffusers' `noise` and compares the final latents and image
+/// with the goldens of `run` (rel-L2 ≤ 1e-3, as SD 1.x's pipelines).
+fn check_run(
+    goldens: &Goldens,
+    run: &str,
+    pipe: &StableDiffusion,
+    r: &Request,
+    noise: Vec<Tensor<4>>,
+) {
+    let rng = Box::new(Recorded(noise.into()));
+    let out = pipe
+        .generate_with_noise(r, rng, &mut |_, _, _| true)
+        .unwrap();
+    for (key, actual) in [
+        ("latents", common::to_f64(out.latents)),
+        ("image", common::to_f64(out.image)),
+    ] {
+        let err = common::rel_l2(&actual, goldens.values(&format!("{run}.{key}")));
+        assert!(err <= 1e-3, "{run}: {key} rel-L2 {err:e}");
+    }
+}
+
+#[test]
+fn sdxl_txt2img_img2img_and_turbo_match_diffusers() {
+    let goldens = Goldens::load("sdxl-tiny");
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&DirFiles(model_dir("sdxl-tiny")), &device).unwrap();
+    assert_eq!(pipe.family, Family::Sdxl);
+    assert_eq!(pipe.default_scheduler().unwrap(), "euler");
+    let request = |negative: Option<&str>, latents: &str| {
+        let mut r = Request::new(PROMPT);
+        r.negative_prompt = negative.map(String::from);
+        r.steps = Some(4);
+        r.guidance = 5.0;
+        r.latents = Some(goldens.tensor::<4>(latents, &device));
+        r
+    };
+    check_run(
+        &goldens,
+        "euler",
+        &pipe,
+        &request(Some(NEGATIVE), "txt2img.latents"),
+        vec![],
+    );
+    // No negative prompt: zero negative embeddings (force_zeros_for_empty_prompt).
+    check_run(
+        &goldens,
+        "euler_noneg",
+        &pipe,
+        &request(None, "txt2img.latents"),
+        vec![],
+    );
+    let mut r = request(Some(NEGATIVE), "txt2img.latents_ns");
+    (r.height, r.width) = (Some(48), Some(64));
+    check_run(&goldens, "euler_ns", &pipe, &r, vec![]);
+
+    let png =
+        image::read_png(&common::fixtures().join("goldens/sdxl-tiny-img2img-input.png")).unwrap();
+    let mut r = request(Some(NEGATIVE), "txt2img.latents");
+    r.latents = None;
+    r.steps = Some(8);
+    r.init_image = Some(image::image_to_tensor(&png, &device));
+    r.strength = 0.5;
+    r.noise = Some(goldens.tensor::<4>("img2img.noise", &device));
+    check_run(&goldens, "img2img", &pipe, &r, vec![]);
+
+    // SDXL-Turbo: Euler ancestral on trailing timesteps, one or two steps, no guidance.
+    let turbo = StableDiffusion::load(&DirFiles(model_dir("sdxl-turbo-tiny")), &device).unwrap();
+    assert_eq!(turbo.default_scheduler().unwrap(), "euler-a");
+    for steps in [1, 2] {
+        let mut r = request(None, "txt2img.latents");
+        r.steps = Some(steps);
+        r.guidance = 0.0;
+        let run = format!("turbo{steps}");
+        let noise = (0..steps)
+            .map(|k| goldens.tensor::<4>(&format!("{run}.noise.{k}"), &device))
+            .collect();
+        check_run(&goldens, &run, &turbo, &r, noise);
+    }
+}
+
+#[test]
+fn size_conditioning_gives_diffusers_time_ids() {
+    let goldens = Goldens::load("sdxl-tiny");
+    let ids = |name: &str| -> Vec<f32> { goldens.values(name).iter().map(|&v| v as f32).collect() };
+    let default = SizeConditioning::default();
+    assert_eq!(
+        default.time_ids(64, 64).to_vec(),
+        ids("add_time_ids.square")
+    );
+    assert_eq!(
+        default.time_ids(48, 64).to_vec(),
+        ids("add_time_ids.nonsquare")
+    );
+    let custom = SizeConditioning {
+        original_size: Some((1024, 768)),
+        crop_top_left: (16, 32),
+        target_size: None,
+    };
+    assert_eq!(custom.time_ids(48, 64).to_vec(), ids("add_time_ids.custom"));
+}
+
+#[test]
+fn the_cli_encodes_sdxl_prompts_and_generates_with_size_conditioning() {
+    let goldens = Goldens::load("sdxl-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_dir("sdxl-tiny");
+    let model = model.to_str().unwrap();
+    let prompt = &common::prompts()[0];
+    let embeds = dir.path().join("embeds.safetensors");
+    let e = embeds.to_str().unwrap();
+    common::ok(&common::webdiffusion(&[
+        "encode-prompt",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--out",
+        e,
+    ]));
+    for (name, golden) in [
+        ("prompt_embeds", "prompt_embeds.0"),
+        ("pooled_prompt_embeds", "pooled_prompt_embeds.0"),
+    ] {
+        let err = common::rel_l2(&common::read_tensor(&embeds, name), goldens.values(golden));
+        assert!(err <= TOL, "encode-prompt {name}: rel-L2 {err:e}");
+    }
+
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(&goldens, "txt2img.latents", "latents", &latents);
+    let generate = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            PROMPT,
+            "--negative-prompt",
+            NEGATIVE,
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+            "--seed",
+            "1",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--out-tensor",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        common::webdiffusion(&args)
+    };
+    let plain = dir.path().join("plain.safetensors");
+    common::ok(&generate(&plain, &[]));
+    let out = common::read_tensor(&plain, "latents");
+    let err = common::rel_l2(&out, goldens.values("euler.latents"));
+    assert!(err <= 1e-3, "generate: rel-L2 {err:e}");
+    // The defaults written out change nothing; other sizes change the image.
+    let same = dir.path().join("same.safetensors");
+    let defaults = [
+        "--original-size",
+        "64,64",
+        "--crop-top-left",
+        "0,0",
+        "--target-size",
+        "64,64",
+    ];
+    common::ok(&generate(&same, &defaults));
+    assert_eq!(common::read_tensor(&same, "latents"), out);
+    let other = dir.path().join("other.safetensors");
+    common::ok(&generate(
+        &other,
+        &["--original-size", "1024,768", "--crop-top-left", "16,32"],
+    ));
+    assert!(common::rel_l2(&common::read_tensor(&other, "latents"), &out) > 1e-3);
+
+    let never = dir.path().join("never.safetensors");
+    for bad in ["12", "a,b", "1,2,3", "70000,1"] {
+        let out = generate(&never, &["--original-size", bad]);
+        common::fails_with(&out, &["--original-size"], &never);
+    }
+}
+
+#[test]
+fn sdxl_models_that_do_not_fit_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = dir.path().join("never.safetensors");
+    let edit = |model: &std::path::Path, file: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let path = model.join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+    };
+    let encode = |model: &std::path::Path| {
+        common::webdiffusion(&[
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--out",
+            never.to_str().unwrap(),
+        ])
+    };
+    // A text_time UNet in a pipeline without text_encoder_2.
+    let model = dir.path().join("one-encoder");
+    common::copy_dir(&model_dir("sdxl-tiny"), &model);
+    edit(&model, "model_index.json", &|j| {
+        j["_class_name"] = "StableDiffusionPipeline".into();
+        j.as_object_mut().unwrap().remove("text_encoder_2");
+        j.as_object_mut().unwrap().remove("tokenizer_2");
+    });
+    common::fails_with(
+        &encode(&model),
+        &["unet/config.json", "addition_embed_type", "text_encoder_2"],
+        &never,
+    );
+    // Cross-attention narrower than both encoders' embeddings together.
+    let model = dir.path().join("narrow");
+    common::copy_dir(&model_dir("sdxl-tiny"), &model);
+    edit(&model, "unet/config.json", &|j| {
+        j["cross_attention_dim"] = 64.into()
+    });
+    common::fails_with(
+        &encode(&model),
+        &[
+            "cross_attention_dim",
+            "is 64",
+            "80 wide",
+            "text_encoder_2/config.json has hidden_size 48",
+        ],
+        &never,
+    );
+    // A second encoder without the projection the pooled embedding needs.
+    let model = dir.path().join("unprojected");
+    common::copy_dir(&model_dir("sdxl-tiny"), &model);
+    edit(&model, "text_encoder_2/config.json", &|j| {
+        j["architectures"] = serde_json::json!(["CLIPTextModel"]);
+    });
+    common::fails_with(
+        &encode(&model),
+        &["text_encoder_2/config.json", "CLIPTextModelWithProjection"],
+        &never,
+    );
+    // The refiner is named.
+    let model = dir.path().join("refiner");
+    common::copy_dir(&model_dir("sdxl-tiny"), &model);
+    edit(&model, "model_index.json", &|j| {
+        j["_class_name"] = "StableDiffusionXLImg2ImgPipeline".into();
+        j["text_encoder"] = serde_json::json!([null, null]);
+    });
+    common::fails_with(
+        &encode(&model),
+        &["model_index.json", "SDXL refiner"],
+        &never,
+    );
+}
+
+#[test]
+fn tiled_vae_decoding_and_encoding_match_diffusers() {
+    let goldens = Goldens::file("goldens/vae-tiling.safetensors");
+    let device = Device::flex();
+    let files = DirFiles(model_dir("sdxl-tiny"));
+    let (config, vae) = load::vae(&files, &device, DType::F32).unwrap();
+    let latents = goldens.tensor::<4>("latents", &device);
+    let image = goldens.tensor::<4>("image", &device);
+    for tile in [32, 64] {
+        // 64: the config's sample_size, diffusers' default tile.
+        let given = if tile == 64 { None } else { Some(tile) };
+        let tiling = config.tiling(given, "tile").unwrap();
+        assert_eq!(tiling, Some(Tiling::new(tile, 4)));
+        let decoded = vae.decode_tiled(latents.clone(), tiling);
+        let what = format!("tiled decode, {tile}-pixel tiles");
+        assert_close(
+            &goldens,
+            &format!("decoded.tile{tile}"),
+            decoded,
+            TOL,
+            &what,
+        );
+        let encoded = vae.encode_tiled(image.clone(), tiling);
+        let what = format!("tiled encode, {tile}-pixel tiles");
+        assert_close(
+            &goldens,
+            &format!("encoded.tile{tile}"),
+            encoded,
+            TOL,
+            &what,
+        );
+    }
+    assert_close(
+        &goldens,
+        "decoded.whole",
+        vae.decode_tiled(latents, None),
+        TOL,
+        "whole",
+    );
+    for bad in [0, 20, 48] {
+        let err = config
+            .tiling(Some(bad), "--vae-tiling")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--vae-tiling") && err.contains("multiple of 32"),
+            "{err}"
+        );
+    }
+
+    // In a generation: asked for, or chosen when the whole image would not fit the
+    // device's largest buffer; either way the result is the tiled decode of its latents.
+    let mut pipe = StableDiffusion::load(&files, &device).unwrap();
+    let mut r = Request::new(PROMPT);
+    (r.steps, r.width, r.height) = (Some(2), Some(160), Some(96));
+    let whole = pipe.generate(&r, &mut |_, _, _| true).unwrap();
+    let latents = config.latent_space().from_latents(whole.latents.clone());
+    let decode = |tile: usize| {
+        let image = vae.decode_tiled(latents.clone(), Some(Tiling::new(tile, 4)));
+        common::to_f64((image / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]))
+    };
+    r.vae_tiling = VaeTiling::On(Some(32));
+    let tiled = pipe.generate(&r, &mut |_, _, _| true).unwrap();
+    assert_eq!(
+        common::to_f64(tiled.latents),
+        common::to_f64(whole.latents.clone())
+    );
+    assert!(common::rel_l2(&common::to_f64(tiled.image), &decode(32)) < 1e-6);
+    // 32 channels at full size in f32: a 160×96 image needs 1.9 MiB, a 64² tile 512 KiB.
+    pipe.max_buffer = Some(600 << 10);
+    r.vae_tiling = VaeTiling::Auto;
+    assert_eq!(
+        pipe.vae_tiling(VaeTiling::Auto, 96, 160).unwrap(),
+        Some(Tiling::new(64, 4))
+    );
+    assert_eq!(pipe.vae_tiling(VaeTiling::Auto, 64, 64).unwrap(), None);
+    let auto = pipe.generate(&r, &mut |_, _, _| true).unwrap();
+    assert!(common::rel_l2(&common::to_f64(auto.image), &decode(64)) < 1e-6);
+    assert!(
+        common::rel_l2(&decode(64), &common::to_f64(whole.image)) > 1e-4,
+        "tiles differ"
+    );
 }

@@ -65,7 +65,7 @@ fn ddim_image(files: &dyn ModelFiles, model: &str, device: &Device) -> Vec<f32> 
     let (shape, latents) = golden(model, "latents");
     let shape: [usize; 4] = shape.try_into().expect("4-d latents");
     let mut r = Request::new("a photograph of an astronaut riding a horse");
-    r.negative_prompt = "blurry, low quality".into();
+    r.negative_prompt = Some("blurry, low quality".into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.scheduler = Some("ddim".into());

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::family::Family;
+
 /// A network with its own config and weights.
 ///
 /// The three of a pipeline (`text_encoder/`, `unet/`, `vae/`) live in their folders of a
@@ -13,6 +15,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Component {
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP bigG, with a projection for the pooled embedding).
+    #[serde(rename = "text_encoder_2")]
+    TextEncoder2,
     Unet,
     Vae,
     #[serde(rename = "controlnet")]
@@ -20,13 +25,20 @@ pub enum Component {
 }
 
 impl Component {
-    /// The networks of a Stable Diffusion pipeline, in loading order.
-    pub const PIPELINE: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
+    /// Every component, for lookups by name.
+    pub const ALL: [Component; 5] = [
+        Component::TextEncoder,
+        Component::TextEncoder2,
+        Component::Unet,
+        Component::Vae,
+        Component::ControlNet,
+    ];
 
     /// Its folder in a diffusers pipeline, also its key in a pack manifest.
     pub fn name(self) -> &'static str {
         match self {
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
             Component::Unet => "unet",
             Component::Vae => "vae",
             Component::ControlNet => "controlnet",
@@ -41,7 +53,7 @@ impl Component {
     /// the other way round with `prefer_half`, to halve a download).
     pub fn weight_files(self, prefer_half: bool) -> [String; 2] {
         let stem = match self {
-            Component::TextEncoder => "model",
+            Component::TextEncoder | Component::TextEncoder2 => "model",
             _ => "diffusion_pytorch_model",
         };
         let full = format!("{}/{stem}.safetensors", self.name());
@@ -63,10 +75,20 @@ impl Component {
     }
 
     pub fn from_name(name: &str) -> Option<Component> {
-        [Self::PIPELINE.as_slice(), &[Component::ControlNet]]
-            .concat()
-            .into_iter()
-            .find(|c| c.name() == name)
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The folder of the tokenizer that feeds it, for a text encoder.
+    pub fn tokenizer(self) -> Option<&'static str> {
+        match self {
+            Component::TextEncoder => Some("tokenizer"),
+            Component::TextEncoder2 => Some("tokenizer_2"),
+            _ => None,
+        }
+    }
+
+    pub fn is_text_encoder(self) -> bool {
+        self.tokenizer().is_some()
     }
 }
 
@@ -79,27 +101,74 @@ impl std::fmt::Display for Component {
 /// The pipeline's own description of its parts.
 pub const MODEL_INDEX: &str = "model_index.json";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
-pub const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
-pub const VOCAB_JSON: &str = "tokenizer/vocab.json";
-pub const MERGES_TXT: &str = "tokenizer/merges.txt";
-pub const TOKENIZER_CONFIG: &str = "tokenizer/tokenizer_config.json";
-pub const SPECIAL_TOKENS_MAP: &str = "tokenizer/special_tokens_map.json";
 
-/// The tokenizer's vocabulary files (one of `tokenizer.json`, or `vocab.json` with
-/// `merges.txt`): large text, kept as text in a pack.
-pub const TOKENIZER_TEXT: [&str; 3] = [TOKENIZER_JSON, VOCAB_JSON, MERGES_TXT];
+/// The files of a tokenizer folder (`tokenizer/`, `tokenizer_2/`): its vocabulary (one of
+/// `tokenizer.json`, or `vocab.json` with `merges.txt`: large text, kept as text in a pack)
+/// and its small optional configs.
+pub struct TokenizerPaths {
+    pub tokenizer_json: String,
+    pub vocab_json: String,
+    pub merges_txt: String,
+    pub tokenizer_config: String,
+    pub special_tokens_map: String,
+}
 
-/// The small JSON files of a pipeline that loading reads besides the tokenizer's text:
-/// those marked `true` must exist.
-pub fn pipeline_configs() -> Vec<(String, bool)> {
+impl TokenizerPaths {
+    pub fn new(folder: &str) -> Self {
+        let path = |name: &str| format!("{folder}/{name}");
+        Self {
+            tokenizer_json: path("tokenizer.json"),
+            vocab_json: path("vocab.json"),
+            merges_txt: path("merges.txt"),
+            tokenizer_config: path("tokenizer_config.json"),
+            special_tokens_map: path("special_tokens_map.json"),
+        }
+    }
+
+    /// The vocabulary files, any of which may be absent (see [`TokenizerPaths`]).
+    pub fn text(&self) -> [&str; 3] {
+        [&self.tokenizer_json, &self.vocab_json, &self.merges_txt]
+    }
+
+    pub fn configs(&self) -> [&str; 2] {
+        [&self.tokenizer_config, &self.special_tokens_map]
+    }
+}
+
+/// Whether `path` is a file of a tokenizer folder of any family.
+pub fn is_tokenizer_file(path: &str) -> bool {
+    Component::ALL
+        .iter()
+        .filter_map(|c| c.tokenizer())
+        .any(|folder| {
+            path.strip_prefix(folder)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// The small JSON files of a `family` pipeline that loading reads besides the tokenizers'
+/// text: those marked `true` must exist.
+pub fn pipeline_configs(family: Family) -> Vec<(String, bool)> {
     let mut files = vec![
         (MODEL_INDEX.to_string(), true),
         (SCHEDULER_CONFIG.to_string(), true),
-        (TOKENIZER_CONFIG.to_string(), false),
-        (SPECIAL_TOKENS_MAP.to_string(), false),
     ];
-    files.extend(Component::PIPELINE.map(|c| (c.config(), true)));
+    for component in family.components() {
+        files.push((component.config(), true));
+        if let Some(folder) = component.tokenizer() {
+            let paths = TokenizerPaths::new(folder);
+            files.extend(paths.configs().map(|p| (p.to_string(), false)));
+        }
+    }
     files
+}
+
+/// The tokenizers' vocabulary files of a `family` pipeline (see [`TokenizerPaths::text`]).
+pub fn tokenizer_text(family: Family) -> Vec<String> {
+    let folders = family.components().iter().filter_map(|c| c.tokenizer());
+    folders
+        .flat_map(|f| TokenizerPaths::new(f).text().map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
@@ -108,13 +177,15 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_the_manifest_keys() {
-        for c in [Component::PIPELINE.as_slice(), &[Component::ControlNet]].concat() {
+        for c in Component::ALL {
             assert_eq!(Component::from_name(c.name()), Some(c));
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.name()));
             assert_eq!(serde_json::from_str::<Component>(&json).unwrap(), c);
         }
         assert!(serde_json::from_str::<Component>("\"unet2\"").is_err());
+        assert!(is_tokenizer_file("tokenizer_2/vocab.json") && is_tokenizer_file("tokenizer/m"));
+        assert!(!is_tokenizer_file("tokenizer_3x/vocab.json") && !is_tokenizer_file("unet/x"));
     }
 
     #[test]

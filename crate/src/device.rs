@@ -127,8 +127,9 @@ fn wgpu() -> std::result::Result<(Device, String), String> {
 
 /// A wgpu device requested at WebGPU's default limits (128 MiB per storage binding, 256 MiB
 /// per buffer, 16 KiB of workgroup memory, …) rather than the adapter's own, with the
-/// adapter's features: what many GPUs give a web page.
-pub async fn wgpu_at_default_limits() -> std::result::Result<burn::prelude::Device, String> {
+/// adapter's features: what many GPUs give a web page. Also returns its largest buffer
+/// (see [`largest_buffer`]).
+pub async fn wgpu_at_default_limits() -> std::result::Result<(burn::prelude::Device, u64), String> {
     use burn::tensor::wgpu::{WgpuSetup, wgpu};
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let adapter = instance
@@ -148,6 +149,7 @@ pub async fn wgpu_at_default_limits() -> std::result::Result<burn::prelude::Devi
         .await
         .map_err(|e| e.to_string())?;
     let backend = adapter.get_info().backend;
+    let largest = largest_buffer(&device.limits());
     let setup = WgpuSetup {
         instance,
         adapter,
@@ -155,8 +157,16 @@ pub async fn wgpu_at_default_limits() -> std::result::Result<burn::prelude::Devi
         queue,
         backend,
     };
-    burn::prelude::Device::wgpu_options()
+    let device = burn::prelude::Device::wgpu_options()
         .setup(setup)
         .init()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((device, largest))
+}
+
+/// The largest buffer a shader may read or write as one binding on a device with `limits`.
+pub fn largest_buffer(limits: &burn::tensor::wgpu::wgpu::Limits) -> u64 {
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
 }

@@ -12,12 +12,15 @@ pub enum Family {
     /// Stable Diffusion 1.x and 2.x (with Turbo, LCM and inpainting models): one CLIP text
     /// encoder, a UNet, a 4-channel VAE.
     Sd,
+    /// Stable Diffusion XL (base 1.0, Turbo, fine-tunes, inpainting models): CLIP-L and
+    /// OpenCLIP bigG text encoders (the second's pooled embedding and the image sizes
+    /// condition the UNet through `text_time`), a UNet, a 4-channel VAE.
+    Sdxl,
 }
 
 /// Families that diffusers has and this build does not run yet: a pipeline class, or a
 /// component that only they list, and how to name them.
 const NOT_YET: &[(&str, &str)] = &[
-    ("StableDiffusionXL", "SDXL"),
     ("StableDiffusion3", "Stable Diffusion 3"),
     ("Flux", "FLUX"),
     ("Kandinsky", "Kandinsky"),
@@ -30,13 +33,20 @@ impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::Sd => "sd",
+            Family::Sdxl => "sdxl",
         }
     }
 
     /// The networks of its pipelines, in loading order.
     pub fn components(self) -> &'static [Component] {
         match self {
-            Family::Sd => &Component::PIPELINE,
+            Family::Sd => &[Component::TextEncoder, Component::Unet, Component::Vae],
+            Family::Sdxl => &[
+                Component::TextEncoder,
+                Component::TextEncoder2,
+                Component::Unet,
+                Component::Vae,
+            ],
         }
     }
 
@@ -58,10 +68,16 @@ impl Family {
                 None => !v.is_null(),
             })
         };
+        let xl = class.is_some_and(|c| c.starts_with("StableDiffusionXL"));
         let other = match class.and_then(|c| NOT_YET.iter().find(|(p, _)| c.starts_with(p))) {
             Some((_, family)) => Some(*family),
             None if listed("transformer") => Some("a diffusion transformer"),
-            None if listed("text_encoder_2") => Some("a model with two text encoders (SDXL)"),
+            // The SDXL refiner: only the second encoder, and time ids made of an aesthetic
+            // score instead of the target size.
+            None if (xl || listed("text_encoder_2")) && !listed("text_encoder") => {
+                Some("the SDXL refiner (only text_encoder_2, aesthetic-score time ids)")
+            }
+            None if xl || listed("text_encoder_2") => return Ok(Family::Sdxl),
             None => None,
         };
         match other {
@@ -70,12 +86,33 @@ impl Family {
                 "_class_name",
                 format!(
                     "{} is {family}, which this build does not run yet (it runs Stable \
-                     Diffusion 1.x and 2.x: SD 1.5, SD 2.1, SD-Turbo, LCM, inpainting models)",
+                     Diffusion 1.x, 2.x and XL: SD 1.5, SD 2.1, SDXL, their Turbo, LCM and \
+                     inpainting models)",
                     class.unwrap_or("this pipeline")
                 ),
             )),
             None => Ok(Family::Sd),
         }
+    }
+}
+
+/// diffusers' `force_zeros_for_empty_prompt` of `model_index.json` (SDXL's pipelines; true
+/// when absent, as their default): with no negative prompt, the negative embeddings are
+/// zeros instead of the encoded empty prompt.
+pub fn force_zeros_for_empty_prompt(files: &dyn ModelFiles) -> Result<bool> {
+    let Some(text) = files.read_text(component::MODEL_INDEX)? else {
+        return Ok(true);
+    };
+    let file = files.display(component::MODEL_INDEX);
+    let index: serde_json::Value = crate::config::parse(&file, &text)?;
+    match index.get("force_zeros_for_empty_prompt") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::config(
+            &file,
+            "force_zeros_for_empty_prompt",
+            format!("is {other}, expected true or false"),
+        )),
     }
 }
 
@@ -112,15 +149,15 @@ mod tests {
         }
         assert_eq!(Family::detect(&with_index(None)).unwrap(), Family::Sd);
         for (json, named) in [
-            (r#"{"_class_name": "StableDiffusionXLPipeline"}"#, "SDXL"),
             (
                 r#"{"_class_name": "StableDiffusion3Pipeline"}"#,
                 "Stable Diffusion 3",
             ),
             (r#"{"_class_name": "FluxPipeline"}"#, "FLUX"),
             (
-                r#"{"_class_name": "MyPipeline", "text_encoder_2": ["t", "C"]}"#,
-                "two text encoders",
+                r#"{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [null, null],
+                    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}"#,
+                "SDXL refiner",
             ),
             (
                 r#"{"_class_name": "MyPipeline", "transformer": ["d", "T"]}"#,
@@ -133,6 +170,19 @@ mod tests {
             assert!(
                 err.contains("https://h/model/model_index.json") && err.contains(named),
                 "{err}"
+            );
+        }
+        for class in [
+            "StableDiffusionXLPipeline",
+            "StableDiffusionXLInpaintPipeline",
+        ] {
+            let json = format!(
+                r#"{{"_class_name": "{class}", "text_encoder": ["t", "C"],
+                    "text_encoder_2": ["t", "C"]}}"#
+            );
+            assert_eq!(
+                Family::detect(&with_index(Some(&json))).unwrap(),
+                Family::Sdxl
             );
         }
         // A second encoder listed as absent (diffusers writes [null, null]) is none.

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::store::ModuleSnapshot;
 use burn::tensor::DType;
 
-use crate::component::{self, Component};
+use crate::component::{self, Component, TokenizerPaths};
 use crate::config::parse;
 use crate::error::{Error, Result};
 use crate::files::{ModelFiles, WeightFiles};
@@ -139,15 +139,17 @@ pub fn weights<M: Module + ModuleSnapshot>(
     ))
 }
 
-pub fn tokenizer(files: &dyn ModelFiles) -> Result<ClipTokenizer> {
+/// The tokenizer in `folder` (`tokenizer`, `tokenizer_2`; see [`Component::tokenizer`]).
+pub fn tokenizer(files: &dyn ModelFiles, folder: &str) -> Result<ClipTokenizer> {
+    let paths = TokenizerPaths::new(folder);
     let tokenizer_files = TokenizerFiles {
-        tokenizer_json: files.read_text(component::TOKENIZER_JSON)?,
-        vocab_json: files.read_text(component::VOCAB_JSON)?,
-        merges_txt: files.read_text(component::MERGES_TXT)?,
-        tokenizer_config_json: files.read_text(component::TOKENIZER_CONFIG)?,
-        special_tokens_map_json: files.read_text(component::SPECIAL_TOKENS_MAP)?,
+        tokenizer_json: files.read_text(&paths.tokenizer_json)?,
+        vocab_json: files.read_text(&paths.vocab_json)?,
+        merges_txt: files.read_text(&paths.merges_txt)?,
+        tokenizer_config_json: files.read_text(&paths.tokenizer_config)?,
+        special_tokens_map_json: files.read_text(&paths.special_tokens_map)?,
     };
-    ClipTokenizer::new(&tokenizer_files, &files.display("tokenizer"))
+    ClipTokenizer::new(&tokenizer_files, &files.display(folder))
 }
 
 pub fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {

@@ -61,7 +61,7 @@ fn residuals_and_the_unet_with_them_match_diffusers() {
 fn request(model: &str, device: &Device, controls: Vec<Control>) -> Request {
     let latents = Goldens::load(&format!("pipeline-{model}"));
     let mut r = Request::new("a photograph of an astronaut riding a horse");
-    r.negative_prompt = "blurry, low quality".into();
+    r.negative_prompt = Some("blurry, low quality".into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.latents = Some(latents.tensor::<4>("latents", device));

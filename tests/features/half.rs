@@ -46,7 +46,7 @@ impl NoiseSource for Recorded {
 
 fn run(pipe: &StableDiffusion, goldens: &Goldens, scheduler: &str, device: &Device) -> Vec<f64> {
     let mut r = Request::new("a photograph of an astronaut riding a horse");
-    r.negative_prompt = "blurry, low quality".into();
+    r.negative_prompt = Some("blurry, low quality".into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.scheduler = Some(scheduler.into());

@@ -13,7 +13,7 @@ const TOL: f64 = 1e-3;
 
 fn request(model: &str, goldens: &Goldens, device: &Device, mask: &str) -> Request {
     let mut r = Request::new("a photograph of an astronaut riding a horse");
-    r.negative_prompt = "blurry, low quality".into();
+    r.negative_prompt = Some("blurry, low quality".into());
     r.steps = Some(8);
     r.guidance = 7.5;
     let base = model.trim_end_matches("-inpaint");

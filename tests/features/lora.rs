@@ -37,9 +37,12 @@ fn outputs(
     base: &Goldens,
     device: &Device,
 ) -> (Tensor<3>, Tensor<4>) {
-    let text_encoder = lora::apply(&pipe.text_encoder, Component::TextEncoder, loras);
-    let ids = pipe.tokenizer.encode(PROMPT).unwrap();
-    let embeds = text_encoder.encode(&ids, 0, device);
+    let encoders = pipe.text.with_loras(loras);
+    let embeds = pipe
+        .text
+        .encode(&encoders, PROMPT, 0, device)
+        .unwrap()
+        .context;
     let unet = lora::apply(&pipe.unet, Component::Unet, loras);
     let sample = base.tensor::<4>("unet.sample", device);
     let context = base.tensor::<3>("unet.encoder_hidden_states", device);
@@ -104,7 +107,7 @@ fn stacked_loras_and_scale_zero_match_diffusers() {
 
 fn request(latents: &Goldens, device: &Device, loras: Vec<(Arc<Lora>, f32)>) -> Request {
     let mut r = Request::new(PROMPT);
-    r.negative_prompt = NEGATIVE.into();
+    r.negative_prompt = Some(NEGATIVE.into());
     r.steps = Some(8);
     r.guidance = 7.5;
     r.latents = Some(latents.tensor::<4>("latents", device));

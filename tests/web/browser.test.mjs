@@ -71,6 +71,34 @@ test("generates the same latents as the native CLI, with progress", async () => 
   await page.close();
 });
 
+test("an SDXL folder: both text encoders, pooled and size conditioning, as diffusers", async () => {
+  const goldens = join(root, "tests/fixtures/goldens/sdxl-tiny.safetensors");
+  const page = await openPage();
+  const out = await page.evaluate(async ({ url, latents }) => {
+    const pipe = await window.webdiffusion.Pipeline.load(url, {});
+    const options = { prompt: "a photograph of an astronaut riding a horse", negativePrompt: "blurry, low quality",
+      steps: 4, guidance: 5, latents: Float32Array.from(latents) };
+    const r = await pipe.generate(options);
+    const sized = await pipe.generate({ ...options, originalSize: [1024, 768], cropTopLeft: [16, 32] });
+    const refused = [];
+    for (const bad of [{ originalSize: [64] }, { cropTopLeft: [1.5, 0] }, { targetSize: "64,64" }]) {
+      await pipe.generate({ ...options, steps: 1, ...bad }).catch((e) => refused.push(String(e)));
+    }
+    return { info: pipe.info, latents: Array.from(r.latents), sized: Array.from(sized.latents), refused,
+      ran: [r.scheduler, r.width, r.height] };
+  }, { url: server.base + "/tests/fixtures/sdxl-tiny", latents: Array.from(readSafetensors(goldens, "txt2img.latents")) });
+  assert.equal(out.info.family, "sdxl");
+  assert.deepEqual(out.ran, ["euler", 64, 64]);
+  const err = relL2(Float32Array.from(out.latents), readSafetensors(goldens, "euler.latents"));
+  assert.ok(err <= 1e-3, `browser vs diffusers SDXL latents rel-L2 ${err}`);
+  assert.ok(relL2(Float32Array.from(out.sized), Float32Array.from(out.latents)) > 1e-3, "size conditioning acts");
+  assert.equal(out.refused.length, 3, out.refused.join("\n"));
+  for (const [message, key] of out.refused.map((m, i) => [m, ["originalSize", "cropTopLeft", "targetSize"][i]])) {
+    assert.match(message, new RegExp(`\`${key}\` must be an array of two whole numbers`));
+  }
+  await page.close();
+});
+
 test("clipSkip, eta and guidanceRescale act as the CLI's --clip-skip, --eta and --guidance-rescale", async () => {
   const page = await openPage();
   const out = await page.evaluate(async ({ url }) => {

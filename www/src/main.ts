@@ -115,7 +115,8 @@ async function generate() {
     const image = imagePanel.forGenerate();
     const options: GenerateOptions = {
       prompt: tagged.prompt,
-      negativePrompt: values.negativePrompt,
+      // An empty field is no negative prompt: SDXL then uses zero negative embeddings.
+      negativePrompt: values.negativePrompt || undefined,
       steps: values.steps,
       guidance: values.guidance,
       scheduler: values.scheduler,

@@ -21,6 +21,8 @@ export interface ModelShape {
   largestLayer: number;
   /** Channels of the VAE decoder's widest convolution at full resolution (SD: 256). */
   vaeFullResChannels: number;
+  /** The VAE runs in f32 whatever the precision (SDXL's config says `force_upcast`). */
+  vaeF32?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -43,9 +45,11 @@ export function weightBytes(m: ModelShape, p: Precision): number {
  * needs no tokens² buffer). q4 computes in f32 (packs dequantize to f32).
  */
 export function activationBytes(m: ModelShape, p: Precision, width: number, height: number): number {
-  const bytes = p === "f16" ? 2 : 4;
-  return 2 * m.vaeFullResChannels * width * height * bytes;
+  return 2 * m.vaeFullResChannels * width * height * vaeBytes(m, p);
 }
+
+/** Bytes per value of the VAE's activations. */
+const vaeBytes = (m: ModelShape, p: Precision) => (p === "f16" && !m.vaeF32 ? 2 : 4);
 
 /** Everything else: wgpu staging buffers, the UNet's and CLIP's activations, allocator slack. */
 const OVERHEAD = 128 * MiB;
@@ -57,9 +61,8 @@ export function gpuMemory(m: ModelShape, p: Precision, width: number, height: nu
 
 /** The largest single buffer: a weight, or one activation of the VAE's widest stage. */
 export function largestBuffer(m: ModelShape, p: Precision, width: number, height: number): number {
-  const bytes = p === "f16" ? 2 : 4;
   const weight = p === "q4" ? m.largestLayer * 4 : m.largestWeight * WEIGHT_BYTES[p];
-  return Math.max(weight, m.vaeFullResChannels * width * height * bytes);
+  return Math.max(weight, m.vaeFullResChannels * width * height * vaeBytes(m, p));
 }
 
 /** What the page can learn about its GPU (`navigator.gpu.requestAdapter()`), plus RAM. */

@@ -16,8 +16,9 @@ export interface Preset {
   /** A q4 pack of the same model (`webdiffusion convert --quant q4`), where one is hosted. */
   q4?: { url: string; download: number };
   shape: ModelShape;
-  /** Defaults the form shows and sends when left empty. */
-  defaults: { steps: number; guidance: number; size: number };
+  /** Defaults the form shows and sends when left empty; `sizes`: the [width, height] the
+   *  model was trained on, offered in the form (SDXL's aspect-ratio buckets). */
+  defaults: { steps: number; guidance: number; size: number; sizes?: [number, number][] };
   /** Tiny Autoencoder for live previews (diffusers `AutoencoderTiny` folder). */
   previewVae?: string;
   description: string;
@@ -29,6 +30,8 @@ const M = 1e6;
 const HUB = "https://huggingface.co";
 /** TAESD decodes SD 1.x and 2.x latents (they share the VAE's latent space). */
 export const TAESD = `${HUB}/madebyollin/taesd/resolve/main`;
+/** TAESDXL decodes SDXL's. */
+export const TAESDXL = `${HUB}/madebyollin/taesdxl/resolve/main`;
 
 /** SD 1.5's networks (SD 1.5, LCM Dreamshaper): CLIP ViT-L/14 text encoder, 49408×768 tokens. */
 const SD15: ModelShape = {
@@ -42,6 +45,20 @@ const SD15: ModelShape = {
 const SD21: ModelShape = {
   ...SD15, unet: 865.91 * M, textEncoder: 340.39 * M, tokenEmbedding: 49408 * 1024, largestWeight: 49408 * 1024,
 };
+/** SDXL's (base 1.0, Turbo): CLIP-L (123 M) + OpenCLIP bigG with its projection (695 M),
+ *  a 2.57 B UNet, SD's VAE architecture run in f32 (its config says `force_upcast`). */
+const SDXL: ModelShape = {
+  unet: 2567.46 * M, textEncoder: (123.06 + 694.66) * M, vae: 83.65 * M,
+  tokenEmbedding: 49408 * (768 + 1280), largestWeight: 49408 * 1280,
+  // The UNet's widest convolution, as SD's: 2560 → 1280 channels, 3×3.
+  largestLayer: 1280 * 2560 * 9,
+  vaeFullResChannels: 256,
+  vaeF32: true,
+};
+/** SDXL's aspect-ratio buckets near one megapixel, as [width, height]. */
+const SDXL_SIZES: [number, number][] = [
+  [1024, 1024], [1152, 896], [896, 1152], [1216, 832], [832, 1216], [1344, 768], [768, 1344], [1536, 640], [640, 1536],
+];
 /** tests/fixtures/sd1-tiny: widths 16/32, a 32-wide text encoder, a ×2 VAE. */
 const TINY: ModelShape = {
   unet: 0.57 * M, textEncoder: 1.61 * M, vae: 0.17 * M,
@@ -100,6 +117,28 @@ export function presets(base: string): Preset[] {
       defaults: { steps: 4, guidance: 8, size: 768 },
       previewVae: TAESD,
       description: "Four steps at 768×768, SD 1.5 based.",
+    },
+    {
+      id: "sdxl-turbo",
+      name: "SDXL-Turbo",
+      url: `${HUB}/stabilityai/sdxl-turbo/resolve/main`,
+      download: fp16Files(SDXL),
+      files: "fp16 files",
+      shape: SDXL,
+      defaults: { steps: 1, guidance: 0, size: 512 },
+      previewVae: TAESDXL,
+      description: "One step, no guidance, 512×512: SDXL's quality at SD-Turbo's speed. Needs a large GPU.",
+    },
+    {
+      id: "stable-diffusion-xl-base-1.0",
+      name: "SDXL 1.0",
+      url: `${HUB}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main`,
+      download: fp16Files(SDXL),
+      files: "fp16 files",
+      shape: SDXL,
+      defaults: { steps: 25, guidance: 6, size: 1024, sizes: SDXL_SIZES },
+      previewVae: TAESDXL,
+      description: "1024×1024 and SDXL's wide and tall sizes; most shared LoRAs are for it. Needs a large GPU.",
     },
   ];
 }

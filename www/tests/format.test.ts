@@ -46,7 +46,22 @@ describe("presets", () => {
     expect(tiny.url).toBe("https://example.com/app/models/sd1-tiny");
     expect(tiny.test).toBe(true);
     expect(tiny.description).toMatch(/noise/);
-    expect(rest.map((p) => p.id)).toEqual(["stable-diffusion-v1-5", "sd-turbo", "lcm-dreamshaper-v7"]);
+    expect(rest.map((p) => p.id)).toEqual(["stable-diffusion-v1-5", "sd-turbo", "lcm-dreamshaper-v7", "sdxl-turbo",
+      "stable-diffusion-xl-base-1.0"]);
+  });
+  it("SDXL-Turbo runs one step without guidance at 512²; SDXL base offers its trained sizes at about 1 MP", () => {
+    const [turbo, base] = presets("http://x/").slice(4);
+    expect(turbo.defaults).toEqual({ steps: 1, guidance: 0, size: 512 });
+    expect(base.defaults.size).toBe(1024);
+    expect(base.defaults.guidance).toBeGreaterThanOrEqual(5);
+    expect(base.defaults.guidance).toBeLessThanOrEqual(7);
+    for (const [w, h] of base.defaults.sizes ?? []) {
+      expect(w % 64 + h % 64).toBe(0);
+      expect(Math.abs(w * h - 1024 * 1024) / (1024 * 1024)).toBeLessThan(0.07);
+    }
+    expect(base.defaults.sizes).toContainEqual([832, 1216]);
+    // fp16 files: 3.47 G parameters.
+    expect(base.download / 1024 ** 3).toBeCloseTo(6.46, 1);
   });
   it("SD 1.5's fp16 download is about 2 GB", () => {
     expect(presets("http://x/")[1].download / 1024 ** 3).toBeCloseTo(1.99, 1);

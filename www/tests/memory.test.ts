@@ -4,7 +4,7 @@ import { presets } from "../src/presets";
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
-const [tiny, sd15, turbo] = presets("http://localhost/").map((p) => p.shape);
+const [tiny, sd15, turbo, , , sdxl] = presets("http://localhost/").map((p) => p.shape);
 
 const swiftshader: GpuInfo = { vendor: "google", architecture: "swiftshader", description: "", fallback: true, f16: false,
   maxBufferSize: GiB, maxStorageBufferBindingSize: GiB, deviceMemory: 8 };
@@ -36,6 +36,17 @@ describe("GPU memory estimates for SD 1.5 at 512×512", () => {
   it("the largest buffer is a VAE activation at 512², CLIP's token embedding when small", () => {
     expect(largestBuffer(sd15, "f32", 512, 512)).toBe(256 * 512 * 512 * 4);
     expect(largestBuffer(sd15, "f32", 64, 64)).toBe(49408 * 768 * 4);
+  });
+});
+
+describe("GPU memory estimates for SDXL", () => {
+  it("its VAE stays in f32 in every precision (force_upcast)", () => {
+    expect(activationBytes(sdxl, "f16", 512, 512)).toBe(activationBytes(sdxl, "f32", 512, 512));
+    expect(largestBuffer(sdxl, "f16", 1024, 1024)).toBe(256 * 1024 * 1024 * 4);
+  });
+  it("weights: 3.47 G parameters, 6.5 GB in f16", () => {
+    expect(weightBytes(sdxl, "f16") / GiB).toBeCloseTo(6.46, 1);
+    expect(gpuMemory(sdxl, "f16", 1024, 1024)).toBeGreaterThan(gpuMemory(sdxl, "f16", 512, 512));
   });
 });
 

@@ -9,7 +9,7 @@ use burn::tensor::{DType, Tensor};
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::image;
-use webdiffusion::pipeline::{Request, Settings, StableDiffusion};
+use webdiffusion::pipeline::{Request, Settings, SizeConditioning, StableDiffusion, VaeTiling};
 
 use super::io::{self, Output};
 use super::{Common, open};
@@ -20,8 +20,10 @@ pub struct GenerateArgs {
     common: Common,
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value = "")]
-    negative_prompt: String,
+    /// What to steer away from. SDXL without one uses zero negative embeddings (as
+    /// diffusers, `force_zeros_for_empty_prompt`); `--negative-prompt ""` encodes "".
+    #[arg(long)]
+    negative_prompt: Option<String>,
     /// Denoising steps (default: 20, or 4 for LCM).
     #[arg(long)]
     steps: Option<usize>,
@@ -46,6 +48,16 @@ pub struct GenerateArgs {
     height: Option<usize>,
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    /// SDXL's size conditioning: the original image size `H,W` it is told the picture had
+    /// (default: the output size).
+    #[arg(long, value_parser = parse_pair, value_name = "H,W")]
+    original_size: Option<(usize, usize)>,
+    /// SDXL's size conditioning: the crop's top-left corner `T,L` (default 0,0).
+    #[arg(long, value_parser = parse_pair, value_name = "T,L")]
+    crop_top_left: Option<(usize, usize)>,
+    /// SDXL's size conditioning: the target size `H,W` (default: the output size).
+    #[arg(long, value_parser = parse_pair, value_name = "H,W")]
+    target_size: Option<(usize, usize)>,
     #[command(flatten)]
     loras: super::lora::LoraArgs,
     /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
@@ -81,6 +93,10 @@ pub struct GenerateArgs {
     /// (a live preview to watch; the last step's stays).
     #[arg(long, requires = "preview_vae")]
     preview: Option<PathBuf>,
+    /// Decode (and encode init images) in overlapping tiles of PIXELS (default: the VAE's
+    /// sample_size), as diffusers' enable_vae_tiling: less memory for large images.
+    #[arg(long, value_name = "PIXELS", num_args = 0..=1)]
+    vae_tiling: Option<Option<usize>>,
     /// The PNG to write (default: webdiffusion-SEED.png unless --out-tensor is given).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -140,6 +156,14 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     request.width = args.width;
     request.height = args.height;
     request.clip_skip = args.clip_skip;
+    if let Some(tile) = args.vae_tiling {
+        request.vae_tiling = VaeTiling::On(tile);
+    }
+    request.size = SizeConditioning {
+        original_size: args.original_size,
+        crop_top_left: args.crop_top_left.unwrap_or_default(),
+        target_size: args.target_size,
+    };
     if let Some(path) = &args.latents {
         request.latents = Some(io::read_tensor4(path, "latents", &device)?);
     }
@@ -241,9 +265,21 @@ fn a1111_parameters(request: &Request, settings: &Settings, model: &str) -> Stri
     format!(
         "{}{lora_tags}\nNegative prompt: {}\n{}",
         request.prompt,
-        request.negative_prompt,
+        request.negative_prompt.as_deref().unwrap_or_default(),
         fields.join(", ")
     )
+}
+
+/// Two numbers `A,B` (a size or a corner), each at most 65536.
+fn parse_pair(text: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |v: &str| match v.trim().parse::<usize>() {
+        Ok(n) if n <= 65536 => Ok(n),
+        _ => Err(format!("{text:?} is not two numbers A,B (each 0 to 65536)")),
+    };
+    match text.split_once(',') {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => Err(format!("{text:?} is not two numbers A,B")),
+    }
 }
 
 fn random_seed() -> u64 {

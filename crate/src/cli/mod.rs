@@ -71,6 +71,10 @@ enum Command {
         latents: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Decode in overlapping tiles of PIXELS (default: the VAE's sample_size), as
+        /// diffusers' enable_vae_tiling.
+        #[arg(long, value_name = "PIXELS", num_args = 0..=1)]
+        vae_tiling: Option<Option<usize>>,
     },
     /// Generate an image from a prompt (txt2img), or from a prompt and an image (img2img).
     Generate(Box<generate::GenerateArgs>),
@@ -92,6 +96,9 @@ enum Command {
         image: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Encode in overlapping tiles (see vae-decode).
+        #[arg(long, value_name = "PIXELS", num_args = 0..=1)]
+        vae_tiling: Option<Option<usize>>,
     },
 }
 
@@ -116,13 +123,15 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             vae,
             latents,
             out,
-        } => networks::vae_decode(&common, vae.as_deref(), &latents, &out),
+            vae_tiling,
+        } => networks::vae_decode(&common, vae.as_deref(), &latents, &out, vae_tiling),
         Command::VaeEncode {
             common,
             vae,
             image,
             out,
-        } => networks::vae_encode(&common, vae.as_deref(), &image, &out),
+            vae_tiling,
+        } => networks::vae_encode(&common, vae.as_deref(), &image, &out, vae_tiling),
     }
 }
 

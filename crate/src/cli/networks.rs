@@ -8,17 +8,16 @@ use burn::tensor::DType;
 
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
-use webdiffusion::models::clip::ClipTextModel;
-use webdiffusion::models::unet::UNet2DConditionModel;
-use webdiffusion::models::vae::{Vae, VaeConfig};
-use webdiffusion::weights::expected_tensors;
+use webdiffusion::models::vae::{Tiling, Vae, VaeConfig};
+use webdiffusion::pipeline::{Parts, lora_targets};
 use webdiffusion::{image, load, pack};
 
 use super::io::{self, Output};
 use super::{Common, lora, open};
 
-/// Tokenizes `prompt` and runs the text encoder (with `loras`), writing `input_ids` and
-/// `prompt_embeds`.
+/// Tokenizes `prompt` and runs the text encoders (with `loras`), writing `input_ids` and
+/// `prompt_embeds`, and for SDXL `input_ids_2` and `pooled_prompt_embeds` (as diffusers'
+/// `encode_prompt` returns them).
 pub fn encode_prompt(
     common: &Common,
     prompt: &str,
@@ -28,38 +27,42 @@ pub fn encode_prompt(
 ) -> Result<()> {
     io::check_writable(out)?;
     let (files, device, dtype) = open(common)?;
-    let tokenizer = load::tokenizer(&*files)?;
-    let (text_config, text_encoder) =
-        load::network::<ClipTextModel>(&*files, Component::TextEncoder, &device, dtype)?;
-    webdiffusion::pipeline::tokenizer_fits(&*files, &tokenizer, &text_config)?;
-    // A LoRA file also adapts the UNet: its layers are matched against the UNet's (built
-    // from its config, weights not loaded) so that a wrong file is refused.
-    let (_, unet) = load::build::<UNet2DConditionModel>(&*files, Component::Unet, &device)?;
-    let targets = webdiffusion::lora::Targets::from([
-        (Component::TextEncoder, expected_tensors(&text_encoder)),
-        (Component::Unet, expected_tensors(&unet)),
-    ]);
-    let loras = lora::load(loras, &targets, &device)?;
-    let text_encoder = webdiffusion::lora::apply(&text_encoder, Component::TextEncoder, &loras);
-    if clip_skip >= text_encoder.num_layers() {
-        return Err(Error::invalid(
-            "--clip-skip",
-            format!(
-                "{clip_skip} (the text encoder has {} layers)",
-                text_encoder.num_layers()
-            ),
-        ));
+    // Everything is built from its config and checked to fit; only the text encoders'
+    // weights are read. A LoRA file also adapts the UNet: its layers are matched against
+    // the UNet's so that a wrong file is refused.
+    let parts = Parts::build(&*files, &device, dtype)?;
+    let text = parts.text.load_weights(&*files, &device, dtype)?;
+    let loras = lora::load(loras, &lora_targets(&text, &parts.unet), &device)?;
+    text.check_clip_skip(clip_skip, "--clip-skip")?;
+    let models = text.with_loras(&loras);
+    let embeds = text.encode(&models, prompt, clip_skip, &device)?;
+    let mut outputs = Vec::new();
+    for (i, encoder) in text.encoders.iter().enumerate() {
+        let ids: Vec<i64> = encoder
+            .tokenizer
+            .encode(prompt)?
+            .iter()
+            .map(|&i| i64::from(i))
+            .collect();
+        let name = match i {
+            0 => "input_ids".to_string(),
+            _ => format!("input_ids_{}", i + 1),
+        };
+        outputs.push(Output::i64(&name, vec![1, ids.len()], &ids));
     }
-    let ids = tokenizer.encode(prompt)?;
-    let embeds = text_encoder.encode(&ids, clip_skip, &device);
-    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    io::write_safetensors(
-        out,
-        vec![
-            Output::i64("input_ids", vec![1, ids.len()], &ids),
-            Output::f32_finite("prompt_embeds", embeds, "the text encoder")?,
-        ],
-    )
+    outputs.push(Output::f32_finite(
+        "prompt_embeds",
+        embeds.context,
+        "the text encoder",
+    )?);
+    if let Some(pooled) = embeds.pooled {
+        outputs.push(Output::f32_finite(
+            "pooled_prompt_embeds",
+            pooled,
+            "the text encoder",
+        )?);
+    }
+    io::write_safetensors(out, outputs)
 }
 
 /// The VAE of `common`'s model, or the one at `other`, in the precision it runs in (f32
@@ -80,10 +83,26 @@ fn vae(common: &Common, other: Option<&Path>) -> Result<(VaeConfig, Vae, DType, 
     Ok((config, vae, dtype, device))
 }
 
+/// The tiles `--vae-tiling [PIXELS]` asks for.
+fn tiles(config: &VaeConfig, tiling: Option<Option<usize>>) -> Result<Option<Tiling>> {
+    match tiling {
+        Some(tile) => config.tiling(tile, "--vae-tiling"),
+        None => Ok(None),
+    }
+}
+
 /// Decodes pipeline-space `latents` to the raw decoder output `image`.
-pub fn vae_decode(common: &Common, other: Option<&Path>, latents: &Path, out: &Path) -> Result<()> {
+/// `tiling`: `--vae-tiling [PIXELS]`.
+pub fn vae_decode(
+    common: &Common,
+    other: Option<&Path>,
+    latents: &Path,
+    out: &Path,
+    tiling: Option<Option<usize>>,
+) -> Result<()> {
     io::check_writable(out)?;
     let (config, vae, dtype, device) = vae(common, other)?;
+    let tiling = tiles(&config, tiling)?;
     let latents = io::read_tensor4(latents, "latents", &device)?;
     let [_, c, _, _] = latents.dims();
     if c != config.latent_channels() {
@@ -95,7 +114,8 @@ pub fn vae_decode(common: &Common, other: Option<&Path>, latents: &Path, out: &P
             ),
         ));
     }
-    let image = vae.decode(config.latent_space().from_latents(latents).cast(dtype));
+    let latents = config.latent_space().from_latents(latents).cast(dtype);
+    let image = vae.decode_tiled(latents, tiling);
     io::write_safetensors(
         out,
         vec![Output::f32_finite("image", image, "the VAE decoder")?],
@@ -104,9 +124,16 @@ pub fn vae_decode(common: &Common, other: Option<&Path>, latents: &Path, out: &P
 
 /// Encodes a PNG: AutoencoderKL's posterior `mean` (not multiplied by the scaling factor),
 /// or AutoencoderTiny's `latents`.
-pub fn vae_encode(common: &Common, other: Option<&Path>, image: &Path, out: &Path) -> Result<()> {
+pub fn vae_encode(
+    common: &Common,
+    other: Option<&Path>,
+    image: &Path,
+    out: &Path,
+    tiling: Option<Option<usize>>,
+) -> Result<()> {
     io::check_writable(out)?;
     let (config, vae, dtype, device) = vae(common, other)?;
+    let tiling = tiles(&config, tiling)?;
     if !vae.can_encode() {
         return Err(Error::invalid(
             "--model",
@@ -126,7 +153,7 @@ pub fn vae_encode(common: &Common, other: Option<&Path>, image: &Path, out: &Pat
             ),
         ));
     }
-    let latents = vae.encode(image::image_to_tensor(&png, &device).cast(dtype));
+    let latents = vae.encode_tiled(image::image_to_tensor(&png, &device).cast(dtype), tiling);
     let name = match vae {
         Vae::Kl(_) => "mean",
         Vae::Tiny(_) => "latents",

@@ -22,7 +22,7 @@ use super::{
     ComponentEntry, FORMAT, MANIFEST, Manifest, QuantEntry, ScaleDType, StoredDType, TensorEntry,
     VERSION, matrix,
 };
-use crate::component::{Component, TOKENIZER_TEXT, pipeline_configs};
+use crate::component::{Component, pipeline_configs, tokenizer_text};
 use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::files::{ModelFiles, parent_folder};
@@ -249,8 +249,9 @@ type Expected = BTreeMap<Component, Vec<(String, Vec<usize>)>>;
 /// The manifest without components, after checking that the configs and tokenizer load,
 /// and the tensors the configs describe.
 fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest, Expected)> {
+    let family = Family::detect(src)?;
     let mut configs = BTreeMap::new();
-    for (path, required) in pipeline_configs() {
+    for (path, required) in pipeline_configs(family) {
         let Some(text) = src.read_text(&path)? else {
             if required {
                 return Err(Error::io(src.display(&path), "not found"));
@@ -261,16 +262,18 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
         configs.insert(path, value);
     }
     let mut tokenizer = BTreeMap::new();
-    for path in TOKENIZER_TEXT {
-        if let Some(text) = src.read_text(path)? {
-            tokenizer.insert(path.to_string(), text);
+    for path in tokenizer_text(family) {
+        if let Some(text) = src.read_text(&path)? {
+            tokenizer.insert(path, text);
         }
     }
-    // Everything a loader will check, checked now: the tokenizer builds, the configs
+    // Everything a loader will check, checked now: the tokenizers build, the configs
     // describe networks this crate runs.
-    load::tokenizer(src)?;
+    for folder in family.components().iter().filter_map(|c| c.tokenizer()) {
+        load::tokenizer(src, folder)?;
+    }
     load::scheduler_config(src)?;
-    let expected = Family::detect(src)?
+    let expected = family
         .components()
         .iter()
         .map(|&c| Ok((c, expected_of(src, c)?)))
@@ -291,7 +294,7 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
 fn expected_of(src: &dyn ModelFiles, component: Component) -> Result<Vec<(String, Vec<usize>)>> {
     let device = burn::prelude::Device::flex();
     Ok(match component {
-        Component::TextEncoder => {
+        Component::TextEncoder | Component::TextEncoder2 => {
             expected_tensors(&load::build::<ClipTextModel>(src, component, &device)?.1)
         }
         Component::Unet => {

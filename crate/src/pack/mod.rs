@@ -65,7 +65,7 @@ impl<F: ModelFiles> ModelFiles for PackFiles<F> {
         if let Some(text) = self.manifest.tokenizer.get(path) {
             return Ok(Some(text.clone().into_bytes()));
         }
-        if path.starts_with("tokenizer/") || path.ends_with(".json") {
+        if crate::component::is_tokenizer_file(path) || path.ends_with(".json") {
             // A pack carries every config and tokenizer file it has in its manifest.
             return Ok(None);
         }

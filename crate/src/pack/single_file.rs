@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use super::convert::Source;
 use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::weights::safetensors::SafetensorsFile;
 
 const UNET: &str = "model.diffusion_model.";
@@ -69,7 +70,7 @@ pub fn components<'a>(
             }
         }
     }
-    for component in Component::PIPELINE {
+    for &component in Family::Sd.components() {
         if !out.contains_key(&component) {
             return Err(Error::io(
                 file,

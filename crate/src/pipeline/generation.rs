@@ -7,11 +7,12 @@ use burn::tensor::DType;
 
 use super::control::{self, ActiveControl};
 use super::inpaint::{self, Inpaint, Mask};
-use super::{Generated, Request, Settings, StableDiffusion};
+use super::{Generated, PromptEmbeds, Request, Settings, StableDiffusion};
 use crate::component::Component;
 use crate::error::{Error, Result};
 use crate::lora;
-use crate::models::unet::{Conditioning, UNet2DConditionModel};
+use crate::models::unet::{Conditioning, TextTime, UNet2DConditionModel};
+use crate::models::vae::Tiling;
 use crate::schedulers::{self, NoiseSource, Scheduler};
 
 /// A generation in progress: the scheduler's state and the current latents.
@@ -32,6 +33,8 @@ pub struct Generation<'a> {
     inpaint: Option<Inpaint>,
     /// Pasting the init image back: the image `[1, 3, H, W]` in [-1, 1] and the blurred mask.
     overlay: Option<(Tensor<4>, Tensor<4>)>,
+    /// How the VAE decodes the result (whole, or in tiles).
+    tiling: Option<Tiling>,
     start: usize,
     index: usize,
 }
@@ -58,16 +61,7 @@ impl StableDiffusion {
         let scheduler =
             schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
         let (height, width) = self.check_size(request)?;
-        if request.clip_skip >= self.text_encoder.num_layers() {
-            return Err(Error::invalid(
-                "clip_skip",
-                format!(
-                    "{} (the text encoder has {} layers)",
-                    request.clip_skip,
-                    self.text_encoder.num_layers()
-                ),
-            ));
-        }
+        self.text.check_clip_skip(request.clip_skip, "clip_skip")?;
         if !request.guidance.is_finite() || !request.guidance_rescale.is_finite() {
             return Err(Error::invalid("guidance", "must be a finite number"));
         }
@@ -106,14 +100,31 @@ impl StableDiffusion {
             .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device).cast(dtype));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
         let batch = if guided { 2 } else { 1 };
-        let text_encoder = lora::apply(&self.text_encoder, Component::TextEncoder, &request.loras);
-        let positive = self.encode_prompt(&text_encoder, &request.prompt, request.clip_skip)?;
-        let context = if guided {
-            let negative =
-                self.encode_prompt(&text_encoder, &request.negative_prompt, request.clip_skip)?;
-            Tensor::cat(vec![negative, positive], 0)
+        let encoders = self.text.with_loras(&request.loras);
+        let clip_skip = request.clip_skip;
+        let positive = self
+            .text
+            .encode(&encoders, &request.prompt, clip_skip, device)?;
+        let embeds = if guided {
+            let negative = request.negative_prompt.as_deref();
+            let negative = self
+                .text
+                .encode_negative(&encoders, negative, &positive, clip_skip, device)?;
+            PromptEmbeds::cat(vec![negative, positive])
         } else {
             positive
+        };
+        let text_time = embeds.pooled.map(|pooled| {
+            let ids = request.size.time_ids(height, width);
+            TextTime {
+                pooled,
+                time_ids: ids.repeat(batch),
+            }
+        });
+        let cond = Conditioning {
+            context: embeds.context,
+            timestep_cond,
+            text_time,
         };
         let controls = request
             .controlnets
@@ -132,8 +143,9 @@ impl StableDiffusion {
             (None, true) => Some(Mask::full(width, height, f, device)),
             (None, false) => None,
         };
+        let tiling = self.vae_tiling(request.vae_tiling, height, width)?;
         let encode = |image: Tensor<4>| -> Result<Tensor<4>> {
-            let latents = self.vae.encode(image.cast(self.vae_dtype()));
+            let latents = self.vae.encode_tiled(image.cast(self.vae_dtype()), tiling);
             let latents = self
                 .vae_config
                 .latent_space()
@@ -241,15 +253,12 @@ impl StableDiffusion {
             scheduler,
             rng,
             latents,
-            cond: Conditioning {
-                context,
-                timestep_cond,
-                text_time: None,
-            },
+            cond,
             guidance: guided.then_some((request.guidance, request.guidance_rescale)),
             controls,
             inpaint,
             overlay,
+            tiling,
             start,
             index: start,
         })
@@ -377,7 +386,7 @@ impl Generation<'_> {
             .latent_space()
             .from_latents(self.latents.clone());
         let mut image = vae
-            .decode(latents.cast(self.pipe.vae_dtype()))
+            .decode_tiled(latents.cast(self.pipe.vae_dtype()), self.tiling)
             .cast(DType::F32);
         if let Some((init, weight)) = self.overlay {
             image = init * (weight.clone().neg() + 1.0) + image * weight;

@@ -6,10 +6,12 @@ mod control;
 mod generation;
 mod inpaint;
 mod request;
+mod text;
 
 pub use control::{ControlNet, check_fits};
 pub use generation::Generation;
-pub use request::{Control, Generated, OnStep, Request, Settings};
+pub use request::{Control, Generated, OnStep, Request, Settings, SizeConditioning, VaeTiling};
+pub use text::{PromptEmbeds, TextEncoder, TextEncoders, tokenizer_fits};
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -20,22 +22,19 @@ use crate::family::Family;
 use crate::files::{ModelFiles, sha256_hex};
 use crate::load;
 use crate::lora::{self, Lora, LoraFile};
-use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
-use crate::models::vae::{Vae, VaeConfig};
+use crate::models::vae::{Tiling, Vae, VaeConfig};
 #[cfg(not(target_family = "wasm"))]
 use crate::noise::Generator;
 #[cfg(not(target_family = "wasm"))]
 use crate::schedulers::NoiseSource;
 use crate::schedulers::{self, SchedulerConfig};
-use crate::tokenizer::ClipTokenizer;
 use crate::weights::expected_tensors;
 
 pub struct StableDiffusion {
     pub family: Family,
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextModel,
+    pub text: TextEncoders,
     pub unet: UNet2DConditionModel,
     pub unet_config: UNetConfig,
     pub vae: Vae,
@@ -47,6 +46,9 @@ pub struct StableDiffusion {
     pub dtype: DType,
     /// A small decoder (TAESD) for previews of the latents while they are denoised.
     pub preview: Option<(VaeConfig, Vae)>,
+    /// The device's largest buffer (WebGPU's `maxStorageBufferBindingSize`), when it has
+    /// one that a whole image's VAE activations may exceed: such images are tiled.
+    pub max_buffer: Option<u64>,
 }
 
 /// What a pipeline is made of: the tokenizer, the networks (with or without their weights
@@ -55,8 +57,7 @@ pub struct StableDiffusion {
 /// and [`StableDiffusion::from_parts`] assembles the result.
 pub struct Parts {
     pub family: Family,
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextModel,
+    pub text: TextEncoders,
     pub unet: UNet2DConditionModel,
     pub unet_config: UNetConfig,
     pub vae: Vae,
@@ -71,18 +72,14 @@ impl Parts {
     /// not yet loaded (nothing is allocated); they will compute in `dtype`.
     pub fn build(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let family = Family::detect(files)?;
-        let tokenizer = load::tokenizer(files)?;
+        let text = TextEncoders::build(files, family, device)?;
         let scheduler_config = load::scheduler_config(files)?;
-        let (text_config, text_encoder) =
-            load::build::<ClipTextModel>(files, Component::TextEncoder, device)?;
         let (unet_config, unet) = load::build(files, Component::Unet, device)?;
         let (vae_config, vae) = load::build::<Vae>(files, Component::Vae, device)?;
-        fits_together(files, &text_config, &unet_config, &vae_config)?;
-        tokenizer_fits(files, &tokenizer, &text_config)?;
+        fits_together(files, &text, &unet_config, &vae_config)?;
         Ok(Self {
             family,
-            tokenizer,
-            text_encoder,
+            text,
             unet,
             unet_config,
             vae,
@@ -114,26 +111,69 @@ impl Parts {
 }
 
 /// Checks that the networks of `files` fit each other: the text embeddings are as wide as
-/// the UNet's cross-attention, and the UNet reads and writes the VAE's latents.
+/// the UNet's cross-attention, a pooled embedding exists exactly when the UNet reads one
+/// (`text_time`) and is as wide, and the UNet reads and writes the VAE's latents.
 fn fits_together(
     files: &dyn ModelFiles,
-    text: &ClipTextConfig,
+    text: &TextEncoders,
     unet: &UNetConfig,
     vae: &VaeConfig,
 ) -> Result<()> {
     let unet_file = files.display(&Component::Unet.config());
+    match (unet.text_time(&unet_file)?, text.pooled_width()) {
+        (None, None) => {}
+        (Some((_, unet_pooled)), Some(pooled)) if unet_pooled == pooled => {}
+        (Some(_), None) => {
+            return Err(Error::config(
+                &unet_file,
+                "addition_embed_type",
+                format!(
+                    "is \"text_time\" (SDXL's pooled text and size conditioning), but this \
+                     {} pipeline has no text_encoder_2 to make a pooled embedding",
+                    text.family
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::config(
+                &unet_file,
+                "addition_embed_type",
+                "is not \"text_time\", but an SDXL UNet reads the pooled text embedding \
+                 and the image sizes through it",
+            ));
+        }
+        (Some((time, unet_pooled)), Some(pooled)) => {
+            return Err(Error::config(
+                &unet_file,
+                "projection_class_embeddings_input_dim",
+                format!(
+                    "leaves {unet_pooled} for the pooled embedding (after 6 × {time} for \
+                     the time ids), but {} has projection_dim {pooled}",
+                    files.display(&Component::TextEncoder2.config())
+                ),
+            ));
+        }
+    }
     let n = unet.block_out_channels.len();
     let cross = unet
         .cross_attention_dim
         .expand(n, &unet_file, "cross_attention_dim")?;
-    if let Some(dim) = cross.iter().find(|&&d| d != text.hidden_size) {
+    let encoders: Vec<String> = text
+        .encoders
+        .iter()
+        .map(|e| {
+            let file = files.display(&e.component.config());
+            format!("{file} has hidden_size {}", e.config.hidden_size)
+        })
+        .collect();
+    let width = text.context_width();
+    if let Some(dim) = cross.iter().find(|&&d| d != width) {
         return Err(Error::config(
             &unet_file,
             "cross_attention_dim",
             format!(
-                "is {dim} but the text encoder ({}) has hidden_size {}",
-                files.display(&Component::TextEncoder.config()),
-                text.hidden_size
+                "is {dim} but the text embeddings are {width} wide ({})",
+                encoders.join(", ")
             ),
         ));
     }
@@ -143,40 +183,6 @@ fn fits_together(
         unet,
         &unet_file,
     )
-}
-
-/// Checks that every id the tokenizer produces has a row in the text encoder's token
-/// embedding, and every position a position embedding.
-pub fn tokenizer_fits(
-    files: &dyn ModelFiles,
-    tokenizer: &ClipTokenizer,
-    text: &ClipTextConfig,
-) -> Result<()> {
-    let text_file = files.display(&Component::TextEncoder.config());
-    let tokenizer_dir = files.display("tokenizer");
-    if tokenizer.vocab_size() > text.vocab_size {
-        return Err(Error::config(
-            &text_file,
-            "vocab_size",
-            format!(
-                "is {} but the tokenizer ({tokenizer_dir}) has {} tokens",
-                text.vocab_size,
-                tokenizer.vocab_size()
-            ),
-        ));
-    }
-    if tokenizer.max_length() > text.max_position_embeddings {
-        return Err(Error::config(
-            &text_file,
-            "max_position_embeddings",
-            format!(
-                "is {} but the tokenizer ({tokenizer_dir}) makes {} tokens (model_max_length)",
-                text.max_position_embeddings,
-                tokenizer.max_length()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Checks that another VAE (`config`, from `files`) reads the latents of the model's own.
@@ -247,18 +253,8 @@ impl StableDiffusion {
             parts.replace_vae(vae, device)?;
         }
         let dtype_of = |c| parts.dtype_of(c);
-        let (text, unet, vae_dtype) = (
-            dtype_of(Component::TextEncoder),
-            dtype_of(Component::Unet),
-            dtype_of(Component::Vae),
-        );
-        parts.text_encoder = load::weights(
-            files,
-            Component::TextEncoder,
-            parts.text_encoder,
-            device,
-            text,
-        )?;
+        let (unet, vae_dtype) = (dtype_of(Component::Unet), dtype_of(Component::Vae));
+        parts.text = parts.text.load_weights(files, device, dtype)?;
         parts.unet = load::weights(files, Component::Unet, parts.unet, device, unet)?;
         let vae_files = vae.unwrap_or(files);
         parts.vae = load::weights(vae_files, Component::Vae, parts.vae, device, vae_dtype)?;
@@ -269,8 +265,7 @@ impl StableDiffusion {
     pub fn from_parts(parts: Parts, device: &Device) -> Self {
         let Parts {
             family,
-            tokenizer,
-            text_encoder,
+            text,
             unet,
             unet_config,
             vae,
@@ -280,8 +275,7 @@ impl StableDiffusion {
         } = parts;
         Self {
             family,
-            tokenizer,
-            text_encoder,
+            text,
             unet,
             unet_config,
             vae,
@@ -290,6 +284,7 @@ impl StableDiffusion {
             device: device.clone(),
             dtype,
             preview: None,
+            max_buffer: None,
         }
     }
 
@@ -323,6 +318,39 @@ impl StableDiffusion {
             DType::F32
         } else {
             self.dtype
+        }
+    }
+
+    /// The tiles a `height` × `width` image is decoded and encoded in under `setting`, if
+    /// any (see [`VaeTiling`]).
+    pub fn vae_tiling(
+        &self,
+        setting: VaeTiling,
+        height: usize,
+        width: usize,
+    ) -> Result<Option<Tiling>> {
+        let (Some((sample_size, channels)), VaeTiling::Auto) =
+            (self.vae_config.tile_facts(), setting)
+        else {
+            return match setting {
+                VaeTiling::On(tile) => self.vae_config.tiling(tile, "vae tiling"),
+                VaeTiling::Auto => Ok(None),
+            };
+        };
+        // The widest activation at full size, one buffer.
+        let bytes = |h: usize, w: usize| (channels * h * w * self.vae_dtype().size()) as u64;
+        match self.max_buffer {
+            Some(limit) if bytes(height, width) > limit => {
+                // The largest tile that fits, in steps of 8 latents, at most the VAE's own.
+                let step = 8 * self.vae_scale_factor();
+                let fitting = (1..)
+                    .map(|k| k * step)
+                    .take_while(|&side| side <= sample_size.max(step) && bytes(side, side) <= limit)
+                    .last();
+                self.vae_config
+                    .tiling(Some(fitting.unwrap_or(step)), "vae tiling")
+            }
+            _ => Ok(None),
         }
     }
 
@@ -389,12 +417,9 @@ impl StableDiffusion {
         self.unet_config.sample_size * self.vae_scale_factor()
     }
 
-    /// The weight matrices a LoRA may adapt, in the text encoder and the UNet.
+    /// The weight matrices a LoRA may adapt, in the text encoders and the UNet.
     pub fn lora_targets(&self) -> lora::Targets {
-        lora::Targets::from([
-            (Component::TextEncoder, expected_tensors(&self.text_encoder)),
-            (Component::Unet, expected_tensors(&self.unet)),
-        ])
+        lora_targets(&self.text, &self.unet)
     }
 
     /// Reads the LoRA file `bytes` (named `file` in messages) and matches it to this
@@ -404,18 +429,6 @@ impl StableDiffusion {
         let parsed = LoraFile::parse(bytes, file)?;
         let hash = sha256_hex(bytes)[..12].to_string();
         Lora::new(&parsed, name, &hash, &self.lora_targets(), &self.device)
-    }
-
-    /// The text embeddings of `text` through `text_encoder` (the pipeline's, with the
-    /// request's LoRAs attached).
-    fn encode_prompt(
-        &self,
-        text_encoder: &ClipTextModel,
-        text: &str,
-        clip_skip: usize,
-    ) -> Result<Tensor<3>> {
-        let ids = self.tokenizer.encode(text)?;
-        Ok(text_encoder.encode(&ids, clip_skip, &self.device))
     }
 
     /// Runs `request` to the end, drawing all noise from its seed (native: it reads the
@@ -496,6 +509,18 @@ impl StableDiffusion {
         }
         Ok((height, width))
     }
+}
+
+/// The weight matrices a LoRA may adapt, in the text encoders `text` and `unet` (whose
+/// weights need not be loaded).
+pub fn lora_targets(text: &TextEncoders, unet: &UNet2DConditionModel) -> lora::Targets {
+    let mut targets: lora::Targets = text
+        .encoders
+        .iter()
+        .map(|e| (e.component, expected_tensors(&e.model)))
+        .collect();
+    targets.insert(Component::Unet, expected_tensors(unet));
+    targets
 }
 
 /// The largest side of an output image, in pixels.

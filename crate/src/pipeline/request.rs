@@ -12,7 +12,9 @@ use crate::lora::Lora;
 #[derive(Debug, Clone)]
 pub struct Request {
     pub prompt: String,
-    pub negative_prompt: String,
+    /// `None` and `""` differ for SDXL: without a negative prompt its negative embeddings
+    /// are zeros (`force_zeros_for_empty_prompt`), an empty one is encoded.
+    pub negative_prompt: Option<String>,
     /// `None`: the default for the scheduler (4 for LCM, 20 otherwise).
     pub steps: Option<usize>,
     pub guidance: f64,
@@ -46,13 +48,50 @@ pub struct Request {
     pub loras: Vec<(Arc<Lora>, f32)>,
     /// ControlNets with their control images; their residuals add up.
     pub controlnets: Vec<Control>,
+    /// SDXL's size conditioning (ignored by models without it).
+    pub size: SizeConditioning,
+    /// Tiled VAE decoding and encoding.
+    pub vae_tiling: VaeTiling,
+}
+
+/// Tiled VAE decoding and encoding (diffusers' `enable_vae_tiling`; see
+/// `models::vae::Tiling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VaeTiling {
+    /// Only when a whole image's activations would not fit the device's largest buffer
+    /// (`StableDiffusion::max_buffer`).
+    #[default]
+    Auto,
+    /// For every image larger than one tile, with tiles of this many pixels; `None`: the
+    /// VAE's `sample_size`, as diffusers.
+    On(Option<usize>),
+}
+
+/// SDXL's micro-conditioning: the sizes and crop it was trained to tell apart, as diffusers'
+/// `original_size`, `crops_coords_top_left` and `target_size` (each `(height, width)` or
+/// `(top, left)`, in pixels). `None` sizes are the output size.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SizeConditioning {
+    pub original_size: Option<(usize, usize)>,
+    pub crop_top_left: (usize, usize),
+    pub target_size: Option<(usize, usize)>,
+}
+
+impl SizeConditioning {
+    /// The six `add_time_ids` for an output of `height` × `width`.
+    pub fn time_ids(&self, height: usize, width: usize) -> [f32; 6] {
+        let (oh, ow) = self.original_size.unwrap_or((height, width));
+        let (top, left) = self.crop_top_left;
+        let (th, tw) = self.target_size.unwrap_or((height, width));
+        [oh, ow, top, left, th, tw].map(|v| v as f32)
+    }
 }
 
 impl Request {
     pub fn new(prompt: impl Into<String>) -> Self {
         Self {
             prompt: prompt.into(),
-            negative_prompt: String::new(),
+            negative_prompt: None,
             steps: None,
             guidance: 7.5,
             guidance_rescale: 0.0,
@@ -70,6 +109,8 @@ impl Request {
             clip_skip: 0,
             loras: Vec::new(),
             controlnets: Vec::new(),
+            size: SizeConditioning::default(),
+            vae_tiling: VaeTiling::Auto,
         }
     }
 }

@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 use crate::component::Component;
 use crate::error::Error;
 use crate::noise::Generator;
-use crate::pipeline::{ControlNet, Parts, StableDiffusion};
+use crate::pipeline::{ControlNet, Parts, StableDiffusion, TextEncoder};
 use handles::{JsControlNet, JsLora, Loaded};
 use source::Source;
 
@@ -50,15 +50,16 @@ fn js_error(e: Error) -> JsValue {
 }
 
 thread_local! {
-    /// The page's WebGPU device, and whether it was requested at WebGPU's default limits.
-    static DEVICE: RefCell<Option<(Device, bool)>> = const { RefCell::new(None) };
+    /// The page's WebGPU device, whether it was requested at WebGPU's default limits, and
+    /// its largest buffer.
+    static DEVICE: RefCell<Option<(Device, bool, u64)>> = const { RefCell::new(None) };
 }
 
 /// The WebGPU device, requested once per page: with the adapter's own limits, or with
 /// WebGPU's default limits (128 MiB per storage binding, 256 MiB per buffer), which many
 /// real GPUs expose, when `default_limits` (for checking that a model runs within them).
-async fn device(default_limits: bool) -> Result<Device, JsValue> {
-    if let Some((device, defaults)) = DEVICE.with(|d| d.borrow().clone()) {
+async fn device(default_limits: bool) -> Result<(Device, u64), JsValue> {
+    if let Some((device, defaults, largest)) = DEVICE.with(|d| d.borrow().clone()) {
         if defaults != default_limits {
             return Err(js_sys::Error::new(
                 "this page's WebGPU device was requested with other limits; `limits` can \
@@ -66,7 +67,7 @@ async fn device(default_limits: bool) -> Result<Device, JsValue> {
             )
             .into());
         }
-        return Ok(device);
+        return Ok((device, largest));
     }
     if !has_webgpu() {
         return Err(js_sys::Error::new(
@@ -75,16 +76,20 @@ async fn device(default_limits: bool) -> Result<Device, JsValue> {
         )
         .into());
     }
-    let device = match default_limits {
+    let (device, largest) = match default_limits {
         true => crate::device::wgpu_at_default_limits().await,
         false => Device::wgpu_options()
-            .init_async()
+            .init_with_setup_async()
             .await
+            .map(|(device, setup)| {
+                let largest = crate::device::largest_buffer(&setup.device.limits());
+                (device, largest)
+            })
             .map_err(|e| e.to_string()),
     }
     .map_err(|e| js_sys::Error::new(&format!("could not open a WebGPU device: {e}")))?;
-    DEVICE.with(|d| *d.borrow_mut() = Some((device.clone(), default_limits)));
-    Ok(device)
+    DEVICE.with(|d| *d.borrow_mut() = Some((device.clone(), default_limits, largest)));
+    Ok((device, largest))
 }
 
 /// `{ onProgress?, cache? }` of a load.
@@ -135,7 +140,7 @@ impl Pipeline {
                 return Err(js_sys::Error::new(&message).into());
             }
         };
-        let device = device(default_limits).await?;
+        let (device, largest_buffer) = device(default_limits).await?;
         let requested = match options
             .as_ref()
             .and_then(|o| Reflect::get(o, &"dtype".into()).ok())
@@ -172,9 +177,14 @@ impl Pipeline {
             on(Component::Unet),
             on(Component::Vae),
         );
-        parts.text_encoder = source
-            .stream(files, Component::TextEncoder, parts.text_encoder, text)
-            .await?;
+        let mut encoders = Vec::new();
+        for encoder in std::mem::take(&mut parts.text.encoders) {
+            let model = source
+                .stream(files, encoder.component, encoder.model, text)
+                .await?;
+            encoders.push(TextEncoder { model, ..encoder });
+        }
+        parts.text.encoders = encoders;
         parts.unet = source
             .stream(files, Component::Unet, parts.unet, unet)
             .await?;
@@ -187,6 +197,7 @@ impl Pipeline {
             None => source.stream(files, Component::Vae, parts.vae, vae).await?,
         };
         let mut pipe = StableDiffusion::from_parts(parts, &device);
+        pipe.max_buffer = Some(largest_buffer);
         if let Some(preview_url) = option("previewVae") {
             let preview = Source::new(&preview_url, source.cache, source.on_progress.clone());
             let preview_files = preview.component(Component::Vae).await?;

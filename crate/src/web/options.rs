@@ -8,7 +8,7 @@ use wasm_bindgen::prelude::*;
 use super::Hooks;
 use super::handles::{self, Loaded};
 use crate::image::Image;
-use crate::pipeline::{Control, Request, StableDiffusion};
+use crate::pipeline::{Control, Request, SizeConditioning, StableDiffusion, VaeTiling};
 
 fn error(message: String) -> JsValue {
     js_sys::Error::new(&message).into()
@@ -127,7 +127,7 @@ pub fn parse(
     };
 
     let mut request = Request::new(text("prompt")?.ok_or_else(|| bad("prompt", "a string"))?);
-    request.negative_prompt = text("negativePrompt")?.unwrap_or_default();
+    request.negative_prompt = text("negativePrompt")?;
     request.steps = count("steps")?;
     if let Some(g) = number(options, "guidance", "guidance")? {
         request.guidance = g;
@@ -146,6 +146,42 @@ pub fn parse(
     };
     request.width = count("width")?;
     request.height = count("height")?;
+    // SDXL's size conditioning: pairs of whole numbers.
+    let pair = |key: &str| -> Result<Option<(usize, usize)>, JsValue> {
+        let Some(value) = field(options, key) else {
+            return Ok(None);
+        };
+        let what = || bad(key, "an array of two whole numbers in [0, 65536]");
+        let array: js_sys::Array = value.dyn_into().map_err(|_| what())?;
+        let values: Vec<f64> = array
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        match values[..] {
+            [a, b]
+                if [a, b]
+                    .iter()
+                    .all(|x| (0.0..=65536.0).contains(x) && x.fract() == 0.0) =>
+            {
+                Ok(Some((a as usize, b as usize)))
+            }
+            _ => Err(what()),
+        }
+    };
+    request.size = SizeConditioning {
+        original_size: pair("originalSize")?,
+        crop_top_left: pair("cropTopLeft")?.unwrap_or_default(),
+        target_size: pair("targetSize")?,
+    };
+    request.vae_tiling = match field(options, "vaeTiling") {
+        None => VaeTiling::Auto,
+        Some(v) => match (v.as_bool(), v.as_f64()) {
+            (Some(true), _) => VaeTiling::On(None),
+            (Some(false), _) => VaeTiling::Auto,
+            (_, Some(px)) if px >= 0.0 && px.fract() == 0.0 => VaeTiling::On(Some(px as usize)),
+            _ => return Err(bad("vaeTiling", "true, false or a tile size in pixels")),
+        },
+    };
     let device = &pipe.device;
     if let Some(value) = field(options, "initImage") {
         let image = image_data(&value, "generate: `initImage`")?;

@@ -15,6 +15,7 @@ use wasm_bindgen::prelude::*;
 
 use super::{delete_cached, fetch_file, js_error};
 use crate::component::{self, Component};
+use crate::family::Family;
 use crate::files::{ComponentDir, MemoryFiles, ModelFiles, WeightFiles};
 use crate::pack::{MANIFEST, Manifest, PackFiles};
 use crate::weights::{ModuleLoader, SafetensorsReader, TensorReader};
@@ -114,16 +115,22 @@ impl Source {
             }
         };
         // model_index.json is read once, here; the loop fetches the other files.
-        let mut files = HashMap::from([(component::MODEL_INDEX.to_string(), index)]);
+        let mut files = MemoryFiles {
+            base: self.base.clone(),
+            files: HashMap::from([(component::MODEL_INDEX.to_string(), index)]),
+        };
+        let family = Family::detect(&files).map_err(js_error)?;
         let mut absent = HashMap::new();
-        let configs = component::pipeline_configs()
+        let configs = component::pipeline_configs(family)
             .into_iter()
             .filter(|(path, _)| path != component::MODEL_INDEX);
-        let tokenizer = component::TOKENIZER_TEXT.map(|p| (p.to_string(), false));
+        let tokenizer = component::tokenizer_text(family)
+            .into_iter()
+            .map(|p| (p, false));
         for (path, required) in configs.chain(tokenizer) {
             match self.fetch(&path).await? {
                 Answer::File(bytes) => {
-                    files.insert(path, bytes);
+                    files.files.insert(path, bytes);
                 }
                 Answer::Absent(why) if required => {
                     let url = self.url(&path);
@@ -137,25 +144,25 @@ impl Source {
                 }
             }
         }
-        // The tokenizer is tokenizer.json, or vocab.json with merges.txt.
-        let has = |path: &str| files.contains_key(path);
-        let tokenizer_found = has(component::TOKENIZER_JSON)
-            || (has(component::VOCAB_JSON) && has(component::MERGES_TXT));
-        if !tokenizer_found {
-            let answers: Vec<String> = component::TOKENIZER_TEXT
+        // Each tokenizer is tokenizer.json, or vocab.json with merges.txt.
+        for folder in family.components().iter().filter_map(|c| c.tokenizer()) {
+            let paths = component::TokenizerPaths::new(folder);
+            let has = |path: &str| files.files.contains_key(path);
+            if has(&paths.tokenizer_json) || (has(&paths.vocab_json) && has(&paths.merges_txt)) {
+                continue;
+            }
+            let answers: Vec<String> = paths
+                .text()
                 .iter()
                 .filter_map(|p| Some(format!("{}: {}", self.url(p), absent.get(*p)?)))
                 .collect();
             return Err(js_sys::Error::new(&format!(
-                "the tokenizer needs tokenizer.json, or vocab.json and merges.txt: {}",
+                "{folder}/ needs tokenizer.json, or vocab.json and merges.txt: {}",
                 answers.join("; ")
             ))
             .into());
         }
-        Ok(Box::new(RemoteFolder(MemoryFiles {
-            base: self.base.clone(),
-            files,
-        })))
+        Ok(Box::new(RemoteFolder(files)))
     }
 
     /// A component published on its own (`config.json` and weights at the URL), or a pack

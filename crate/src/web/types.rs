@@ -53,6 +53,8 @@ export interface ControlNetUse {
 }
 export interface GenerateOptions {
   prompt: string;
+  /** What to steer away from. SDXL without one uses zero negative embeddings (diffusers'
+   *  `force_zeros_for_empty_prompt`); `""` is encoded like a prompt. */
   negativePrompt?: string;
   /** Default: 20 (4 for LCM). */
   steps?: number;
@@ -69,12 +71,24 @@ export interface GenerateOptions {
   clipSkip?: number;
   /** Default: the model's own scheduler. */
   scheduler?: SchedulerName;
+  /** SDXL's size conditioning, [height, width] in pixels (default: the output size): the
+   *  size the model is told the original picture had. Ignored by SD 1.x/2.x. */
+  originalSize?: [number, number];
+  /** SDXL: the crop's top-left corner [top, left] (default [0, 0]). */
+  cropTopLeft?: [number, number];
+  /** SDXL: the target size [height, width] (default: the output size). */
+  targetSize?: [number, number];
+  /** Tiled VAE decoding and encoding (diffusers' `enable_vae_tiling`: overlapping tiles,
+   *  blended): `true` for tiles of the VAE's `sample_size`, a number for tiles of that many
+   *  pixels. Default (`false`): tiles only when the whole image would not fit the device's
+   *  largest buffer (SDXL at 1024² under WebGPU's default limits). */
+  vaeTiling?: boolean | number;
   /** Default: random (returned in the result). */
   seed?: number;
   /** Default: the model's own size; with an init image, its size. */
   width?: number;
   height?: number;
-  /** The initial noise [1, 4, height/8, width/8] for SD (used as is, times the scheduler's
+  /** The initial noise [1, 4, height/8, width/8] for SD and SDXL (used as is, times the scheduler's
    *  initial sigma; with an inpainting mask at strength 1 too). */
   latents?: Float32Array;
   /** img2img and inpainting: the image to start from (alpha ignored). */
@@ -103,8 +117,9 @@ export interface GenerateOptions {
 }
 /** What a loaded model is (`Pipeline.info`, and the worker's `loaded` message). */
 export interface ModelInfo {
-  /** The model family: "sd" (Stable Diffusion 1.x/2.x, Turbo, LCM, inpainting). */
-  family: "sd";
+  /** The model family: "sd" (Stable Diffusion 1.x/2.x, Turbo, LCM, inpainting) or "sdxl"
+   *  (SDXL base, Turbo and fine-tunes). */
+  family: "sd" | "sdxl";
   /** Channels of the latents (`onStep`'s and the result's). */
   latentChannels: number;
   /** Pixels per latent along each side. */

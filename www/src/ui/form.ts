@@ -32,6 +32,7 @@ export class GenerationForm {
   private readonly seed = byId<HTMLInputElement>("seed");
   private readonly width = byId<HTMLInputElement>("width");
   private readonly height = byId<HTMLInputElement>("height");
+  private readonly sizes = byId<HTMLSelectElement>("sizes");
 
   constructor() {
     this.scheduler.add(new Option("The model's own", ""));
@@ -39,6 +40,12 @@ export class GenerationForm {
     for (const input of [this.steps, this.guidance, this.scheduler, this.seed, this.width, this.height, this.prompt, this.negative]) {
       input.addEventListener("input", () => this.changed());
     }
+    // A trained size fills width and height (SDXL works best at its aspect-ratio buckets).
+    this.sizes.addEventListener("change", () => {
+      const [w, h] = this.sizes.value.split("x");
+      if (w && h) [this.width.value, this.height.value] = [w, h];
+      this.changed();
+    });
     byId("defaults-reset").addEventListener("click", () => {
       for (const input of [this.steps, this.guidance, this.scheduler, this.width, this.height]) input.value = "";
       this.changed();
@@ -51,6 +58,9 @@ export class GenerationForm {
     this.steps.placeholder = String(defaults?.steps ?? 20);
     this.guidance.placeholder = String(defaults?.guidance ?? 7.5);
     this.width.placeholder = this.height.placeholder = defaults ? String(defaults.size) : "model's";
+    this.sizes.replaceChildren(new Option("Choose…", ""));
+    for (const [w, h] of defaults?.sizes ?? []) this.sizes.add(new Option(`${w}×${h}`, `${w}x${h}`));
+    byId("sizes-field").hidden = !defaults?.sizes?.length;
     byId("defaults").textContent = defaults
       ? `This model's defaults: ${plural(defaults.steps, "step")}, CFG ${defaults.guidance}, its own scheduler, ${defaults.size}×${defaults.size}. Empty fields use them.`
       : "Empty fields use the engine's defaults: 20 steps (4 for LCM), CFG 7.5, the model's own scheduler and size.";
@@ -102,6 +112,8 @@ export class GenerationForm {
   }
 
   private changed() {
+    const chosen = `${this.width.value}x${this.height.value}`;
+    this.sizes.value = [...this.sizes.options].some((o) => o.value === chosen) ? chosen : "";
     const steps = number(this.steps) ?? this.defaults?.steps ?? 20;
     const cfg = number(this.guidance) ?? this.defaults?.guidance ?? 7.5;
     const seed = number(this.seed);

@@ -2,9 +2,11 @@
 //! `AutoencoderTiny` (TAESD), told apart by the config's `_class_name`.
 
 mod kl;
+mod tiling;
 mod tiny;
 
 pub use kl::{AutoencoderKL, KlConfig, Posterior};
+pub use tiling::Tiling;
 pub use tiny::{AutoencoderTiny, TinyConfig};
 
 use burn::prelude::*;
@@ -64,6 +66,43 @@ impl VaeConfig {
             scaling,
             shift,
         }
+    }
+
+    /// For an AutoencoderKL, which can be tiled: diffusers' default tile (`sample_size`
+    /// pixels) and the channels of its widest activation at full resolution (the last up
+    /// block's input), which sets how large a whole image may be under a buffer limit.
+    pub fn tile_facts(&self) -> Option<(usize, usize)> {
+        match self {
+            VaeConfig::Kl(c) => {
+                // The up blocks run the channels in reverse: the last upsampler works at
+                // full size on the second level's width (SD's 256 of 128, 256, 512, 512).
+                let widths = &c.block_out_channels;
+                Some((c.sample_size, *widths.get(1).unwrap_or(&widths[0])))
+            }
+            VaeConfig::Tiny(_) => None,
+        }
+    }
+
+    /// Tiles of `tile` pixels (`None`: the config's `sample_size`, diffusers' default) for
+    /// an AutoencoderKL; `None` for TAESD, which always runs whole. `name` is the option
+    /// named in errors.
+    pub fn tiling(&self, tile: Option<usize>, name: &str) -> Result<Option<Tiling>> {
+        let Some((sample_size, _)) = self.tile_facts() else {
+            return Ok(None);
+        };
+        let tile = tile.unwrap_or(sample_size);
+        // Whole latents per tile, and room for the quarter that overlaps.
+        let f = self.scale_factor();
+        if tile == 0 || !tile.is_multiple_of(8 * f) {
+            return Err(Error::invalid(
+                name,
+                format!(
+                    "a tile of {tile} pixels is not a positive multiple of {}",
+                    8 * f
+                ),
+            ));
+        }
+        Ok(Some(Tiling::new(tile, f)))
     }
 
     /// Whether it runs in f32 whatever the pipeline's precision (diffusers' flag for VAEs
@@ -145,6 +184,23 @@ impl Vae {
         match self {
             Vae::Kl(vae) => vae.decode(z),
             Vae::Tiny(vae) => vae.decode(z),
+        }
+    }
+
+    /// [`decode`](Self::decode), in tiles when `tiling` says so (an AutoencoderKL; TAESD's
+    /// activations are small and it always decodes whole).
+    pub fn decode_tiled(&self, z: Tensor<4>, tiling: Option<Tiling>) -> Tensor<4> {
+        match (self, tiling) {
+            (Vae::Kl(vae), Some(tiling)) => tiling.decode(z, |tile| vae.decode(tile)),
+            _ => self.decode(z),
+        }
+    }
+
+    /// [`encode`](Self::encode), in tiles when `tiling` says so.
+    pub fn encode_tiled(&self, x: Tensor<4>, tiling: Option<Tiling>) -> Tensor<4> {
+        match (self, tiling) {
+            (Vae::Kl(vae), Some(tiling)) => tiling.encode(x, |tile| vae.encode(tile).mean),
+            _ => self.encode(x),
         }
     }
 
