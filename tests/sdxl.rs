@@ -611,3 +611,82 @@ fn tiled_vae_decoding_and_encoding_match_diffusers() {
         "tiles differ"
     );
 }
+
+#[test]
+fn sdxl_loras_in_kohya_sgm_kohya_and_peft_names_match_diffusers() {
+    use std::sync::Arc;
+    use webdiffusion::lora;
+    let goldens = Goldens::file("lora/sdxl-goldens.safetensors");
+    let base = Goldens::load("sdxl-tiny");
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&DirFiles(model_dir("sdxl-tiny")), &device).unwrap();
+    let prompt = &common::prompts()[0];
+    let cond = Conditioning {
+        context: base.tensor::<3>("unet.encoder_hidden_states", &device),
+        timestep_cond: None,
+        text_time: Some(TextTime {
+            pooled: base.tensor::<2>("unet.text_embeds", &device),
+            time_ids: base
+                .values("unet.time_ids")
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+        }),
+    };
+    let sample = base.tensor::<4>("unet.sample", &device);
+    for format in ["kohya-sgm", "kohya", "peft"] {
+        let file = common::fixtures().join(format!("lora/sdxl-lora1.{format}.safetensors"));
+        let bytes = std::fs::read(&file).unwrap();
+        let lora = Arc::new(
+            pipe.load_lora(&bytes, &file.display().to_string(), format)
+                .unwrap(),
+        );
+        assert_eq!(lora.layers(Component::Unet), 257, "{format}");
+        assert_eq!(lora.layers(Component::TextEncoder), 18, "{format}");
+        assert_eq!(lora.layers(Component::TextEncoder2), 24, "{format}");
+        for (scale, suffix) in [(0.75, ""), (1.0, ".scale1")] {
+            let loras = [(lora.clone(), scale)];
+            let encoders = pipe.text.with_loras(&loras);
+            let embeds = pipe.text.encode(&encoders, prompt, 0, &device).unwrap();
+            let what = format!("{format} at {scale}");
+            assert_close(
+                &goldens,
+                &format!("prompt_embeds{suffix}"),
+                embeds.context,
+                TOL,
+                &what,
+            );
+            let pooled = embeds.pooled.unwrap();
+            assert_close(
+                &goldens,
+                &format!("pooled_prompt_embeds{suffix}"),
+                pooled,
+                TOL,
+                &what,
+            );
+            let unet = lora::apply(&pipe.unet, Component::Unet, &loras);
+            let out = unet.forward(sample.clone(), 500.0, &cond, None);
+            assert_close(&goldens, &format!("unet.out{suffix}"), out, TOL, &what);
+        }
+        if format == "kohya-sgm" {
+            let mut r = Request::new(PROMPT);
+            r.negative_prompt = Some(NEGATIVE.into());
+            (r.steps, r.guidance) = (Some(4), 5.0);
+            r.latents = Some(base.tensor::<4>("txt2img.latents", &device));
+            r.loras = vec![(lora.clone(), 0.75)];
+            check_run(&goldens, "pipeline", &pipe, &r, vec![]);
+        }
+    }
+    // An SD 1.x LoRA on SDXL is refused naming both families and the first misfit.
+    let file = common::fixtures().join("lora/lora1-sd1-tiny.kohya.safetensors");
+    let err = pipe
+        .load_lora(&std::fs::read(&file).unwrap(), "sd1.safetensors", "sd1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sd1.safetensors")
+            && err.contains("the model is SDXL")
+            && err.contains("lora_"),
+        "{err}"
+    );
+}

@@ -307,7 +307,12 @@ fn bad_lora_files_are_refused_by_name() {
         (
             "sdxl.safetensors",
             pair(te2, 4, vec![0.1; 64]),
-            vec!["sdxl.safetensors", "SDXL"],
+            vec![
+                "sdxl.safetensors",
+                "SDXL LoRA",
+                "text_encoder_2",
+                "the model is SD 1.x/2.x",
+            ],
         ),
         (
             "loha.safetensors",

@@ -211,15 +211,10 @@ fn detect(keys: &[&str], file: &str) -> Result<Format> {
             ));
         }
     }
-    if any(&|k| k.starts_with("lora_te2_") || k.starts_with("text_encoder_2.")) {
-        return Err(Error::io(
-            file,
-            "is an SDXL LoRA (it adapts a second text encoder); this model is Stable \
-             Diffusion 1.x/2.x",
-        ));
-    }
     if any(&|k| {
-        k.starts_with("lora_unet_") || k.starts_with("lora_te_") || k.starts_with("lora_te1_")
+        ["lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"]
+            .iter()
+            .any(|p| k.starts_with(p))
     }) {
         return Ok(Format::Kohya);
     }
@@ -251,6 +246,8 @@ fn classify(key: &str, format: Format) -> Option<(Component, Target, Part)> {
             .find_map(|(suffix, part)| Some((key.strip_suffix(suffix)?, part)))?;
             let (component, rest) = if let Some(rest) = name.strip_prefix("lora_unet_") {
                 (Component::Unet, rest)
+            } else if let Some(rest) = name.strip_prefix("lora_te2_") {
+                (Component::TextEncoder2, rest)
             } else {
                 let rest = name
                     .strip_prefix("lora_te_")
@@ -262,6 +259,8 @@ fn classify(key: &str, format: Format) -> Option<(Component, Target, Part)> {
         Format::Diffusers | Format::Peft => {
             let (component, rest) = if let Some(rest) = key.strip_prefix("unet.") {
                 (Component::Unet, rest)
+            } else if let Some(rest) = key.strip_prefix("text_encoder_2.") {
+                (Component::TextEncoder2, rest)
             } else {
                 (Component::TextEncoder, key.strip_prefix("text_encoder.")?)
             };
@@ -322,7 +321,11 @@ fn peft_alphas(metadata: &BTreeMap<String, String>) -> PeftAlphas {
     else {
         return out;
     };
-    for component in [Component::Unet, Component::TextEncoder] {
+    for component in [
+        Component::Unet,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+    ] {
         let get = |key: &str| config.get(format!("{}.{key}", component.name()));
         let default = get("lora_alpha").and_then(|a| a.as_f64()).map(|a| a as f32);
         let patterns: Vec<(String, f32)> = get("alpha_pattern")

@@ -24,6 +24,7 @@ use burn::prelude::*;
 
 use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::weights::ldm::kohya_sgm_to_diffusers;
 use crate::weights::{checkpoint_name, field_path, param_paths};
 
 /// One adapted weight: its checkpoint key, `up` `[out, rank]` and `down` `[rank, in]`
@@ -75,8 +76,9 @@ impl Lora {
                 return Err(Error::io(
                     &file.file,
                     format!(
-                        "`{}` adapts the {component}, which this model has none of",
-                        layer.down.key
+                        "`{}` adapts the {component}, which this model has none of ({})",
+                        layer.down.key,
+                        families(file, targets)
                     ),
                 ));
             };
@@ -84,9 +86,9 @@ impl Lora {
                 Error::io(
                     &file.file,
                     format!(
-                        "`{}` targets no layer of this model's {component} (a LoRA for another \
-                         model family?)",
-                        layer.down.key
+                        "`{}` targets no layer of this model's {component} ({})",
+                        layer.down.key,
+                        families(file, targets)
                     ),
                 )
             })?;
@@ -99,8 +101,12 @@ impl Lora {
                     &file.file,
                     format!(
                         "`{}` {:?} and `{}` {:?} do not fit `{key}` of this model, {shape:?} \
-                         (a LoRA for another model family?)",
-                        layer.down.key, layer.down.shape, layer.up.key, layer.up.shape
+                         ({})",
+                        layer.down.key,
+                        layer.down.shape,
+                        layer.up.key,
+                        layer.up.shape,
+                        families(file, targets)
                     ),
                 ));
             }
@@ -129,12 +135,35 @@ impl Lora {
     }
 }
 
+/// The model's family and what the file looks like, for a LoRA that does not fit: SDXL
+/// models and LoRAs have a second text encoder.
+fn families(file: &LoraFile, targets: &Targets) -> String {
+    let two_encoders = |yes: bool| if yes { "SDXL" } else { "SD 1.x/2.x" };
+    let model = two_encoders(targets.contains_key(&Component::TextEncoder2));
+    let adapts_te2 = file
+        .layers
+        .keys()
+        .any(|(c, _)| *c == Component::TextEncoder2);
+    let adapts_te = file
+        .layers
+        .keys()
+        .any(|(c, _)| *c == Component::TextEncoder);
+    match (adapts_te2, adapts_te) {
+        (true, _) => format!("an SDXL LoRA, which adapts text_encoder_2; the model is {model}"),
+        // Without text encoder layers a file does not say its family.
+        (false, false) => format!("a LoRA for another model? the model is {model}"),
+        (false, true) => format!("a LoRA for another model family? the model is {model}"),
+    }
+}
+
 /// Finds a file's targets among a network's weight matrices: module paths as they are,
 /// Kohya's underscored names through a table of every weight's underscored path (exact,
 /// so names that contain underscores themselves, `to_out_0`, `down_blocks`, map back).
 struct Lookup<'a> {
     shapes: HashMap<&'a str, &'a [usize]>,
     underscored: HashMap<String, &'a str>,
+    /// The UNet's layers per block, to read SGM names (`None` for other networks).
+    layers_per_block: Option<usize>,
 }
 
 impl<'a> Lookup<'a> {
@@ -145,25 +174,41 @@ impl<'a> Lookup<'a> {
                 continue;
             };
             let name = module.replace('.', "_");
-            if component == Component::TextEncoder {
+            if component.is_text_encoder() {
                 // transformers' `text_model.` prefix, which Kohya names keep.
                 underscored.insert(format!("text_model_{name}"), key.as_str());
             }
             underscored.insert(name, key.as_str());
         }
+        // Kohya's SDXL files name UNet layers in the original SGM layout, numbered by the
+        // layers per block (the resnets of the first down block).
+        let layers_per_block = (component == Component::Unet).then(|| {
+            let resnets = targets.iter().filter_map(|(k, _)| {
+                let rest = k.strip_prefix("down_blocks.0.resnets.")?;
+                rest.split_once('.').map(|(i, _)| i)
+            });
+            resnets.collect::<std::collections::BTreeSet<_>>().len()
+        });
         Self {
             shapes: targets
                 .iter()
                 .map(|(k, s)| (k.as_str(), s.as_slice()))
                 .collect(),
             underscored,
+            layers_per_block,
         }
     }
 
     fn find(&self, target: &Target) -> Option<(&'a str, &'a [usize])> {
         let key = match target {
             Target::Path(module) => checkpoint_name(&field_path(&format!("{module}.weight"))),
-            Target::Underscored(name) => self.underscored.get(name.as_str())?.to_string(),
+            Target::Underscored(name) => match self.underscored.get(name.as_str()) {
+                Some(key) => key.to_string(),
+                None => {
+                    let name = kohya_sgm_to_diffusers(name, self.layers_per_block?)?;
+                    self.underscored.get(name.as_str())?.to_string()
+                }
+            },
         };
         self.shapes
             .get_key_value(key.as_str())

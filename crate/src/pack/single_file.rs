@@ -12,6 +12,7 @@ use super::convert::Source;
 use crate::component::Component;
 use crate::error::{Error, Result};
 use crate::family::Family;
+use crate::weights::ldm::{split_index, unet_name};
 use crate::weights::safetensors::SafetensorsFile;
 
 const UNET: &str = "model.diffusion_model.";
@@ -82,73 +83,6 @@ pub fn components<'a>(
         }
     }
     Ok(out)
-}
-
-/// `a.b.rest` → (a, b, rest) with `b` a number.
-fn split_index(s: &str) -> Option<(usize, &str)> {
-    let (i, rest) = s.split_once('.')?;
-    Some((i.parse().ok()?, rest))
-}
-
-fn resnet(rest: &str) -> String {
-    [
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("skip_connection.", "conv_shortcut."),
-    ]
-    .iter()
-    .find_map(|(ldm, diffusers)| rest.strip_prefix(ldm).map(|r| format!("{diffusers}{r}")))
-    .unwrap_or_else(|| rest.to_string())
-}
-
-fn unet_name(key: &str, layers_per_block: usize) -> Option<String> {
-    let per = layers_per_block + 1;
-    for (ldm, diffusers) in [
-        ("time_embed.0.", "time_embedding.linear_1."),
-        ("time_embed.2.", "time_embedding.linear_2."),
-        ("input_blocks.0.0.", "conv_in."),
-        ("out.0.", "conv_norm_out."),
-        ("out.2.", "conv_out."),
-    ] {
-        if let Some(rest) = key.strip_prefix(ldm) {
-            return Some(format!("{diffusers}{rest}"));
-        }
-    }
-    if let Some(rest) = key.strip_prefix("input_blocks.") {
-        let (i, rest) = split_index(rest)?;
-        let (slot, rest) = split_index(rest)?;
-        let (b, j) = ((i.checked_sub(1)?) / per, (i - 1) % per);
-        return Some(match (slot, rest.strip_prefix("op.")) {
-            (0, Some(op)) => format!("down_blocks.{b}.downsamplers.0.conv.{op}"),
-            (0, None) => format!("down_blocks.{b}.resnets.{j}.{}", resnet(rest)),
-            (1, None) => format!("down_blocks.{b}.attentions.{j}.{rest}"),
-            _ => return None,
-        });
-    }
-    if let Some(rest) = key.strip_prefix("middle_block.") {
-        let (slot, rest) = split_index(rest)?;
-        return Some(match slot {
-            0 => format!("mid_block.resnets.0.{}", resnet(rest)),
-            1 => format!("mid_block.attentions.0.{rest}"),
-            2 => format!("mid_block.resnets.1.{}", resnet(rest)),
-            _ => return None,
-        });
-    }
-    if let Some(rest) = key.strip_prefix("output_blocks.") {
-        let (i, rest) = split_index(rest)?;
-        let (slot, rest) = split_index(rest)?;
-        let (b, j) = (i / per, i % per);
-        return Some(match (slot, rest.strip_prefix("conv.")) {
-            (0, _) => format!("up_blocks.{b}.resnets.{j}.{}", resnet(rest)),
-            (1 | 2, Some(conv)) => format!("up_blocks.{b}.upsamplers.0.conv.{conv}"),
-            (1, None) => format!("up_blocks.{b}.attentions.{j}.{rest}"),
-            _ => return None,
-        });
-    }
-    None
 }
 
 fn vae_name(key: &str, up_blocks: usize) -> Option<String> {

@@ -5,6 +5,7 @@
 //! are all that is held at once.
 
 mod keys;
+pub mod ldm;
 pub mod safetensors;
 
 pub use keys::{checkpoint_name, field_path, is_buffer};
