@@ -1,4 +1,4 @@
-//! The full-size SD 1.5 and SD 2.1 networks, built from the config.json files shipped in
+//! The full-size SD 1.5, SD 2.1 and SDXL networks, built from the config.json files shipped in
 //! crate/assets (the hub repositories' values), have exactly diffusers' parameter counts.
 //! Parameters are lazy, so nothing is allocated.
 
@@ -20,9 +20,21 @@ fn parameter_counts_match_diffusers() {
         &std::fs::read_to_string(fixtures().join("configs/param_counts.json")).unwrap(),
     )
     .unwrap();
+    let sdxl: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("configs/param_counts_sdxl.json")).unwrap(),
+    )
+    .unwrap();
     let device = Device::flex();
     for model in builtin::NAMES {
-        let expected = |k: &str| counts[model][k].as_u64().unwrap() as usize;
+        // SDXL-Turbo is SDXL's networks; SDXL's first text encoder is SD 1.5's.
+        let expected = |k: &str| {
+            let counts = match (*model, k) {
+                ("sdxl" | "sdxl-turbo", "text_encoder") => &counts["sd15"],
+                ("sdxl" | "sdxl-turbo", _) => &sdxl["sdxl"],
+                _ => &counts[model],
+            };
+            counts[k].as_u64().unwrap() as usize
+        };
         let files = builtin::config(model).unwrap();
 
         let (_, unet) = build::<UNet2DConditionModel>(&files, Component::Unet, &device).unwrap();
@@ -42,5 +54,14 @@ fn parameter_counts_match_diffusers() {
             expected("text_encoder"),
             "{model} text encoder"
         );
+        if model.starts_with("sdxl") {
+            let (_, clip) =
+                build::<ClipTextModel>(&files, Component::TextEncoder2, &device).unwrap();
+            assert_eq!(
+                clip.num_params(),
+                expected("text_encoder_2"),
+                "{model} text_encoder_2"
+            );
+        }
     }
 }

@@ -690,3 +690,105 @@ fn sdxl_loras_in_kohya_sgm_kohya_and_peft_names_match_diffusers() {
         "{err}"
     );
 }
+
+/// SDXL as f16, q8 and q4 packs (both text encoders, the pooled projection and the UNet's
+/// add_embedding quantized as any other layer), within SD 1.x's limits of diffusers'
+/// float32 image.
+#[test]
+fn sdxl_packs_generate_within_limits() {
+    use webdiffusion::pack::{convert::convert, open_dir};
+    use webdiffusion::quant::Precision;
+    let goldens = Goldens::load("sdxl-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    for (precision, limit) in [
+        (Precision::F16, 1e-3),
+        (Precision::Q8, 5e-3),
+        (Precision::Q4, 8e-2),
+    ] {
+        let out = dir.path().join(precision.name());
+        let reports = convert(&DirFiles(model_dir("sdxl-tiny")), precision, &out).unwrap();
+        let names: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
+        assert_eq!(names, ["text_encoder", "text_encoder_2", "unet", "vae"]);
+        let pipe = StableDiffusion::load(&*open_dir(&out).unwrap(), &device).unwrap();
+        assert_eq!(pipe.family, Family::Sdxl);
+        let mut r = Request::new(PROMPT);
+        r.negative_prompt = Some(NEGATIVE.into());
+        (r.steps, r.guidance) = (Some(4), 5.0);
+        r.latents = Some(goldens.tensor::<4>("txt2img.latents", &device));
+        let image = pipe.generate(&r, &mut |_, _, _| true).unwrap().image;
+        let err = common::rel_l2(&common::to_f64(image), goldens.values("euler.image"));
+        eprintln!("sdxl-tiny {}: image rel-L2 {err:.2e}", precision.name());
+        assert!(err <= limit, "{}: image rel-L2 {err:e}", precision.name());
+    }
+}
+
+/// SDXL's own configs say `eos_token_id: 2` (written before transformers knew CLIP's end
+/// token): transformers then pools at the largest id, which is the first end token.
+#[test]
+fn the_pooled_embedding_of_legacy_configs_is_at_the_end_token() {
+    let goldens = Goldens::load("sdxl-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&model_dir("sdxl-tiny").join("text_encoder_2"), dir.path());
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["eos_token_id"] = 2.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let files = ComponentDir {
+        inner: DirFiles(dir.path().into()),
+        component: Component::TextEncoder,
+    };
+    let device = Device::flex();
+    let encoder = load::text_encoder(&files, &device, DType::F32).unwrap().1;
+    let tokenizer = tokenizer("tokenizer_2");
+    for (i, prompt) in common::prompts().iter().enumerate() {
+        let ids = tokenizer.encode(prompt).unwrap();
+        let (_, pooled) = encoder.encode_penultimate(&ids, 0, &device);
+        let name = format!("pooled_prompt_embeds.{i}");
+        assert_close(
+            &goldens,
+            &name,
+            pooled.unwrap(),
+            TOL,
+            &format!("prompt {i}"),
+        );
+    }
+}
+
+/// `convert --random` builds SDXL's architecture (here the fixture's configs; `sdxl` and
+/// `sdxl-turbo` name the full-size ones) with random weights: it loads as SDXL and runs.
+#[test]
+fn convert_random_builds_an_sdxl_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("random");
+    let model = model_dir("sdxl-tiny");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+        .args([
+            "convert",
+            "--random",
+            model.to_str().unwrap(),
+            "--quant",
+            "q4",
+        ])
+        .args(["--out", pack.to_str().unwrap()])
+        .output()
+        .unwrap();
+    common::ok(&run);
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains("text_encoder_2"), "{table}");
+    let out = dir.path().join("out.safetensors");
+    common::ok(&common::webdiffusion(&[
+        "generate",
+        "--model",
+        pack.to_str().unwrap(),
+        "--prompt",
+        "a fox",
+        "--steps",
+        "1",
+        "--out-tensor",
+        out.to_str().unwrap(),
+    ]));
+    let image = common::read_tensor(&out, "image");
+    assert!(!image.is_empty() && image.iter().all(|v| v.is_finite()));
+}

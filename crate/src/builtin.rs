@@ -1,7 +1,7 @@
-//! The configs and tokenizers of SD 1.5 and SD 2.1 (the values of their hub repositories),
-//! shipped in `crate/assets/`: `convert --config sd15|sd21` pairs them with single-file
-//! checkpoints (which carry weights only), and `bench` builds the full-size networks from
-//! them.
+//! The configs and tokenizers of SD 1.5, SD 2.1, SDXL and SDXL-Turbo (the values of their
+//! hub repositories), shipped in `crate/assets/`: `convert --config NAME` pairs them with
+//! single-file checkpoints (which carry weights only), and `convert --random NAME` and
+//! `bench` build the full-size networks from them.
 
 use std::collections::HashMap;
 
@@ -39,19 +39,48 @@ const SD21: &[(&str, &[u8])] = files! {
     "tokenizer/special_tokens_map.json" => "sd21/tokenizer/special_tokens_map.json",
 };
 
-pub const NAMES: &[&str] = &["sd15", "sd21"];
+/// SDXL base 1.0: CLIP-L (SD 1.5's) and OpenCLIP bigG with SD 2.x's tokenizer (pads with
+/// `!`), as in its repository.
+const SDXL: &[(&str, &[u8])] = files! {
+    "model_index.json" => "sdxl/model_index.json",
+    "scheduler/scheduler_config.json" => "sdxl/scheduler/scheduler_config.json",
+    "text_encoder/config.json" => "sd15/text_encoder/config.json",
+    "text_encoder_2/config.json" => "sdxl/text_encoder_2/config.json",
+    "unet/config.json" => "sdxl/unet/config.json",
+    "vae/config.json" => "sdxl/vae/config.json",
+    "tokenizer/vocab.json" => "clip/vocab.json",
+    "tokenizer/merges.txt" => "clip/merges.txt",
+    "tokenizer/tokenizer_config.json" => "sd15/tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json" => "sd15/tokenizer/special_tokens_map.json",
+    "tokenizer_2/vocab.json" => "clip/vocab.json",
+    "tokenizer_2/merges.txt" => "clip/merges.txt",
+    "tokenizer_2/tokenizer_config.json" => "sd21/tokenizer/tokenizer_config.json",
+    "tokenizer_2/special_tokens_map.json" => "sd21/tokenizer/special_tokens_map.json",
+};
+
+/// SDXL-Turbo: SDXL's networks with Euler ancestral on trailing timesteps.
+const SDXL_TURBO: &[(&str, &[u8])] = files! {
+    "model_index.json" => "sdxl-turbo/model_index.json",
+    "scheduler/scheduler_config.json" => "sdxl-turbo/scheduler/scheduler_config.json",
+};
+
+pub const NAMES: &[&str] = &["sd15", "sd21", "sdxl", "sdxl-turbo"];
 
 /// The built-in configs called `name`.
 pub fn config(name: &str) -> Option<MemoryFiles> {
-    let files = match name {
-        "sd15" => SD15,
-        "sd21" => SD21,
+    // A later list replaces the files of an earlier one.
+    let lists: &[&[(&str, &[u8])]] = match name {
+        "sd15" => &[SD15],
+        "sd21" => &[SD21],
+        "sdxl" => &[SDXL],
+        "sdxl-turbo" => &[SDXL, SDXL_TURBO],
         _ => return None,
     };
     Some(MemoryFiles {
         base: format!("built-in {name}"),
-        files: files
+        files: lists
             .iter()
+            .flat_map(|files| files.iter())
             .map(|(path, bytes)| (path.to_string(), bytes.to_vec()))
             .collect::<HashMap<_, _>>(),
     })

@@ -27,6 +27,14 @@ pub fn parse_value<T: DeserializeOwned>(file: &str, value: serde_json::Value) ->
     serde_path_to_error::deserialize(value).map_err(|e| error(file, e))
 }
 
+/// A flag that configs may write as `null`, which diffusers reads as false (SDXL's
+/// `upcast_attention: null`).
+pub fn null_is_false<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
 fn error(file: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error {
     let key = e.path().to_string();
     let data = e.inner().classify() == serde_json::error::Category::Data;

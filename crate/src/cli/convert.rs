@@ -23,9 +23,10 @@ pub struct ConvertArgs {
     /// ControlNet (.safetensors, original CompVis/A1111/lllyasviel layout).
     #[arg(long, required_unless_present = "random", conflicts_with = "random")]
     model: Option<PathBuf>,
-    /// Instead of --model: the full-size architecture of sd15 or sd21 (built in) or of a
-    /// diffusers folder's configs, with random weights (for speed and memory measurements).
-    #[arg(long, value_name = "sd15|sd21|DIR")]
+    /// Instead of --model: the full-size architecture of sd15, sd21, sdxl or sdxl-turbo
+    /// (built in) or of a diffusers folder's configs, with random weights (for speed and
+    /// memory measurements).
+    #[arg(long, value_name = "sd15|sd21|sdxl|sdxl-turbo|DIR")]
     random: Option<String>,
     /// The seed of --random's weights.
     #[arg(long, default_value_t = 0, requires = "random")]
@@ -37,7 +38,8 @@ pub struct ConvertArgs {
     #[arg(long)]
     out: PathBuf,
     /// For a single file: a diffusers folder with the model's configs and tokenizer (no
-    /// weights needed), or sd15 / sd21 (built in). Default: guessed from the file.
+    /// weights needed), or sd15, sd21, sdxl, sdxl-turbo (built in). Default: guessed from
+    /// the file.
     #[arg(long)]
     config: Option<String>,
 }

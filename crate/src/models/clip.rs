@@ -248,11 +248,13 @@ impl ClipTextModel {
         }
         let hidden = hidden.expect("keep ≤ depth");
         let pooled = self.text_projection.as_ref().map(|projection| {
-            // transformers: the first position holding the end token.
-            let eos = ids
-                .iter()
-                .position(|&i| i == self.eos_token_id)
-                .unwrap_or(ids.len() - 1);
+            // transformers: the first position holding the end token; configs from before
+            // it was known (`eos_token_id` 2, SDXL's) take the largest id, which is the
+            // end token in CLIP's vocabulary.
+            let eos = match self.eos_token_id {
+                2 => (0..ids.len()).rev().max_by_key(|&i| ids[i]).unwrap_or(0),
+                eos => ids.iter().position(|&i| i == eos).unwrap_or(ids.len() - 1),
+            };
             let last = self.final_layer_norm.forward(x).narrow(1, eos, 1);
             let [_, _, d] = last.dims();
             projection.forward(last.reshape([1, d]))

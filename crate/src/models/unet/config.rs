@@ -32,8 +32,11 @@ pub struct UNetConfig {
     pub attention_head_dim: PerBlock<usize>,
     /// When present, the number of heads (and `attention_head_dim` is ignored).
     pub num_attention_heads: Option<PerBlock<usize>>,
+    #[serde(deserialize_with = "crate::config::null_is_false")]
     pub dual_cross_attention: bool,
+    #[serde(deserialize_with = "crate::config::null_is_false")]
     pub use_linear_projection: bool,
+    #[serde(deserialize_with = "crate::config::null_is_false")]
     pub upcast_attention: bool,
     pub resnet_time_scale_shift: String,
     pub time_embedding_type: String,
@@ -52,11 +55,13 @@ pub struct UNetConfig {
     pub encoder_hid_dim: Option<usize>,
     pub num_class_embeds: Option<usize>,
     pub attention_type: String,
+    #[serde(deserialize_with = "crate::config::null_is_false")]
     pub center_input_sample: bool,
     pub time_embedding_dim: Option<usize>,
     pub time_embedding_act_fn: Option<String>,
     pub timestep_post_act: Option<String>,
     pub cross_attention_norm: Option<String>,
+    #[serde(deserialize_with = "crate::config::null_is_false")]
     pub resnet_skip_time_act: bool,
     pub resnet_out_scale_factor: f64,
     pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
