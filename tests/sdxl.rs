@@ -792,3 +792,108 @@ fn convert_random_builds_an_sdxl_pack() {
     let image = common::read_tensor(&out, "image");
     assert!(!image.is_empty() && image.iter().all(|v| v.is_finite()));
 }
+
+/// The fixture as one SGM-layout checkpoint (what diffusers' `from_single_file` reads back
+/// to exactly the folder's weights): `convert` makes a pack of it, and `generate --model
+/// FILE.safetensors` runs it directly; both give diffusers' image.
+#[test]
+fn sdxl_single_files_convert_and_generate_as_diffusers() {
+    use webdiffusion::pack::convert::convert_single_file;
+    use webdiffusion::pack::single_file;
+    use webdiffusion::quant::Precision;
+    let goldens = Goldens::load("sdxl-tiny");
+    let checkpoint = common::fixtures().join("single/sdxl-tiny.safetensors");
+    assert_eq!(single_file::detect(&checkpoint).unwrap().config, "sdxl");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pack");
+    let config = DirFiles(model_dir("sdxl-tiny"));
+    convert_single_file(&checkpoint, &config, Precision::F16, &out).unwrap();
+    let device = Device::flex();
+    let pipe =
+        StableDiffusion::load(&*webdiffusion::pack::open_dir(&out).unwrap(), &device).unwrap();
+    let mut r = Request::new(PROMPT);
+    r.negative_prompt = Some(NEGATIVE.into());
+    (r.steps, r.guidance) = (Some(4), 5.0);
+    r.latents = Some(goldens.tensor::<4>("txt2img.latents", &device));
+    check_run(&goldens, "euler", &pipe, &r, vec![]);
+
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(&goldens, "txt2img.latents", "latents", &latents);
+    let tensors = dir.path().join("out.safetensors");
+    let (file, config) = (checkpoint.to_str().unwrap(), model_dir("sdxl-tiny"));
+    let generate = |config: &str, out: &std::path::Path| {
+        common::webdiffusion(&[
+            "generate",
+            "--model",
+            file,
+            "--config",
+            config,
+            "--prompt",
+            PROMPT,
+            "--negative-prompt",
+            NEGATIVE,
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--out-tensor",
+            out.to_str().unwrap(),
+        ])
+    };
+    common::ok(&generate(config.to_str().unwrap(), &tensors));
+    let err = common::rel_l2(
+        &common::read_tensor(&tensors, "image"),
+        goldens.values("euler.image"),
+    );
+    assert!(err <= 1e-3, "generate --model FILE: image rel-L2 {err:e}");
+    // With SD 1.5's configs the file does not fit: refused naming the first misfit.
+    let never = dir.path().join("never.safetensors");
+    common::fails_with(
+        &generate("sd15", &never),
+        &["sdxl-tiny.safetensors"],
+        &never,
+    );
+}
+
+#[test]
+fn broken_sdxl_single_files_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = common::fixtures().join("single/sdxl-tiny.safetensors");
+    let config = model_dir("sdxl-tiny");
+    let convert = |file: &std::path::Path, out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+            .args(["convert", "--model", file.to_str().unwrap(), "--config"])
+            .args([
+                config.to_str().unwrap(),
+                "--quant",
+                "f16",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("pack");
+    // Truncated: the header promises more bytes than the file has.
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    common::fails_with(&convert(&truncated, &out), &["truncated.safetensors"], &out);
+    // An OpenCLIP fused projection whose rows are not three widths.
+    let key = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight";
+    let misshapen = dir.path().join("misshapen.safetensors");
+    std::fs::copy(&checkpoint, &misshapen).unwrap();
+    common::rewrite_tensors(&misshapen, |tensors| {
+        let t = tensors.iter_mut().find(|t| t.0 == key).unwrap();
+        let cols = t.2[1];
+        t.2 = vec![t.2[0] - 1, cols];
+        t.3.truncate(t.2[0] * cols * 2);
+    });
+    common::fails_with(
+        &convert(&misshapen, &out),
+        &["misshapen.safetensors", key],
+        &out,
+    );
+}

@@ -124,7 +124,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
 }
 
 /// `--config` or `--random` (`flag`): a built-in name or a folder.
-fn configs(name: &str, flag: &str) -> Result<Box<dyn ModelFiles>> {
+pub fn configs(name: &str, flag: &str) -> Result<Box<dyn ModelFiles>> {
     if let Some(files) = builtin::config(name) {
         return Ok(Box::new(files) as Box<dyn ModelFiles>);
     }

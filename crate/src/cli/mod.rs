@@ -9,15 +9,16 @@ mod io;
 mod lora;
 mod networks;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 
+use webdiffusion::component::Component;
 use webdiffusion::device::{self, Backend};
-use webdiffusion::error::Result;
-use webdiffusion::files::ModelFiles;
+use webdiffusion::error::{Error, Result};
+use webdiffusion::files::{ModelFiles, WeightFiles};
 use webdiffusion::pack;
 
 #[derive(Parser)]
@@ -29,10 +30,15 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 pub struct Common {
-    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/)
-    /// or a pack written by `convert`.
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/),
+    /// a pack written by `convert`, or a single-file checkpoint (.safetensors, converted to
+    /// a temporary f16 pack first).
     #[arg(long)]
     model: PathBuf,
+    /// For a single-file --model: a diffusers folder with its configs and tokenizers, or
+    /// sd15, sd21, sdxl, sdxl-turbo (built in). Default: guessed from the file.
+    #[arg(long)]
+    config: Option<String>,
     /// cpu or wgpu (default: wgpu when an adapter exists, else cpu).
     #[arg(long)]
     backend: Option<Backend>,
@@ -142,8 +148,62 @@ pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device, DType)> {
         .as_deref()
         .map(device::parse_dtype)
         .transpose()?;
-    let files = pack::open_dir(&common.model)?;
+    let files = match common.model.is_file() {
+        true => single_file(&common.model, common.config.as_deref())?,
+        false if common.config.is_some() => {
+            return Err(Error::invalid(
+                "--config",
+                "is for single-file checkpoints; a folder or pack has its own configs",
+            ));
+        }
+        false => pack::open_dir(&common.model)?,
+    };
     let (backend, device) = device::open(common.backend)?;
     let dtype = device::compute_dtype(backend, &device, requested)?;
     Ok((files, device, dtype))
+}
+
+/// The single-file checkpoint at `path` as a pack converted into a temporary folder (f16:
+/// what single files usually hold), with the configs `config` names (see `convert`).
+fn single_file(path: &Path, config: Option<&str>) -> Result<Box<dyn ModelFiles>> {
+    let detected = webdiffusion::pack::single_file::detect(path)?;
+    if detected.controlnet {
+        return Err(Error::invalid(
+            "--model",
+            format!(
+                "{} is a ControlNet: give it with --controlnet",
+                path.display()
+            ),
+        ));
+    }
+    let configs = convert::configs(config.unwrap_or(detected.config), "--config")?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir().display(), e))?;
+    let out = dir.path().join("pack");
+    eprintln!("converting {} to a temporary f16 pack…", path.display());
+    let precision = webdiffusion::quant::Precision::F16;
+    webdiffusion::pack::convert::convert_single_file(path, &*configs, precision, &out)?;
+    Ok(Box::new(TemporaryPack {
+        files: pack::open_dir(&out)?,
+        _dir: dir,
+    }))
+}
+
+/// A pack that lives as long as its temporary folder.
+struct TemporaryPack {
+    files: Box<dyn ModelFiles>,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelFiles for TemporaryPack {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.files.read(path)
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.files.display(path)
+    }
+
+    fn weights(&self, component: Component, device: &Device) -> Result<WeightFiles> {
+        self.files.weights(component, device)
+    }
 }

@@ -40,9 +40,13 @@ use crate::weights::{check_tensors, expected_tensors, floats, pieces};
 #[derive(Clone)]
 pub struct Source<'a> {
     pub name: String,
+    /// The shape it is written with (its name's).
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     pub data: &'a [u8],
+    /// Stored as the transpose of `shape` (OpenCLIP's `text_projection`, applied as
+    /// `x @ P` where transformers' linear layer computes `x @ Wᵀ`).
+    pub transposed: bool,
 }
 
 impl<'a> From<(&crate::weights::safetensors::TensorInfo, &'a [u8])> for Source<'a> {
@@ -52,6 +56,7 @@ impl<'a> From<(&crate::weights::safetensors::TensorInfo, &'a [u8])> for Source<'
             shape: info.shape.clone(),
             dtype: info.dtype,
             data,
+            transposed: false,
         }
     }
 }
@@ -446,7 +451,9 @@ pub fn convert_single_file(
     let bytes = crate::files::read_bounded(checkpoint, crate::files::MAX_FILE_BYTES)?;
     let st = SafetensorsFile::parse(&bytes, &file)?;
     let count = |path: &str, key: &str, default: usize| {
-        let value = &manifest.configs[path][key];
+        let Some(value) = manifest.configs.get(path).map(|c| &c[key]) else {
+            return default;
+        };
         value
             .as_array()
             .map(|a| a.len())
@@ -457,6 +464,8 @@ pub fn convert_single_file(
         layers_per_block: count("unet/config.json", "layers_per_block", 2),
         vae_up_blocks: count("vae/config.json", "up_block_types", 1),
         text_layers: count("text_encoder/config.json", "num_hidden_layers", 12),
+        text_2_layers: count("text_encoder_2/config.json", "num_hidden_layers", 32),
+        family: Family::detect(config)?,
     };
     let mut components = super::single_file::components(&st, &file, &layout)?;
     write_new_folder(out, |dir| {
@@ -500,15 +509,22 @@ fn write_component(
         shape,
         dtype,
         data,
+        transposed,
     } in sources
     {
         if name.ends_with("position_ids") {
             continue; // a buffer, not a parameter
         }
-        let values = floats(dtype, data).ok_or_else(|| Error::Safetensors {
+        let mut values = floats(dtype, data).ok_or_else(|| Error::Safetensors {
             file: file.into(),
             message: format!("tensor `{name}` is {dtype:?}; expected F32, F16 or BF16"),
         })?;
+        if let (true, [rows, cols]) = (transposed, shape.as_slice()) {
+            // Stored [cols, rows].
+            values = (0..rows * cols)
+                .map(|i| values[(i % cols) * rows + i / cols])
+                .collect();
+        }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::Safetensors {
                 file: file.into(),

@@ -19,6 +19,9 @@ const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
 const CLIP: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+/// SDXL's (SGM layout): CLIP-L in transformers' layout, OpenCLIP bigG in its own.
+const SDXL_CLIP: &str = "conditioner.embedders.0.transformer.";
+const SDXL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
 
 /// What the renaming needs to know of the model (from its configs).
 pub struct Layout {
@@ -28,6 +31,10 @@ pub struct Layout {
     pub vae_up_blocks: usize,
     /// The text encoder's `num_hidden_layers` (SD 2.x files hold one more, unused).
     pub text_layers: usize,
+    /// SDXL's second text encoder's `num_hidden_layers`.
+    pub text_2_layers: usize,
+    /// The family the configs describe, whose components the file must hold.
+    pub family: Family,
 }
 
 /// The tensors of `st` (the file `file`) by component, with diffusers names.
@@ -40,6 +47,15 @@ pub fn components<'a>(
     let unexpected = |key: &str| Error::UnexpectedTensor {
         file: file.into(),
         key: key.into(),
+    };
+    let misfit = |key: &str, shape: &[usize]| {
+        Error::io(
+            file,
+            format!(
+                "`{key}` {shape:?} is not an OpenCLIP text tower tensor (a fused \
+                 in_proj has 3 × width rows, a text_projection is [width, projection])"
+            ),
+        )
     };
     for (info, data) in st.tensors() {
         let key = info.name.as_str();
@@ -63,21 +79,48 @@ pub fn components<'a>(
             out.entry(Component::TextEncoder)
                 .or_default()
                 .push(source(rest.into()));
-        } else if let Some(rest) = key.strip_prefix(OPEN_CLIP) {
-            for s in open_clip(rest, source(String::new()), layout.text_layers)
-                .ok_or_else(|| unexpected(key))?
-            {
-                out.entry(Component::TextEncoder).or_default().push(s);
-            }
+        } else if let Some(rest) = key.strip_prefix(SDXL_CLIP) {
+            out.entry(Component::TextEncoder)
+                .or_default()
+                .push(source(rest.into()));
+        } else if let Some((rest, component, layers)) = key
+            .strip_prefix(OPEN_CLIP)
+            .map(|r| (r, Component::TextEncoder, layout.text_layers))
+            .or_else(|| {
+                let rest = key.strip_prefix(SDXL_OPEN_CLIP)?;
+                Some((rest, Component::TextEncoder2, layout.text_2_layers))
+            })
+        {
+            // SDXL's pooled embedding needs OpenCLIP's projection; SD 2.x does not use it.
+            let projected = component == Component::TextEncoder2;
+            let sources = open_clip(rest, source(String::new()), layers, projected)
+                .ok_or_else(|| misfit(key, &info.shape))?;
+            out.entry(component).or_default().extend(sources);
         }
     }
-    for &component in Family::Sd.components() {
+    if let Some(extra) = out.keys().find(|c| !layout.family.components().contains(c)) {
+        return Err(Error::io(
+            file,
+            format!(
+                "holds {extra} weights, which an {} model has none of: the checkpoint is of \
+                 another family than its configs (an SDXL file needs --config sdxl or an SDXL \
+                 folder)",
+                layout.family
+            ),
+        ));
+    }
+    for &component in layout.family.components() {
         if !out.contains_key(&component) {
+            let expected = match layout.family {
+                Family::Sd => format!("{UNET}, {VAE} and {CLIP} or {OPEN_CLIP}"),
+                Family::Sdxl => format!("{UNET}, {VAE}, {SDXL_CLIP} and {SDXL_OPEN_CLIP}"),
+            };
             return Err(Error::io(
                 file,
                 format!(
-                    "has no {component} weights: not a Stable Diffusion 1.x/2.x single-file \
-                     checkpoint (expected keys under {UNET}, {VAE} and {CLIP} or {OPEN_CLIP})"
+                    "has no {component} weights: not a single-file checkpoint of the {} \
+                     family its configs describe (expected keys under {expected})",
+                    layout.family
                 ),
             ));
         }
@@ -138,9 +181,15 @@ fn vae_name(key: &str, up_blocks: usize) -> Option<String> {
 }
 
 /// OpenCLIP's text tower as transformers' `CLIPTextModel` (`source` carries the tensor; its
-/// name is set here). `None` for a key that is not part of it; an empty list for one the
-/// text encoder does not use.
-fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Source<'a>>> {
+/// name is set here), with its `text_projection` when `projected` (SDXL's
+/// `CLIPTextModelWithProjection`). `None` for a key that is not part of it or a tensor of
+/// the wrong rank; an empty list for one the text encoder does not use.
+fn open_clip<'a>(
+    key: &str,
+    source: Source<'a>,
+    layers: usize,
+    projected: bool,
+) -> Option<Vec<Source<'a>>> {
     let named = |name: &str| {
         vec![Source {
             name: format!("text_model.{name}"),
@@ -152,6 +201,18 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
         "positional_embedding" => return Some(named("embeddings.position_embedding.weight")),
         "ln_final.weight" => return Some(named("final_layer_norm.weight")),
         "ln_final.bias" => return Some(named("final_layer_norm.bias")),
+        "text_projection" if projected => {
+            // Stored [width, projection] and applied as x @ P: transformers' weight is Pᵀ.
+            let [width, projection] = source.shape[..] else {
+                return None;
+            };
+            return Some(vec![Source {
+                name: "text_projection.weight".into(),
+                shape: vec![projection, width],
+                transposed: true,
+                ..source
+            }]);
+        }
         "text_projection" | "logit_scale" => return Some(Vec::new()),
         _ => {}
     }
@@ -164,7 +225,7 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
     if let Some(param) = rest.strip_prefix("attn.in_proj_") {
         // q, k and v stacked along the rows.
         let rows = *source.shape.first()?;
-        if rows % 3 != 0 {
+        if rows % 3 != 0 || source.shape.len() > 2 {
             return None;
         }
         let third = source.data.len() / 3;
@@ -179,6 +240,7 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
                     shape: shape.clone(),
                     dtype: source.dtype,
                     data: &source.data[n * third..(n + 1) * third],
+                    transposed: false,
                 })
                 .collect(),
         );
@@ -198,8 +260,9 @@ fn open_clip<'a>(key: &str, source: Source<'a>, layers: usize) -> Option<Vec<Sou
 /// What a single file's header says it is.
 #[cfg(not(target_family = "wasm"))]
 pub struct Detected {
-    /// The built-in config it most likely needs: `sd21` for an OpenCLIP text encoder (or a
-    /// ControlNet for 1024-wide text embeddings), else `sd15`.
+    /// The built-in config it most likely needs: `sdxl` for SDXL's two text encoders,
+    /// `sd21` for an OpenCLIP text encoder (or a ControlNet for 1024-wide text embeddings),
+    /// else `sd15`.
     pub config: &'static str,
     /// Whether it is a ControlNet in the original layout.
     pub controlnet: bool,
@@ -216,8 +279,14 @@ pub fn detect(path: &std::path::Path) -> Result<Detected> {
             && t.name.ends_with("attn2.to_k.weight")
             && t.shape.get(1) == Some(&1024)
     });
+    let sdxl = header
+        .tensors
+        .iter()
+        .any(|t| t.name.starts_with(SDXL_OPEN_CLIP));
     Ok(Detected {
-        config: if open_clip || wide_context {
+        config: if sdxl {
+            "sdxl"
+        } else if open_clip || wide_context {
             "sd21"
         } else {
             "sd15"
@@ -340,11 +409,13 @@ mod tests {
             shape: vec![6, 2],
             dtype: safetensors::Dtype::F16,
             data: &data,
+            transposed: false,
         };
         let split = open_clip(
             "transformer.resblocks.0.attn.in_proj_weight",
             source.clone(),
             23,
+            false,
         )
         .unwrap();
         let names: Vec<&str> = split.iter().map(|s| s.name.as_str()).collect();
@@ -360,11 +431,16 @@ mod tests {
         assert_eq!(split[1].data, &data[8..16]);
         // SD 2.x's last block is never run: dropped, not an error.
         assert!(
-            open_clip("transformer.resblocks.23.ln_1.weight", source.clone(), 23)
-                .unwrap()
-                .is_empty()
+            open_clip(
+                "transformer.resblocks.23.ln_1.weight",
+                source.clone(),
+                23,
+                false
+            )
+            .unwrap()
+            .is_empty()
         );
-        assert!(open_clip("transformer.resblocks.0.bogus", source, 23).is_none());
+        assert!(open_clip("transformer.resblocks.0.bogus", source, 23, false).is_none());
     }
 }
 
