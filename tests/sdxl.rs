@@ -897,3 +897,86 @@ fn broken_sdxl_single_files_are_refused_by_key() {
         &out,
     );
 }
+
+/// diffusers' SDXL ControlNets: the UNet's encoder with its `text_time` embedding, reading a
+/// control image; residuals, the UNet with them and a whole generation as diffusers.
+#[test]
+fn sdxl_controlnets_match_diffusers() {
+    use std::sync::Arc;
+    use webdiffusion::pipeline::Control;
+    let goldens = Goldens::file("controlnet/goldens-sdxl-tiny.safetensors");
+    let base = Goldens::load("sdxl-tiny");
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&DirFiles(model_dir("sdxl-tiny")), &device).unwrap();
+    let files = webdiffusion::pack::open_component(
+        &common::fixtures().join("controlnet-sdxl-tiny"),
+        Component::ControlNet,
+    )
+    .unwrap();
+    let cn = Arc::new(pipe.load_controlnet(&*files, "sdxl-cn").unwrap());
+    let text_time = |pooled: Tensor<2>| TextTime {
+        pooled,
+        time_ids: base
+            .values("unet.time_ids")
+            .iter()
+            .map(|&v| v as f32)
+            .collect(),
+    };
+    let pooled = base.tensor::<2>("unet.text_embeds", &device);
+    let cond = Conditioning {
+        context: base.tensor::<3>("unet.encoder_hidden_states", &device),
+        timestep_cond: None,
+        text_time: Some(text_time(pooled.clone())),
+    };
+    let sample = base.tensor::<4>("unet.sample", &device);
+    let image = goldens.tensor::<4>("cond", &device);
+    let r = cn
+        .model
+        .forward(sample.clone(), 500.0, &cond, image.clone(), 1.0);
+    for (j, down) in r.down.clone().into_iter().enumerate() {
+        assert_close(&goldens, &format!("down.{j}"), down, TOL, "SDXL ControlNet");
+    }
+    assert_close(&goldens, "mid", r.mid.clone(), TOL, "SDXL ControlNet");
+    let out = pipe.unet.forward(sample.clone(), 500.0, &cond, Some(r));
+    assert_close(
+        &goldens,
+        "unet.out",
+        out,
+        TOL,
+        "the UNet with SDXL ControlNet residuals",
+    );
+    let zero = Conditioning {
+        text_time: Some(text_time(pooled.zeros_like())),
+        ..cond
+    };
+    let r = cn.model.forward(sample, 500.0, &zero, image, 1.0);
+    assert_close(
+        &goldens,
+        "mid.no_text_time",
+        r.mid,
+        TOL,
+        "SDXL ControlNet, zero pooled",
+    );
+
+    let control = image::read_png(&common::fixtures().join("controlnet/control-a.png")).unwrap();
+    let mut c = Control::new(cn.clone(), control);
+    c.scale = 0.8;
+    let mut r = Request::new(PROMPT);
+    r.negative_prompt = Some(NEGATIVE.into());
+    (r.steps, r.guidance) = (Some(4), 5.0);
+    r.latents = Some(base.tensor::<4>("txt2img.latents", &device));
+    r.controlnets = vec![c];
+    check_run(&goldens, "pipeline", &pipe, &r, vec![]);
+
+    // An SD 1.x ControlNet on SDXL is refused naming the key that differs.
+    let sd1 = webdiffusion::pack::open_component(
+        &common::fixtures().join("controlnet-sd1-tiny"),
+        Component::ControlNet,
+    )
+    .unwrap();
+    let err = pipe.load_controlnet(&*sd1, "sd1").unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("another model family"),
+        "{err}"
+    );
+}

@@ -7,11 +7,13 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use super::embeddings::{TimestepEmbedding, timestep_embedding};
+use super::embeddings::TimestepEmbedding;
 use super::layers::{Conv2d, conv2d};
-use super::unet::{Conditioning, DownBlock, MidBlock, Residuals, UNetConfig, down_path};
+use super::unet::{
+    Conditioning, DownBlock, MidBlock, Residuals, TimeProjection, UNetConfig, down_path, embed_time,
+};
 use crate::config::{all_bounded, bounded, expect_one_of};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -73,9 +75,11 @@ pub struct ControlNetModel {
     /// One zero convolution per down-path state (`conv_in`'s output first).
     pub controlnet_down_blocks: Vec<Conv2d>,
     pub controlnet_mid_block: Conv2d,
-    pub time_proj_dim: usize,
-    pub flip_sin_to_cos: bool,
-    pub freq_shift: f32,
+    /// SDXL's `text_time` embedding, as the UNet's.
+    pub add_embedding: Option<TimestepEmbedding>,
+    /// The sinusoidal projections of the timestep and the size ids.
+    #[module(skip)]
+    pub time: TimeProjection,
     pub bgr: bool,
     pub global_pool: bool,
 }
@@ -85,13 +89,7 @@ impl ControlNetModel {
     pub fn new(config: &ControlNetConfig, file: &str, device: &Device) -> Result<Self> {
         let unet = &config.unet;
         let plan = unet.encoder_plan(file)?;
-        if unet.addition_embed_type.is_some() {
-            return Err(Error::config(
-                file,
-                "addition_embed_type",
-                "an SDXL ControlNet (text_time conditioning) is not supported yet",
-            ));
-        }
+        let text_time = unet.text_time(file)?;
         expect_one_of(
             file,
             "controlnet_conditioning_channel_order",
@@ -149,9 +147,15 @@ impl ControlNetModel {
             mid_block: MidBlock::new(&plan, device),
             controlnet_down_blocks,
             controlnet_mid_block: zero_conv(c_mid),
-            time_proj_dim: c0,
-            flip_sin_to_cos: unet.flip_sin_to_cos,
-            freq_shift: unet.freq_shift,
+            add_embedding: text_time.map(|(time, pooled)| {
+                TimestepEmbedding::new(6 * time + pooled, plan.temb_dim, None, device)
+            }),
+            time: TimeProjection {
+                dim: c0,
+                add_dim: text_time.map_or(0, |(time, _)| time),
+                flip_sin_to_cos: unet.flip_sin_to_cos,
+                freq_shift: unet.freq_shift,
+            },
             bgr: config.controlnet_conditioning_channel_order == "bgr",
             global_pool: config.global_pool_conditions,
         })
@@ -169,19 +173,8 @@ impl ControlNetModel {
         scale: f32,
     ) -> Residuals {
         let context = &cond.context;
-        let dtype = sample.dtype();
-        let batch = sample.dims()[0];
-        let t_emb = timestep_embedding(
-            &vec![timestep; batch],
-            self.time_proj_dim,
-            self.flip_sin_to_cos,
-            self.freq_shift,
-            &sample.device(),
-        )
-        .cast(dtype);
-        let temb = self
-            .time_embedding
-            .forward(t_emb, cond.timestep_cond.clone());
+        let embeddings = (&self.time_embedding, self.add_embedding.as_ref());
+        let temb = embed_time(embeddings, self.time, &sample, timestep, cond);
         let image = if self.bgr { image.flip([1]) } else { image };
         let mut x = self.conv_in.forward(sample) + self.controlnet_cond_embedding.forward(image);
         let mut states = vec![x.clone()];

@@ -49,7 +49,18 @@ pub fn check_fits(
     };
     let [cn_layers, cn_cross, cn_transformers] = per_block(cn, file)?;
     let [layers, cross, transformers] = per_block(unet, "unet/config.json")?;
-    let checks: [(&str, String, String); 6] = [
+    let text_time = |c: &UNetConfig, file: &str| -> Result<String> {
+        Ok(match c.text_time(file)? {
+            Some((time, pooled)) => format!("text_time ({time}-wide ids, {pooled}-wide pooled)"),
+            None => "none".into(),
+        })
+    };
+    let checks: [(&str, String, String); 7] = [
+        (
+            "addition_embed_type",
+            text_time(cn, file)?,
+            text_time(unet, "unet/config.json")?,
+        ),
         (
             "block_out_channels",
             format!("{:?}", cn.block_out_channels),

@@ -25,11 +25,9 @@ pub struct UNet2DConditionModel {
     pub conv_out: Conv2d,
     /// SDXL's `text_time` embedding of the pooled text embedding and the size ids.
     pub add_embedding: Option<TimestepEmbedding>,
-    pub time_proj_dim: usize,
-    /// The sinusoidal width of each size id (`addition_time_embed_dim`; 0 without one).
-    pub add_time_proj_dim: usize,
-    pub flip_sin_to_cos: bool,
-    pub freq_shift: f32,
+    /// The sinusoidal projections of the timestep and the size ids.
+    #[module(skip)]
+    pub time: TimeProjection,
 }
 
 /// What the UNet (and a ControlNet) is conditioned on besides the latents and the
@@ -97,10 +95,12 @@ impl UNet2DConditionModel {
             add_embedding: text_time.map(|(time, pooled)| {
                 TimestepEmbedding::new(6 * time + pooled, plan.temb_dim, None, device)
             }),
-            time_proj_dim: c0,
-            add_time_proj_dim: text_time.map_or(0, |(time, _)| time),
-            flip_sin_to_cos: config.flip_sin_to_cos,
-            freq_shift: config.freq_shift,
+            time: TimeProjection {
+                dim: c0,
+                add_dim: text_time.map_or(0, |(time, _)| time),
+                flip_sin_to_cos: config.flip_sin_to_cos,
+                freq_shift: config.freq_shift,
+            },
         })
     }
 
@@ -144,28 +144,49 @@ impl UNet2DConditionModel {
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
-    /// The embedding every resnet receives: the timestep's, plus LCM's guidance embedding
-    /// and SDXL's `text_time` embedding when the model has them.
+    /// The embedding every resnet receives (see [`embed_time`]).
     fn embed_time(&self, sample: &Tensor<4>, timestep: f32, cond: &Conditioning) -> Tensor<2> {
-        let device = sample.device();
-        let dtype = sample.dtype();
-        let batch = sample.dims()[0];
-        let sinusoids = |values: &[f32], dim: usize| {
-            timestep_embedding(values, dim, self.flip_sin_to_cos, self.freq_shift, &device)
-        };
-        let t_emb = sinusoids(&vec![timestep; batch], self.time_proj_dim).cast(dtype);
-        let temb = self
-            .time_embedding
-            .forward(t_emb, cond.timestep_cond.clone());
-        let (Some(add_embedding), Some(text_time)) = (&self.add_embedding, &cond.text_time) else {
-            return temb;
-        };
-        // Each size id through the sinusoidal projection, flattened per sample: diffusers'
-        // `add_time_proj(time_ids.flatten())` reshaped to [B, 6·d].
-        let time_embeds = sinusoids(&text_time.time_ids, self.add_time_proj_dim)
-            .reshape([batch, 6 * self.add_time_proj_dim])
-            .cast(dtype);
-        let add = Tensor::cat(vec![text_time.pooled.clone().cast(dtype), time_embeds], 1);
-        temb + add_embedding.forward(add, None)
+        let embeddings = (&self.time_embedding, self.add_embedding.as_ref());
+        embed_time(embeddings, self.time, sample, timestep, cond)
     }
+}
+
+/// The sinusoidal projections of the timestep and of SDXL's size ids.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeProjection {
+    pub dim: usize,
+    /// Per size id (`addition_time_embed_dim`; 0 without `text_time`).
+    pub add_dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f32,
+}
+
+/// The embedding every resnet receives: the timestep's through `time_embedding`, plus
+/// LCM's guidance embedding and SDXL's `text_time` embedding (through `add_embedding`)
+/// when the model has them. The UNet and its ControlNets compute it alike.
+pub fn embed_time(
+    (time_embedding, add_embedding): (&TimestepEmbedding, Option<&TimestepEmbedding>),
+    time: TimeProjection,
+    sample: &Tensor<4>,
+    timestep: f32,
+    cond: &Conditioning,
+) -> Tensor<2> {
+    let device = sample.device();
+    let dtype = sample.dtype();
+    let batch = sample.dims()[0];
+    let sinusoids = |values: &[f32], dim: usize| {
+        timestep_embedding(values, dim, time.flip_sin_to_cos, time.freq_shift, &device)
+    };
+    let t_emb = sinusoids(&vec![timestep; batch], time.dim).cast(dtype);
+    let temb = time_embedding.forward(t_emb, cond.timestep_cond.clone());
+    let (Some(add_embedding), Some(text_time)) = (add_embedding, &cond.text_time) else {
+        return temb;
+    };
+    // Each size id through the sinusoidal projection, flattened per sample: diffusers'
+    // `add_time_proj(time_ids.flatten())` reshaped to [B, 6·d].
+    let time_embeds = sinusoids(&text_time.time_ids, time.add_dim)
+        .reshape([batch, 6 * time.add_dim])
+        .cast(dtype);
+    let add = Tensor::cat(vec![text_time.pooled.clone().cast(dtype), time_embeds], 1);
+    temb + add_embedding.forward(add, None)
 }
