@@ -61,9 +61,11 @@ export function gpuMemory(m: ModelShape, p: Precision, width: number, height: nu
 
 /** The largest single buffer: a weight, or one activation of the VAE's widest stage. */
 export function largestBuffer(m: ModelShape, p: Precision, width: number, height: number): number {
-  const weight = p === "q4" ? m.largestLayer * 4 : m.largestWeight * WEIGHT_BYTES[p];
-  return Math.max(weight, m.vaeFullResChannels * width * height * vaeBytes(m, p));
+  return Math.max(weightBuffer(m, p), m.vaeFullResChannels * width * height * vaeBytes(m, p));
 }
+
+/** The largest weight buffer. */
+const weightBuffer = (m: ModelShape, p: Precision) => (p === "q4" ? m.largestLayer * 4 : m.largestWeight * WEIGHT_BYTES[p]);
 
 /** What the page can learn about its GPU (`navigator.gpu.requestAdapter()`), plus RAM. */
 export interface GpuInfo {
@@ -113,9 +115,12 @@ export interface FitResult {
 
 /** Whether precision `p` of model `m` fits this GPU at `width`×`height`. */
 export function fitOn(m: ModelShape, p: Precision, gpu: GpuInfo, width: number, height: number): FitResult {
-  const bytes = gpuMemory(m, p, width, height);
-  const buffer = largestBuffer(m, p, width, height);
   const limit = Math.min(gpu.maxBufferSize, gpu.maxStorageBufferBindingSize);
+  // A whole image whose VAE activations exceed the limit is decoded in tiles (the engine's
+  // automatic tiled VAE): then a tile's activations, at most a buffer each, count.
+  const tiled = m.vaeFullResChannels * width * height * vaeBytes(m, p) > limit;
+  const bytes = tiled ? weightBytes(m, p) + 2 * limit + OVERHEAD : gpuMemory(m, p, width, height);
+  const buffer = tiled ? weightBuffer(m, p) : largestBuffer(m, p, width, height);
   if (buffer > limit) {
     return { fit: "too-big", bytes, reason: `needs a ${mb(buffer)} buffer; this GPU allows ${mb(limit)}` };
   }

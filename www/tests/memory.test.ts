@@ -44,6 +44,13 @@ describe("GPU memory estimates for SDXL", () => {
     expect(activationBytes(sdxl, "f16", 512, 512)).toBe(activationBytes(sdxl, "f32", 512, 512));
     expect(largestBuffer(sdxl, "f16", 1024, 1024)).toBe(256 * 1024 * 1024 * 4);
   });
+  it("at 1024² the VAE is tiled where a whole image's activations exceed the GPU's buffer limit", () => {
+    // 1 GiB for the whole image: over the 128 MiB default binding, so it is tiled and fits.
+    const small: GpuInfo = { ...nvidia, maxBufferSize: 256 * MiB, maxStorageBufferBindingSize: 128 * MiB };
+    const fit = fitOn(sdxl, "q4", small, 1024, 1024);
+    expect(fit.fit).not.toBe("too-big");
+    expect(fit.bytes).toBeLessThan(gpuMemory(sdxl, "q4", 1024, 1024));
+  });
   it("weights: 3.47 G parameters, 6.5 GB in f16", () => {
     expect(weightBytes(sdxl, "f16") / GiB).toBeCloseTo(6.46, 1);
     expect(gpuMemory(sdxl, "f16", 1024, 1024)).toBeGreaterThan(gpuMemory(sdxl, "f16", 512, 512));
@@ -61,10 +68,13 @@ describe("what fits", () => {
     const small = { ...nvidia, maxStorageBufferBindingSize: 128 * MiB };
     const r = fitOn(sd15, "f32", small, 512, 512);
     expect(r.fit).toBe("too-big");
-    expect(r.reason).toBe("needs a 256 MB buffer; this GPU allows 128 MB");
-    // In f16 the VAE's widest activation is exactly 128 MiB: just allowed.
+    // CLIP's token embedding in f32 (the VAE's 256 MB activation would be tiled).
+    expect(r.reason).toBe("needs a 145 MB buffer; this GPU allows 128 MB");
+    // In f16 the VAE's widest activation is exactly 128 MiB: just allowed, whole.
     expect(fitOn(sd15, "f16", small, 512, 512).fit).toBe("fits");
-    expect(fitOn(sd15, "f32", swiftshader, 1280, 1280).reason).toMatch(/needs a 1.6 GB buffer/);
+    // 1.6 GB of activations at 1280² exceed a 1 GiB buffer: tiled, counted as tiles.
+    const tiled = fitOn(sd15, "f32", swiftshader, 1280, 1280);
+    expect(tiled.bytes).toBeLessThan(gpuMemory(sd15, "f32", 1280, 1280));
   });
   it("on a discrete GPU (6 GB assumed): f16 fits, f32 is tight", () => {
     expect(fitOn(sd15, "f16", nvidia, 512, 512).fit).toBe("fits");
