@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cli, damageChunk, gpuErrors, launch, openPage as open, readSafetensors, relL2, root } from "./helpers.mjs";
+import { cli, damageChunk, gpuErrors, launch, openPage as open, readSafetensors, relL2, root, writeSafetensors } from "./helpers.mjs";
 import { serve } from "./server.mjs";
 
 const MODEL = "/tests/fixtures/sd1-tiny";
@@ -80,22 +80,37 @@ test("an SDXL folder: both text encoders, pooled and size conditioning, as diffu
       steps: 4, guidance: 5, latents: Float32Array.from(latents) };
     const r = await pipe.generate(options);
     const sized = await pipe.generate({ ...options, originalSize: [1024, 768], cropTopLeft: [16, 32] });
+    const tiled = await pipe.generate({ ...options, steps: 1, vaeTiling: 32 });
     const refused = [];
-    for (const bad of [{ originalSize: [64] }, { cropTopLeft: [1.5, 0] }, { targetSize: "64,64" }]) {
+    for (const bad of [{ originalSize: [64] }, { cropTopLeft: [1.5, 0] }, { targetSize: "64,64" }, { vaeTiling: "yes" }]) {
       await pipe.generate({ ...options, steps: 1, ...bad }).catch((e) => refused.push(String(e)));
     }
     return { info: pipe.info, latents: Array.from(r.latents), sized: Array.from(sized.latents), refused,
-      ran: [r.scheduler, r.width, r.height] };
+      tiled: Array.from(tiled.pixels), ran: [r.scheduler, r.width, r.height] };
   }, { url: server.base + "/tests/fixtures/sdxl-tiny", latents: Array.from(readSafetensors(goldens, "txt2img.latents")) });
   assert.equal(out.info.family, "sdxl");
   assert.deepEqual(out.ran, ["euler", 64, 64]);
   const err = relL2(Float32Array.from(out.latents), readSafetensors(goldens, "euler.latents"));
   assert.ok(err <= 1e-3, `browser vs diffusers SDXL latents rel-L2 ${err}`);
   assert.ok(relL2(Float32Array.from(out.sized), Float32Array.from(out.latents)) > 1e-3, "size conditioning acts");
-  assert.equal(out.refused.length, 3, out.refused.join("\n"));
-  for (const [message, key] of out.refused.map((m, i) => [m, ["originalSize", "cropTopLeft", "targetSize"][i]])) {
+  assert.equal(out.refused.length, 4, out.refused.join("\n"));
+  for (const [message, key] of out.refused.slice(0, 3).map((m, i) => [m, ["originalSize", "cropTopLeft", "targetSize"][i]])) {
     assert.match(message, new RegExp(`\`${key}\` must be an array of two whole numbers`));
   }
+  assert.match(out.refused[3], /`vaeTiling` must be true, false or a tile size/);
+  // vaeTiling as the CLI's --vae-tiling: the same tiled decode, to the pixel.
+  const dir = mkdtempSync(join(tmpdir(), "webdiffusion-"));
+  const [latents, tensors] = [join(dir, "latents.safetensors"), join(dir, "tiled.safetensors")];
+  writeSafetensors(latents, "latents", readSafetensors(goldens, "txt2img.latents"), [1, 4, 16, 16]);
+  execFileSync(cli, ["generate", "--model", join(root, "tests/fixtures/sdxl-tiny"), "--prompt",
+    "a photograph of an astronaut riding a horse", "--negative-prompt", "blurry, low quality", "--steps", "1",
+    "--guidance", "5", "--latents", latents, "--vae-tiling", "32", "--backend", "cpu", "--out-tensor", tensors]);
+  const native = readSafetensors(tensors, "image");
+  let worst = 0;
+  for (let i = 0; i < native.length; i++) {
+    worst = Math.max(worst, Math.abs(out.tiled[Math.floor(i / 3) * 4 + (i % 3)] - native[i] * 255));
+  }
+  assert.ok(worst <= 2, `tiled decode: browser vs native differ by ${worst} levels`);
   await page.close();
 });
 

@@ -1,7 +1,7 @@
 // What the browser tests share: the repository root and CLI, headless Chromium with WebGPU,
 // the test page, and reading goldens.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -38,6 +38,15 @@ export function readSafetensors(path, name) {
   const [start, end] = header[name].data_offsets;
   const data = bytes.subarray(8 + headerLen + start, 8 + headerLen + end);
   return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+}
+
+/** Writes one f32 tensor `name` of `shape` as a safetensors file at `path`. */
+export function writeSafetensors(path, name, values, shape) {
+  let header = JSON.stringify({ [name]: { dtype: "F32", shape, data_offsets: [0, values.length * 4] } });
+  header += " ".repeat((8 - (header.length % 8)) % 8);
+  const head = Buffer.alloc(8);
+  head.writeBigUInt64LE(BigInt(header.length));
+  writeFileSync(path, Buffer.concat([head, Buffer.from(header), Buffer.from(Float32Array.from(values).buffer)]));
 }
 
 export function relL2(a, b) {

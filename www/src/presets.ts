@@ -143,11 +143,14 @@ export function presets(base: string): Preset[] {
   ];
 }
 
-/** SD 1.5 ControlNets in diffusers layout. */
+/** ControlNets in diffusers layout, for SD 1.5 and for SDXL (a ControlNet of the other family
+ *  is refused by the engine, naming both). */
 export const CONTROLNETS = [
   { name: "Canny edges (SD 1.5)", url: `${HUB}/lllyasviel/control_v11p_sd15_canny/resolve/main`, module: "canny" },
   { name: "Depth (SD 1.5)", url: `${HUB}/lllyasviel/control_v11f1p_sd15_depth/resolve/main`, module: "none" },
   { name: "OpenPose (SD 1.5)", url: `${HUB}/lllyasviel/control_v11p_sd15_openpose/resolve/main`, module: "none" },
+  { name: "Canny edges (SDXL)", url: `${HUB}/diffusers/controlnet-canny-sdxl-1.0/resolve/main`, module: "canny" },
+  { name: "Depth (SDXL)", url: `${HUB}/diffusers/controlnet-depth-sdxl-1.0/resolve/main`, module: "none" },
 ];
 
 /** A short name for a model URL: the hub repository's name, else the last path part. */
