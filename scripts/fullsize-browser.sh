@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The full-size check in a real browser (opt-in; not part of CI: about half an hour on 2
-# cores, as headless Chromium's WebGPU is SwiftShader on the CPU). Writes the SD-Turbo
-# architecture (the built-in sd21 configs) with random weights as a q4 pack, tensor by
+# cores for SD-Turbo, as headless Chromium's WebGPU is SwiftShader on the CPU). Writes the
+# SD-Turbo architecture (the built-in sd21 configs; MODEL=sdxl-turbo for SDXL-Turbo's, any
+# built-in name works) with random weights as a q4 pack, tensor by
 # tensor (no full-precision copy on disk), then runs it through the npm package: load with
 # progress into IndexedDB, one step at 64×64 with TAESD as the decoder, a reload with the
 # network off; once with the adapter's limits and once at WebGPU's default limits. Prints a
 # table of bytes, times and wasm memory, and the largest pixel difference from the native CLI.
-#   scripts/fullsize-browser.sh [WORK_DIR]     (default ~/.cache/webdiffusion/fullsize)
+#   [MODEL=sdxl-turbo] scripts/fullsize-browser.sh [WORK_DIR]   (default ~/.cache/webdiffusion/fullsize)
 # Needs what .ci/run installs (Chromium, wasm-pack, tests/web's npm packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,11 @@ cli="$CARGO_TARGET_DIR/release/webdiffusion"
 [ -f pkg/webdiffusion_bg.wasm ] || scripts/build-pkg.sh
 [ -d tests/web/node_modules ] || npm ci --prefix tests/web --no-audit --no-fund >/dev/null
 
-pack="$work/sd21-random-q4"
+model="${MODEL:-sd21}"
+pack="$work/$model-random-q4"
 if [ ! -f "$pack/manifest.json" ]; then
     /usr/bin/time -f "convert: %e s, %M KB peak memory" \
-        "$cli" convert --random sd21 --quant q4 --seed 1 --out "$pack"
+        "$cli" convert --random "$model" --quant q4 --seed 1 --out "$pack"
 fi
 taesd=tests/fixtures/taesd-tiny # TAESD's own architecture (random weights)
 

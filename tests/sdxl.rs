@@ -980,3 +980,41 @@ fn sdxl_controlnets_match_diffusers() {
         "{err}"
     );
 }
+
+/// SDXL inpainting against diffusers' StableDiffusionXLInpaintPipeline (goldens from
+/// scripts/make_sdxl_inpaint_fixtures.py): a 9-channel SDXL inpainting UNet and the plain
+/// 4-channel model (the kept part blended back after each step), at strength 1 with given
+/// latents and at 0.75 with given noise; the inpainting model with an all-white mask.
+#[test]
+fn sdxl_inpainting_matches_diffusers() {
+    let device = Device::flex();
+    let init =
+        image::read_png(&common::fixtures().join("goldens/sdxl-tiny-img2img-input.png")).unwrap();
+    for model in ["sdxl-tiny-inpaint", "sdxl-tiny"] {
+        let pipe = StableDiffusion::load(&DirFiles(model_dir(model)), &device).unwrap();
+        assert_eq!(pipe.is_inpainting(), model.ends_with("inpaint"));
+        let goldens = Goldens::file(&format!("inpaint/goldens-{model}.safetensors"));
+        let request = |mask: &str| {
+            let mut r = Request::new(PROMPT);
+            r.negative_prompt = Some(NEGATIVE.into());
+            (r.steps, r.guidance) = (Some(8), 5.0);
+            r.init_image = Some(image::image_to_tensor(&init, &device));
+            let mask = common::fixtures().join("inpaint").join(mask);
+            r.mask = Some(image::read_png(&mask).unwrap());
+            r.latents = Some(goldens.tensor::<4>("latents_in", &device));
+            r
+        };
+        let mut r = request("mask-64.png");
+        r.strength = 1.0;
+        check_run(&goldens, "s1", &pipe, &r, vec![]);
+        r.strength = 0.75;
+        r.latents = None;
+        r.noise = Some(goldens.tensor::<4>("s075.noise", &device));
+        check_run(&goldens, "s075", &pipe, &r, vec![]);
+        if pipe.is_inpainting() {
+            let mut r = request("mask-white-64.png");
+            r.strength = 1.0;
+            check_run(&goldens, "white", &pipe, &r, vec![]);
+        }
+    }
+}
