@@ -114,6 +114,7 @@ from diffusers import (  # noqa: E402
     UNet2DConditionModel,
 )
 from safetensors.torch import load_file  # noqa: E402
+from make_inpaint_fixtures import Capture  # noqa: E402
 
 GEN = "scripts/make_sdxl_inpaint_fixtures.py"
 BASE_NAME, INPAINT_NAME = "sdxl-tiny", "sdxl-tiny-inpaint"
@@ -194,29 +195,6 @@ def load(folder):
     assert type(pipe.scheduler) is EulerDiscreteScheduler
     assert pipe.vae_scale_factor == F and pipe.vae.config.force_upcast is True
     return pipe
-
-
-class Capture:
-    """Wraps pipeline methods to keep their return values (intermediates of the run)."""
-
-    def __init__(self, pipe, names):
-        self.pipe, self.names, self.got = pipe, names, {n: [] for n in names}
-
-    def __enter__(self):
-        for n in self.names:
-            orig = getattr(self.pipe, n)
-
-            def wrap(*a, _orig=orig, _n=n, **k):
-                r = _orig(*a, **k)
-                self.got[_n].append(r)
-                return r
-
-            setattr(self.pipe, n, wrap)
-        return self
-
-    def __exit__(self, *exc):
-        for n in self.names:
-            delattr(self.pipe, n)
 
 
 @torch.no_grad()

@@ -146,6 +146,7 @@ from peft import LoraConfig  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from make_lora_fixtures import module_counts  # noqa: E402
 
 GEN = "scripts/make_sdxl_lora_fixtures.py"
 MODEL = fc.FIX / "sdxl-tiny"
@@ -257,17 +258,6 @@ def make_lora(pipe, spec):
             up = torch.where(up.abs() < 2.0**-13, torch.copysign(torch.full_like(up, 2.0**-13), up), up)
             layers[(comp, name)] = ((c * down).half().float(), up.half().float(), type(m).__name__)
     return layers
-
-
-def module_counts(layers):
-    counts = {}
-    for (comp, _), (down, _, kind) in layers.items():
-        key = kind if kind == "Linear" else f"{kind} {down.shape[2]}x{down.shape[3]}"
-        counts.setdefault(comp, {}).setdefault(key, 0)
-        counts[comp][key] += 1
-    for c in counts.values():
-        c["total"] = sum(c.values())
-    return counts
 
 
 def kohya_name(comp, name, prefixes=None):
@@ -459,6 +449,8 @@ def main():
     n_sgm = check_sgm_names(layers, prefixes)
     lora_meta = write_files(layers, SPEC, prefixes)
     counts = module_counts(layers)
+    for c in counts.values():
+        c["total"] = sum(c.values())
     print(f"  {len(layers)} LoRA layers: {counts}; {n_sgm} SGM UNet names checked against {SINGLE.name}")
 
     # ---- every file through diffusers' load_lora_weights: the same LoRA, the same results

@@ -370,6 +370,27 @@ fn size_conditioning_gives_diffusers_time_ids() {
     assert_eq!(custom.time_ids(48, 64).to_vec(), ids("add_time_ids.custom"));
 }
 
+/// `generate` arguments for the `euler` golden run of `model` from `latents` into `out`.
+fn euler_args<'a>(model: &'a str, latents: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        PROMPT,
+        "--negative-prompt",
+        NEGATIVE,
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--latents",
+        latents,
+        "--out-tensor",
+        out,
+    ]
+}
+
 #[test]
 fn the_cli_encodes_sdxl_prompts_and_generates_with_size_conditioning() {
     let goldens = Goldens::load("sdxl-tiny");
@@ -399,25 +420,8 @@ fn the_cli_encodes_sdxl_prompts_and_generates_with_size_conditioning() {
     let latents = dir.path().join("latents.safetensors");
     common::write_golden(&goldens, "txt2img.latents", "latents", &latents);
     let generate = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            PROMPT,
-            "--negative-prompt",
-            NEGATIVE,
-            "--steps",
-            "4",
-            "--guidance",
-            "5",
-            "--seed",
-            "1",
-            "--latents",
-            latents.to_str().unwrap(),
-            "--out-tensor",
-            out.to_str().unwrap(),
-        ];
+        let mut args = euler_args(model, latents.to_str().unwrap(), out.to_str().unwrap());
+        args.extend(["--seed", "1"]);
         args.extend(extra);
         common::webdiffusion(&args)
     };
@@ -822,25 +826,9 @@ fn sdxl_single_files_convert_and_generate_as_diffusers() {
     let tensors = dir.path().join("out.safetensors");
     let (file, config) = (checkpoint.to_str().unwrap(), model_dir("sdxl-tiny"));
     let generate = |config: &str, out: &std::path::Path| {
-        common::webdiffusion(&[
-            "generate",
-            "--model",
-            file,
-            "--config",
-            config,
-            "--prompt",
-            PROMPT,
-            "--negative-prompt",
-            NEGATIVE,
-            "--steps",
-            "4",
-            "--guidance",
-            "5",
-            "--latents",
-            latents.to_str().unwrap(),
-            "--out-tensor",
-            out.to_str().unwrap(),
-        ])
+        let mut args = euler_args(file, latents.to_str().unwrap(), out.to_str().unwrap());
+        args.extend(["--config", config]);
+        common::webdiffusion(&args)
     };
     common::ok(&generate(config.to_str().unwrap(), &tensors));
     let err = common::rel_l2(

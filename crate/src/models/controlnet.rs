@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::embeddings::TimestepEmbedding;
 use super::layers::{Conv2d, conv2d};
 use super::unet::{
-    Conditioning, DownBlock, MidBlock, Residuals, TimeProjection, UNetConfig, down_path, embed_time,
+    Conditioning, DownBlock, MidBlock, Residuals, TimeProjection, UNetConfig, down_path,
+    embed_time, time_conditioning,
 };
 use crate::config::{all_bounded, bounded, expect_one_of};
 use crate::error::Result;
@@ -89,7 +90,6 @@ impl ControlNetModel {
     pub fn new(config: &ControlNetConfig, file: &str, device: &Device) -> Result<Self> {
         let unet = &config.unet;
         let plan = unet.encoder_plan(file)?;
-        let text_time = unet.text_time(file)?;
         expect_one_of(
             file,
             "controlnet_conditioning_channel_order",
@@ -111,6 +111,7 @@ impl ControlNetModel {
             1..=16,
         )?;
         let c0 = plan.channels[0];
+        let (add_embedding, time) = time_conditioning(unet, file, c0, plan.temb_dim, device)?;
         let k = unet.conv_in_kernel;
         let zero_conv = |c: usize| conv2d(c, c, 1, 1, 0, device);
         // conv_in's output, then every resnet's and every downsampler's, as the down path
@@ -147,15 +148,8 @@ impl ControlNetModel {
             mid_block: MidBlock::new(&plan, device),
             controlnet_down_blocks,
             controlnet_mid_block: zero_conv(c_mid),
-            add_embedding: text_time.map(|(time, pooled)| {
-                TimestepEmbedding::new(6 * time + pooled, plan.temb_dim, None, device)
-            }),
-            time: TimeProjection {
-                dim: c0,
-                add_dim: text_time.map_or(0, |(time, _)| time),
-                flip_sin_to_cos: unet.flip_sin_to_cos,
-                freq_shift: unet.freq_shift,
-            },
+            add_embedding,
+            time,
             bgr: config.controlnet_conditioning_channel_order == "bgr",
             global_pool: config.global_pool_conditions,
         })

@@ -76,8 +76,8 @@ impl UNet2DConditionModel {
     /// Parameters are lazy: nothing is allocated before weights are loaded.
     pub fn new(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
         let plan = config.plan(file)?;
-        let text_time = config.text_time(file)?;
         let c0 = plan.channels[0];
+        let (add_embedding, time) = time_conditioning(config, file, c0, plan.temb_dim, device)?;
         let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
         Ok(Self {
             conv_in: conv2d(config.in_channels, c0, k_in, 1, k_in / 2, device),
@@ -92,15 +92,8 @@ impl UNet2DConditionModel {
             up_blocks: blocks::up_path(&plan, device),
             conv_norm_out: group_norm(plan.groups, c0, config.norm_eps, device),
             conv_out: conv2d(c0, config.out_channels, k_out, 1, k_out / 2, device),
-            add_embedding: text_time.map(|(time, pooled)| {
-                TimestepEmbedding::new(6 * time + pooled, plan.temb_dim, None, device)
-            }),
-            time: TimeProjection {
-                dim: c0,
-                add_dim: text_time.map_or(0, |(time, _)| time),
-                flip_sin_to_cos: config.flip_sin_to_cos,
-                freq_shift: config.freq_shift,
-            },
+            add_embedding,
+            time,
         })
     }
 
@@ -149,6 +142,28 @@ impl UNet2DConditionModel {
         let embeddings = (&self.time_embedding, self.add_embedding.as_ref());
         embed_time(embeddings, self.time, sample, timestep, cond)
     }
+}
+
+/// What a UNet and its ControlNets build alike from `config` (read from `file`) besides
+/// `time_embedding`: SDXL's `text_time` add_embedding and the sinusoidal projections, for
+/// a first level `c0` wide and time embeddings `temb_dim` wide.
+pub fn time_conditioning(
+    config: &UNetConfig,
+    file: &str,
+    c0: usize,
+    temb_dim: usize,
+    device: &Device,
+) -> Result<(Option<TimestepEmbedding>, TimeProjection)> {
+    let text_time = config.text_time(file)?;
+    let add_embedding = text_time
+        .map(|(time, pooled)| TimestepEmbedding::new(6 * time + pooled, temb_dim, None, device));
+    let time = TimeProjection {
+        dim: c0,
+        add_dim: text_time.map_or(0, |(time, _)| time),
+        flip_sin_to_cos: config.flip_sin_to_cos,
+        freq_shift: config.freq_shift,
+    };
+    Ok((add_embedding, time))
 }
 
 /// The sinusoidal projections of the timestep and of SDXL's size ids.
