@@ -210,7 +210,7 @@ fn quantized_weights_stay_quantized_on_the_device() {
         let mid = unet.mid_block.as_ref().unwrap();
         let block = &mid.attentions[0].transformer_blocks[0];
         for (layer, weight) in [
-            ("ff.net.0.proj", block.ff.geglu.weight.val()),
+            ("ff.net.0.proj", block.ff.proj_in.weight.val()),
             ("resnets.0.conv1", mid.resnets[0].conv1.weight.val()),
         ] {
             assert!(

@@ -651,7 +651,10 @@ fn sdxl_loras_in_kohya_sgm_kohya_and_peft_names_match_diffusers() {
         for (scale, suffix) in [(0.75, ""), (1.0, ".scale1")] {
             let loras = [(lora.clone(), scale)];
             let encoders = pipe.text.with_loras(&loras);
-            let embeds = pipe.text.encode(&encoders, prompt, 0, &device).unwrap();
+            let embeds = pipe
+                .text
+                .encode(&encoders, prompt, 0, 256, &device)
+                .unwrap();
             let what = format!("{format} at {scale}");
             assert_close(
                 &goldens,
@@ -668,7 +671,7 @@ fn sdxl_loras_in_kohya_sgm_kohya_and_peft_names_match_diffusers() {
                 TOL,
                 &what,
             );
-            let unet = lora::apply(&pipe.unet, Component::Unet, &loras);
+            let unet = lora::apply(pipe.unet("test").unwrap(), Component::Unet, &loras);
             let out = unet.forward(sample.clone(), 500.0, &cond, None);
             assert_close(&goldens, &format!("unet.out{suffix}"), out, TOL, &what);
         }
@@ -925,7 +928,10 @@ fn sdxl_controlnets_match_diffusers() {
         assert_close(&goldens, &format!("down.{j}"), down, TOL, "SDXL ControlNet");
     }
     assert_close(&goldens, "mid", r.mid.clone(), TOL, "SDXL ControlNet");
-    let out = pipe.unet.forward(sample.clone(), 500.0, &cond, Some(r));
+    let out = pipe
+        .unet("test")
+        .unwrap()
+        .forward(sample.clone(), 500.0, &cond, Some(r));
     assert_close(
         &goldens,
         "unet.out",

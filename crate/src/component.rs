@@ -18,7 +18,12 @@ pub enum Component {
     /// SDXL's second text encoder (OpenCLIP bigG, with a projection for the pooled embedding).
     #[serde(rename = "text_encoder_2")]
     TextEncoder2,
+    /// SD3's T5 v1.1 encoder (optional: a pipeline may leave it out).
+    #[serde(rename = "text_encoder_3")]
+    TextEncoder3,
     Unet,
+    /// A diffusion transformer (SD3's MMDiT), the UNet's counterpart.
+    Transformer,
     Vae,
     #[serde(rename = "controlnet")]
     ControlNet,
@@ -26,10 +31,12 @@ pub enum Component {
 
 impl Component {
     /// Every component, for lookups by name.
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 7] = [
         Component::TextEncoder,
         Component::TextEncoder2,
+        Component::TextEncoder3,
         Component::Unet,
+        Component::Transformer,
         Component::Vae,
         Component::ControlNet,
     ];
@@ -39,7 +46,9 @@ impl Component {
         match self {
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
+            Component::TextEncoder3 => "text_encoder_3",
             Component::Unet => "unet",
+            Component::Transformer => "transformer",
             Component::Vae => "vae",
             Component::ControlNet => "controlnet",
         }
@@ -53,7 +62,7 @@ impl Component {
     /// the other way round with `prefer_half`, to halve a download).
     pub fn weight_files(self, prefer_half: bool) -> [String; 2] {
         let stem = match self {
-            Component::TextEncoder | Component::TextEncoder2 => "model",
+            Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3 => "model",
             _ => "diffusion_pytorch_model",
         };
         let full = format!("{}/{stem}.safetensors", self.name());
@@ -83,6 +92,7 @@ impl Component {
         match self {
             Component::TextEncoder => Some("tokenizer"),
             Component::TextEncoder2 => Some("tokenizer_2"),
+            Component::TextEncoder3 => Some("tokenizer_3"),
             _ => None,
         }
     }
@@ -147,14 +157,15 @@ pub fn is_tokenizer_file(path: &str) -> bool {
 }
 
 /// The small JSON files of a `family` pipeline that loading reads besides the tokenizers'
-/// text: those marked `true` must exist.
+/// text: those marked `true` must exist (an optional component's are checked by its
+/// loader, when `model_index.json` lists it).
 pub fn pipeline_configs(family: Family) -> Vec<(String, bool)> {
     let mut files = vec![
         (MODEL_INDEX.to_string(), true),
         (SCHEDULER_CONFIG.to_string(), true),
     ];
     for component in family.components() {
-        files.push((component.config(), true));
+        files.push((component.config(), !family.optional().contains(component)));
         if let Some(folder) = component.tokenizer() {
             let paths = TokenizerPaths::new(folder);
             files.extend(paths.configs().map(|p| (p.to_string(), false)));

@@ -16,12 +16,15 @@ pub enum Family {
     /// OpenCLIP bigG text encoders (the second's pooled embedding and the image sizes
     /// condition the UNet through `text_time`), a UNet, a 4-channel VAE.
     Sdxl,
+    /// Stable Diffusion 3 and 3.5 (Medium, Large, Large Turbo): CLIP-L and OpenCLIP bigG
+    /// (both pooled) and an optional T5 v1.1 encoder condition an MMDiT transformer trained
+    /// with flow matching; a 16-channel VAE with a shifted latent space.
+    Sd3,
 }
 
 /// Families that diffusers has and this build does not run yet: a pipeline class, or a
 /// component that only they list, and how to name them.
 const NOT_YET: &[(&str, &str)] = &[
-    ("StableDiffusion3", "Stable Diffusion 3"),
     ("Flux", "FLUX"),
     ("Kandinsky", "Kandinsky"),
     ("PixArt", "PixArt"),
@@ -34,6 +37,7 @@ impl Family {
         match self {
             Family::Sd => "sd",
             Family::Sdxl => "sdxl",
+            Family::Sd3 => "sd3",
         }
     }
 
@@ -47,7 +51,40 @@ impl Family {
                 Component::Unet,
                 Component::Vae,
             ],
+            Family::Sd3 => &[
+                Component::TextEncoder,
+                Component::TextEncoder2,
+                Component::TextEncoder3,
+                Component::Transformer,
+                Component::Vae,
+            ],
         }
+    }
+
+    /// Components its pipelines may leave out (`model_index.json` lists them as null):
+    /// SD3's T5 encoder.
+    pub fn optional(self) -> &'static [Component] {
+        match self {
+            Family::Sd3 => &[Component::TextEncoder3],
+            _ => &[],
+        }
+    }
+
+    /// The components a pipeline of this family in `files` has: its optional ones only
+    /// when `model_index.json` lists them.
+    pub fn present(self, files: &dyn ModelFiles) -> Result<Vec<Component>> {
+        let mut present = Vec::new();
+        for &c in self.components() {
+            if !self.optional().contains(&c) || lists(files, c)? {
+                present.push(c);
+            }
+        }
+        Ok(present)
+    }
+
+    /// Whether its denoiser is a diffusion transformer trained with flow matching.
+    pub fn is_flow(self) -> bool {
+        self == Family::Sd3
     }
 
     /// The family of the pipeline `files` holds. A model without `model_index.json` (a
@@ -69,8 +106,10 @@ impl Family {
             })
         };
         let xl = class.is_some_and(|c| c.starts_with("StableDiffusionXL"));
+        let sd3 = class.is_some_and(|c| c.starts_with("StableDiffusion3"));
         let other = match class.and_then(|c| NOT_YET.iter().find(|(p, _)| c.starts_with(p))) {
             Some((_, family)) => Some(*family),
+            None if sd3 => return Ok(Family::Sd3),
             None if listed("transformer") => Some("a diffusion transformer"),
             // The SDXL refiner: only the second encoder, and time ids made of an aesthetic
             // score instead of the target size.
@@ -86,14 +125,30 @@ impl Family {
                 "_class_name",
                 format!(
                     "{} is {family}, which this build does not run yet (it runs Stable \
-                     Diffusion 1.x, 2.x and XL: SD 1.5, SD 2.1, SDXL, their Turbo, LCM and \
-                     inpainting models)",
+                     Diffusion 1.x, 2.x, XL and 3.5: SD 1.5, SD 2.1, SDXL, SD3.5, their \
+                     Turbo, LCM and inpainting models)",
                     class.unwrap_or("this pipeline")
                 ),
             )),
             None => Ok(Family::Sd),
         }
     }
+}
+
+/// Whether `model_index.json` lists `component` as present (diffusers writes an absent
+/// one as `[null, null]`); a model without the file lists what its family always has.
+pub fn lists(files: &dyn ModelFiles, component: Component) -> Result<bool> {
+    let Some(text) = files.read_text(component::MODEL_INDEX)? else {
+        return Ok(true);
+    };
+    let file = files.display(component::MODEL_INDEX);
+    let index: serde_json::Value = crate::config::parse(&file, &text)?;
+    Ok(index
+        .get(component.name())
+        .is_some_and(|v| match v.as_array() {
+            Some(pair) => pair.iter().any(|x| !x.is_null()),
+            None => !v.is_null(),
+        }))
 }
 
 /// diffusers' `force_zeros_for_empty_prompt` of `model_index.json` (SDXL's pipelines; true
@@ -149,10 +204,6 @@ mod tests {
         }
         assert_eq!(Family::detect(&with_index(None)).unwrap(), Family::Sd);
         for (json, named) in [
-            (
-                r#"{"_class_name": "StableDiffusion3Pipeline"}"#,
-                "Stable Diffusion 3",
-            ),
             (r#"{"_class_name": "FluxPipeline"}"#, "FLUX"),
             (
                 r#"{"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [null, null],
@@ -185,6 +236,11 @@ mod tests {
                 Family::Sdxl
             );
         }
+        let json = r#"{"_class_name": "StableDiffusion3Pipeline", "text_encoder_3": [null, null]}"#;
+        assert_eq!(
+            Family::detect(&with_index(Some(json))).unwrap(),
+            Family::Sd3
+        );
         // A second encoder listed as absent (diffusers writes [null, null]) is none.
         for absent in ["null", "[null, null]"] {
             let json = format!(

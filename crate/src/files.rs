@@ -165,6 +165,76 @@ impl<F: ModelFiles> ModelFiles for ComponentDir<F> {
     }
 }
 
+impl<T: ModelFiles + ?Sized> ModelFiles for Box<T> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        (**self).read(path)
+    }
+
+    fn display(&self, path: &str) -> String {
+        (**self).display(path)
+    }
+
+    fn weights(&self, component: Component, device: &Device) -> Result<WeightFiles> {
+        (**self).weights(component, device)
+    }
+}
+
+/// A model seen without its T5 encoder (SD3's `text_encoder_3`, 2–5 GB that a user may
+/// rather not download or hold): its files are hidden and `model_index.json` lists it as
+/// absent, so the pipeline conditions on zeros in its place, as diffusers does for a
+/// pipeline without one.
+pub struct WithoutT5<F>(pub F);
+
+/// The folders of SD3's T5 encoder and its tokenizer.
+pub const T5_FOLDERS: [&str; 2] = ["text_encoder_3", "tokenizer_3"];
+
+/// Whether `path` is in one of T5's folders.
+pub fn is_t5_file(path: &str) -> bool {
+    T5_FOLDERS.iter().any(|folder| {
+        path.strip_prefix(folder)
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// `model_index.json` (the bytes of `file`) with T5 listed as absent, as diffusers writes
+/// a pipeline saved without it.
+pub fn index_without_t5(bytes: &[u8], file: &str) -> Result<Vec<u8>> {
+    let mut index: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    if let Some(object) = index.as_object_mut() {
+        for key in T5_FOLDERS {
+            if object.contains_key(key) {
+                object.insert(key.into(), serde_json::json!([null, null]));
+            }
+        }
+    }
+    Ok(index.to_string().into_bytes())
+}
+
+impl<F: ModelFiles> ModelFiles for WithoutT5<F> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        if is_t5_file(path) {
+            return Ok(None);
+        }
+        match self.0.read(path)? {
+            Some(bytes) if path == crate::component::MODEL_INDEX => {
+                index_without_t5(&bytes, &self.display(path)).map(Some)
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.0.display(path)
+    }
+
+    fn weights(&self, component: Component, device: &Device) -> Result<WeightFiles> {
+        self.0.weights(component, device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,12 @@ use crate::error::{Error, Result};
 use crate::files::{ModelFiles, WeightFiles};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel};
+use crate::models::mmdit::{SD3Transformer2DModel, Sd3TransformerConfig};
+use crate::models::t5::{T5Config, T5EncoderModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{Vae, VaeConfig};
 use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::t5::T5Tokenizer;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::ModuleLoader;
 
@@ -48,6 +51,26 @@ impl Network for UNet2DConditionModel {
     }
     fn build(config: &UNetConfig, file: &str, device: &Device) -> Result<Self> {
         UNet2DConditionModel::new(config, file, device)
+    }
+}
+
+impl Network for SD3Transformer2DModel {
+    type Config = Sd3TransformerConfig;
+    fn parse_config(file: &str, text: &str) -> Result<Sd3TransformerConfig> {
+        parse(file, text)
+    }
+    fn build(config: &Sd3TransformerConfig, file: &str, device: &Device) -> Result<Self> {
+        SD3Transformer2DModel::new(config, file, device)
+    }
+}
+
+impl Network for T5EncoderModel {
+    type Config = T5Config;
+    fn parse_config(file: &str, text: &str) -> Result<T5Config> {
+        parse(file, text)
+    }
+    fn build(config: &T5Config, file: &str, device: &Device) -> Result<Self> {
+        T5EncoderModel::new(config, file, device)
     }
 }
 
@@ -141,15 +164,23 @@ pub fn weights<M: Module + ModuleSnapshot>(
 
 /// The tokenizer in `folder` (`tokenizer`, `tokenizer_2`; see [`Component::tokenizer`]).
 pub fn tokenizer(files: &dyn ModelFiles, folder: &str) -> Result<ClipTokenizer> {
+    ClipTokenizer::new(&tokenizer_files(files, folder)?, &files.display(folder))
+}
+
+/// T5's tokenizer in `folder` (`tokenizer_3`).
+pub fn t5_tokenizer(files: &dyn ModelFiles, folder: &str) -> Result<T5Tokenizer> {
+    T5Tokenizer::new(&tokenizer_files(files, folder)?, &files.display(folder))
+}
+
+fn tokenizer_files(files: &dyn ModelFiles, folder: &str) -> Result<TokenizerFiles> {
     let paths = TokenizerPaths::new(folder);
-    let tokenizer_files = TokenizerFiles {
+    Ok(TokenizerFiles {
         tokenizer_json: files.read_text(&paths.tokenizer_json)?,
         vocab_json: files.read_text(&paths.vocab_json)?,
         merges_txt: files.read_text(&paths.merges_txt)?,
         tokenizer_config_json: files.read_text(&paths.tokenizer_config)?,
         special_tokens_map_json: files.read_text(&paths.special_tokens_map)?,
-    };
-    ClipTokenizer::new(&tokenizer_files, &files.display(folder))
+    })
 }
 
 pub fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {

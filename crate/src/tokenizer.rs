@@ -5,6 +5,8 @@
 //! `vocab.json` + `merges.txt` (SD 1.x/2.x on the hub), from which the same pipeline
 //! transformers' `CLIPTokenizerFast` builds is assembled here.
 
+pub mod t5;
+
 use std::collections::HashMap;
 
 use serde_json::Value;
@@ -208,7 +210,7 @@ fn from_vocab_and_merges(vocab: &str, merges: &str, dir: &str) -> Result<Tokeniz
     Ok(tokenizer)
 }
 
-fn parse_optional(text: &Option<String>, dir: &str, file: &str) -> Result<Value> {
+pub(crate) fn parse_optional(text: &Option<String>, dir: &str, file: &str) -> Result<Value> {
     match text {
         Some(text) => serde_json::from_str(text).map_err(|e| Error::Json {
             file: format!("{dir}/{file}"),
@@ -219,7 +221,7 @@ fn parse_optional(text: &Option<String>, dir: &str, file: &str) -> Result<Value>
 }
 
 /// A special token named in a tokenizer config, either `"<tok>"` or `{"content": "<tok>"}`.
-fn token_name(config: &Value, name: &str) -> Option<String> {
+pub(crate) fn token_name(config: &Value, name: &str) -> Option<String> {
     match config.get(name)? {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content")?.as_str().map(String::from),

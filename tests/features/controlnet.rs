@@ -52,7 +52,10 @@ fn residuals_and_the_unet_with_them_match_diffusers() {
                 assert_close(&goldens, &format!("mid{suffix}"), r.mid, TOL, &what);
             }
             let r = cn.model.forward(sample.clone(), 500.0, &text, cond, 1.0);
-            let out = pipe.unet.forward(sample, 500.0, &text, Some(r));
+            let out = pipe
+                .unet("test")
+                .unwrap()
+                .forward(sample, 500.0, &text, Some(r));
             assert_close(&goldens, "unet.out", out, TOL, &what);
         }
     }
@@ -197,7 +200,9 @@ fn the_single_file_layout_loads_the_same_controlnet() {
     let device = Device::flex();
     let pipe = StableDiffusion::load(&DirFiles(model_dir("sd1-tiny")), &device).unwrap();
     let file = fixtures().join("single/controlnet-sd1-tiny.safetensors");
-    let single = webdiffusion::pack::single_file::controlnet(&file, &pipe.unet_config).unwrap();
+    let single =
+        webdiffusion::pack::single_file::controlnet(&file, pipe.unet_config("test").unwrap())
+            .unwrap();
     let cn = pipe.load_controlnet(&single, "single").unwrap();
     let goldens = Goldens::file("controlnet/goldens-sd1-tiny.safetensors");
     let base = Goldens::load("sd1-tiny");

@@ -73,7 +73,7 @@ fn every_scheduler_in_f16_stays_near_diffusers_float32() {
         let pipe =
             StableDiffusion::load_with(&DirFiles(model_dir(model)), &device, DType::F16).unwrap();
         assert_eq!(
-            pipe.unet.conv_in.weight.val().dtype(),
+            pipe.unet("test").unwrap().conv_in.weight.val().dtype(),
             DType::F16,
             "weights in f16"
         );

@@ -40,10 +40,10 @@ fn outputs(
     let encoders = pipe.text.with_loras(loras);
     let embeds = pipe
         .text
-        .encode(&encoders, PROMPT, 0, device)
+        .encode(&encoders, PROMPT, 0, 256, device)
         .unwrap()
         .context;
-    let unet = lora::apply(&pipe.unet, Component::Unet, loras);
+    let unet = lora::apply(pipe.unet("test").unwrap(), Component::Unet, loras);
     let sample = base.tensor::<4>("unet.sample", device);
     let context = base.tensor::<3>("unet.encoder_hidden_states", device);
     (

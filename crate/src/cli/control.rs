@@ -182,7 +182,10 @@ fn open(path: &Path, pipe: &StableDiffusion) -> Result<Box<dyn ModelFiles>> {
                 ),
             ));
         }
-        return Ok(Box::new(single_file::controlnet(path, &pipe.unet_config)?));
+        return Ok(Box::new(single_file::controlnet(
+            path,
+            pipe.unet_config("--controlnet")?,
+        )?));
     }
     open_component(path, Component::ControlNet)
 }

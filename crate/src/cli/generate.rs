@@ -9,7 +9,9 @@ use burn::tensor::{DType, Tensor};
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::image;
-use webdiffusion::pipeline::{Request, Settings, SizeConditioning, StableDiffusion, VaeTiling};
+use webdiffusion::pipeline::{
+    Request, Settings, SizeConditioning, SkipLayerGuidance, StableDiffusion, VaeTiling,
+};
 
 use super::io::{self, Output};
 use super::{Common, open};
@@ -58,6 +60,16 @@ pub struct GenerateArgs {
     /// SDXL's size conditioning: the target size `H,W` (default: the output size).
     #[arg(long, value_parser = parse_pair, value_name = "H,W")]
     target_size: Option<(usize, usize)>,
+    /// SD3: the T5 tokens the prompt is read as (diffusers' max_sequence_length, ≤ 512).
+    #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_T5_LENGTH)]
+    max_sequence_length: usize,
+    /// SD3: skip-layer guidance over these transformer layers (SD3.5 Medium: 7,8,9), as
+    /// diffusers' skip_guidance_layers (steps 1%–20%, scale --skip-layer-scale).
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    skip_layer_guidance: Vec<usize>,
+    /// SD3: skip-layer guidance's scale.
+    #[arg(long, default_value_t = 2.8, requires = "skip_layer_guidance")]
+    skip_layer_scale: f64,
     #[command(flatten)]
     loras: super::lora::LoraArgs,
     /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
@@ -156,6 +168,12 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     request.width = args.width;
     request.height = args.height;
     request.clip_skip = args.clip_skip;
+    request.max_sequence_length = Some(args.max_sequence_length);
+    if !args.skip_layer_guidance.is_empty() {
+        let mut slg = SkipLayerGuidance::new(args.skip_layer_guidance.clone());
+        slg.scale = args.skip_layer_scale;
+        request.skip_layer_guidance = Some(slg);
+    }
     if let Some(tile) = args.vae_tiling {
         request.vae_tiling = VaeTiling::On(tile);
     }
@@ -189,7 +207,9 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     if let Some(path) = &args.preview_vae {
         pipe.load_preview(&*webdiffusion::pack::open_component(path, Component::Vae)?)?;
     }
-    request.loras = super::lora::load(&args.loras, &pipe.lora_targets(), &device)?;
+    if !args.loras.is_empty() {
+        request.loras = super::lora::load(&args.loras, &pipe.lora_targets()?, &device)?;
+    }
     request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();
     // A preview that cannot be written stops the run with its error, not as a cancel.

@@ -17,6 +17,12 @@ pub struct LoraArgs {
     pub lora: Vec<String>,
 }
 
+impl LoraArgs {
+    pub fn is_empty(&self) -> bool {
+        self.lora.is_empty()
+    }
+}
+
 /// `FILE[:SCALE]`: the last `:` followed by a number separates the scale.
 pub fn parse_spec(spec: &str) -> Result<(PathBuf, f32)> {
     let (path, scale) = match spec.rsplit_once(':') {

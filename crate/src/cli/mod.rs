@@ -46,6 +46,10 @@ pub struct Common {
     /// elsewhere). The scheduler always works in f32.
     #[arg(long)]
     dtype: Option<String>,
+    /// SD3: leave the T5 text encoder out even when the model has one (2–5 GB less to
+    /// load; its part of the text embeddings is zeros, as diffusers does without it).
+    #[arg(long)]
+    no_t5: bool,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +63,9 @@ enum Command {
         /// Skip this many final layers of the text encoder (diffusers' clip_skip).
         #[arg(long, default_value_t = 0)]
         clip_skip: usize,
+        /// SD3: the T5 tokens the prompt is read as (diffusers' max_sequence_length).
+        #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_T5_LENGTH)]
+        max_sequence_length: usize,
         #[command(flatten)]
         loras: lora::LoraArgs,
         /// Writes `input_ids` (i64 [1,77]) and `prompt_embeds` (f32 [1,77,D]).
@@ -121,9 +128,17 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             common,
             prompt,
             clip_skip,
+            max_sequence_length,
             loras,
             out,
-        } => networks::encode_prompt(&common, &prompt, clip_skip, &loras, &out),
+        } => {
+            let text = networks::TextArgs {
+                prompt: &prompt,
+                clip_skip,
+                t5_length: max_sequence_length,
+            };
+            networks::encode_prompt(&common, &text, &loras, &out)
+        }
         Command::VaeDecode {
             common,
             vae,
@@ -157,6 +172,10 @@ pub fn open(common: &Common) -> Result<(Box<dyn ModelFiles>, Device, DType)> {
             ));
         }
         false => pack::open_dir(&common.model)?,
+    };
+    let files: Box<dyn ModelFiles> = match common.no_t5 {
+        true => Box::new(webdiffusion::files::WithoutT5(files)),
+        false => files,
     };
     let (backend, device) = device::open(common.backend)?;
     let dtype = device::compute_dtype(backend, &device, requested)?;

@@ -9,22 +9,34 @@ use burn::tensor::DType;
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::models::vae::{Tiling, Vae, VaeConfig};
-use webdiffusion::pipeline::{Parts, lora_targets};
+use webdiffusion::pipeline::{Denoiser, Parts, lora_targets};
 use webdiffusion::{image, load, pack};
 
 use super::io::{self, Output};
 use super::{Common, lora, open};
 
-/// Tokenizes `prompt` and runs the text encoders (with `loras`), writing `input_ids` and
-/// `prompt_embeds`, and for SDXL `input_ids_2` and `pooled_prompt_embeds` (as diffusers'
-/// `encode_prompt` returns them).
+/// What `encode-prompt` encodes.
+pub struct TextArgs<'a> {
+    pub prompt: &'a str,
+    pub clip_skip: usize,
+    /// SD3's T5 tokens.
+    pub t5_length: usize,
+}
+
+/// Tokenizes the prompt and runs the text encoders (with `loras`), writing `input_ids` and
+/// `prompt_embeds`, and for SDXL and SD3 `input_ids_2` and `pooled_prompt_embeds` (and SD3's
+/// `input_ids_3` for T5), as diffusers' `encode_prompt` returns them.
 pub fn encode_prompt(
     common: &Common,
-    prompt: &str,
-    clip_skip: usize,
+    text_args: &TextArgs,
     loras: &lora::LoraArgs,
     out: &Path,
 ) -> Result<()> {
+    let TextArgs {
+        prompt,
+        clip_skip,
+        t5_length,
+    } = *text_args;
     io::check_writable(out)?;
     let (files, device, dtype) = open(common)?;
     // Everything is built from its config and checked to fit; only the text encoders'
@@ -32,10 +44,20 @@ pub fn encode_prompt(
     // the UNet's so that a wrong file is refused.
     let parts = Parts::build(&*files, &device, dtype)?;
     let text = parts.text.load_weights(&*files, &device, dtype)?;
-    let loras = lora::load(loras, &lora_targets(&text, &parts.unet), &device)?;
+    let loras = match (&parts.denoiser, loras.is_empty()) {
+        (_, true) => Vec::new(),
+        (Denoiser::Unet(_, unet), false) => lora::load(loras, &lora_targets(&text, unet), &device)?,
+        (Denoiser::Transformer(..), false) => {
+            return Err(Error::invalid(
+                "--lora",
+                format!("is not supported for {} models yet", parts.family),
+            ));
+        }
+    };
     text.check_clip_skip(clip_skip, "--clip-skip")?;
+    text.check_t5_length(t5_length, "--max-sequence-length")?;
     let models = text.with_loras(&loras);
-    let embeds = text.encode(&models, prompt, clip_skip, &device)?;
+    let embeds = text.encode(&models, prompt, clip_skip, t5_length, &device)?;
     let mut outputs = Vec::new();
     for (i, encoder) in text.encoders.iter().enumerate() {
         let ids: Vec<i64> = encoder
@@ -49,6 +71,15 @@ pub fn encode_prompt(
             _ => format!("input_ids_{}", i + 1),
         };
         outputs.push(Output::i64(&name, vec![1, ids.len()], &ids));
+    }
+    if let Some(t5) = &text.t5 {
+        let ids: Vec<i64> = t5
+            .tokenizer
+            .encode(prompt, t5_length)?
+            .iter()
+            .map(|&i| i64::from(i))
+            .collect();
+        outputs.push(Output::i64("input_ids_3", vec![1, ids.len()], &ids));
     }
     outputs.push(Output::f32_finite(
         "prompt_embeds",

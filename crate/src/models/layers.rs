@@ -185,3 +185,30 @@ pub fn layer_norm(dim: usize, eps: f64, device: &Device) -> LayerNorm {
         eps,
     }
 }
+
+/// RMS norm (T5's `T5LayerNorm`, diffusers' `RMSNorm`) over the last dimension:
+/// `x / √(mean(x²) + eps) · weight`, no mean subtracted and no bias; statistics in f32.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normalized = x / (mean_square + self.eps).sqrt();
+        let weight = self.weight.val().cast(DType::F32).unsqueeze::<D>();
+        (normalized * weight).cast(dtype)
+    }
+}
+
+/// An RMS norm over `dim` features.
+pub fn rms_norm(dim: usize, eps: f64, device: &Device) -> RmsNorm {
+    RmsNorm {
+        weight: Initializer::Ones.init([dim], device),
+        eps,
+    }
+}

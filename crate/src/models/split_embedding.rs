@@ -14,12 +14,21 @@ use burn::tensor::module::embedding;
 /// Rows per block: 8192 × 1024 floats (SD 2.x's width) is 32 MiB.
 pub const ROWS: usize = 8192;
 
-/// The suffix of the checkpoint key that is split into blocks.
-pub const SPLIT_KEY: &str = "token_embedding.weight";
+/// The vocabulary tables that are split into blocks: CLIP's `token_embedding` and T5's
+/// `shared` (saved as `encoder.embed_tokens` too).
+const SPLIT_TABLES: [&str; 3] = ["token_embedding", "shared", "embed_tokens"];
+
+/// The table the checkpoint key `name` holds, if it is one that is split: the key without
+/// its `.weight` (`text_model.embeddings.token_embedding`, `shared`).
+pub fn split_table(name: &str) -> Option<&str> {
+    let table = name.strip_suffix(".weight")?;
+    let field = table.rsplit('.').next()?;
+    SPLIT_TABLES.contains(&field).then_some(table)
+}
 
 #[derive(Module, Debug)]
 pub struct SplitEmbedding {
-    /// `token_embedding.parts.{i}` after splitting: rows `i·ROWS ..`.
+    /// `{table}.parts.{i}` after splitting: rows `i·ROWS ..`.
     pub parts: Vec<Param<Tensor<2>>>,
 }
 

@@ -19,8 +19,8 @@ pub enum Projection {
 /// other half through GELU) and `net.2` (back to the model width).
 #[derive(Module, Debug)]
 pub struct FeedForward {
-    /// `net.0.proj` in checkpoints.
-    pub geglu: Linear,
+    /// `net.0.proj` in checkpoints: GEGLU's projection.
+    pub proj_in: Linear,
     /// `net.2` in checkpoints.
     pub proj_out: Linear,
 }
@@ -29,14 +29,14 @@ impl FeedForward {
     pub fn new(dim: usize, device: &Device) -> Self {
         let inner = 4 * dim;
         Self {
-            geglu: linear(dim, 2 * inner, true, device),
+            proj_in: linear(dim, 2 * inner, true, device),
             proj_out: linear(inner, dim, true, device),
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [hidden, gate] = self
-            .geglu
+            .proj_in
             .forward(x)
             .chunk(2, 2)
             .try_into()

@@ -29,7 +29,9 @@ use crate::files::{ModelFiles, parent_folder};
 use crate::load;
 use crate::models::clip::ClipTextModel;
 use crate::models::controlnet::ControlNetModel;
-use crate::models::split_embedding::SPLIT_KEY;
+use crate::models::mmdit::SD3Transformer2DModel;
+use crate::models::split_embedding::split_table;
+use crate::models::t5::T5EncoderModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::Vae;
 use crate::quant::{BlockFormat, Precision, Scales};
@@ -169,16 +171,20 @@ pub fn storage(name: &str, shape: &[usize], precision: Precision, policy: Policy
         Precision::Q8 => 8,
         Precision::Q4 => 4,
     };
-    // CLIP's token embedding is most of a text encoder's bytes once its layers are
-    // quantized; it is looked up, not multiplied, so it is widened to floats as it loads
+    // CLIP's token embedding (and T5's) is most of a text encoder's bytes once its layers
+    // are quantized; it is looked up, not multiplied, so it is widened to floats as it loads
     // and 8 bits lose little (q4 packs too).
     let q8 = BlockFormat::new(8, 32);
-    if name.ends_with(SPLIT_KEY) && shape.len() == 2 && policy == Policy::Pack && q8.fits(shape[1])
+    if split_table(name).is_some()
+        && shape.len() == 2
+        && policy == Policy::Pack
+        && q8.fits(shape[1])
     {
         return Storage::Quant(q8);
     }
-    let matrix_weight =
-        name.ends_with(".weight") && matches!(shape.len(), 2 | 4) && !name.contains("embedding");
+    // Lookup tables (embeddings, T5's position bias) are not multiplied: kept in f16.
+    let lookup = name.contains("embedding") || name.contains("relative_attention_bias");
+    let matrix_weight = name.ends_with(".weight") && matches!(shape.len(), 2 | 4) && !lookup;
     let ends = name.ends_with("conv_in.weight") || name.ends_with("conv_out.weight");
     if !matrix_weight || (ends && policy == Policy::Pack) {
         return Storage::F16;
@@ -274,12 +280,16 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
     }
     // Everything a loader will check, checked now: the tokenizers build, the configs
     // describe networks this crate runs.
-    for folder in family.components().iter().filter_map(|c| c.tokenizer()) {
-        load::tokenizer(src, folder)?;
+    let present = family.present(src)?;
+    for &component in &present {
+        match (component, component.tokenizer()) {
+            (Component::TextEncoder3, Some(folder)) => drop(load::t5_tokenizer(src, folder)?),
+            (_, Some(folder)) => drop(load::tokenizer(src, folder)?),
+            (_, None) => {}
+        }
     }
     load::scheduler_config(src)?;
-    let expected = family
-        .components()
+    let expected = present
         .iter()
         .map(|&c| Ok((c, expected_of(src, c)?)))
         .collect::<Result<Expected>>()?;
@@ -302,8 +312,14 @@ fn expected_of(src: &dyn ModelFiles, component: Component) -> Result<Vec<(String
         Component::TextEncoder | Component::TextEncoder2 => {
             expected_tensors(&load::build::<ClipTextModel>(src, component, &device)?.1)
         }
+        Component::TextEncoder3 => {
+            expected_tensors(&load::build::<T5EncoderModel>(src, component, &device)?.1)
+        }
         Component::Unet => {
             expected_tensors(&load::build::<UNet2DConditionModel>(src, component, &device)?.1)
+        }
+        Component::Transformer => {
+            expected_tensors(&load::build::<SD3Transformer2DModel>(src, component, &device)?.1)
         }
         Component::Vae => expected_tensors(&load::build::<Vae>(src, component, &device)?.1),
         Component::ControlNet => {
@@ -448,6 +464,16 @@ pub fn convert_single_file(
 ) -> Result<Vec<ComponentReport>> {
     let (mut manifest, expected) = read_configs(config, precision)?;
     let file = checkpoint.display().to_string();
+    let family = Family::detect(config)?;
+    if family.is_flow() {
+        return Err(Error::io(
+            &file,
+            format!(
+                "single-file {family} checkpoints are not read yet: use the model's diffusers \
+                 folder"
+            ),
+        ));
+    }
     let bytes = crate::files::read_bounded(checkpoint, crate::files::MAX_FILE_BYTES)?;
     let st = SafetensorsFile::parse(&bytes, &file)?;
     let count = |path: &str, key: &str, default: usize| {
@@ -465,7 +491,7 @@ pub fn convert_single_file(
         vae_up_blocks: count("vae/config.json", "up_block_types", 1),
         text_layers: count("text_encoder/config.json", "num_hidden_layers", 12),
         text_2_layers: count("text_encoder_2/config.json", "num_hidden_layers", 32),
-        family: Family::detect(config)?,
+        family,
     };
     let mut components = super::single_file::components(&st, &file, &layout)?;
     write_new_folder(out, |dir| {

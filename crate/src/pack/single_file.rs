@@ -114,6 +114,7 @@ pub fn components<'a>(
             let expected = match layout.family {
                 Family::Sd => format!("{UNET}, {VAE} and {CLIP} or {OPEN_CLIP}"),
                 Family::Sdxl => format!("{UNET}, {VAE}, {SDXL_CLIP} and {SDXL_OPEN_CLIP}"),
+                Family::Sd3 => unreachable!("SD3 single files are refused by layout"),
             };
             return Err(Error::io(
                 file,

@@ -6,27 +6,30 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::control::{self, ActiveControl};
+use super::denoiser::{Active, Cond, Denoiser};
 use super::inpaint::{self, Inpaint, Mask};
-use super::{Generated, PromptEmbeds, Request, Settings, StableDiffusion};
+use super::{DEFAULT_T5_LENGTH, Generated, PromptEmbeds, Request, Settings, StableDiffusion};
 use crate::component::Component;
 use crate::error::{Error, Result};
 use crate::lora;
-use crate::models::unet::{Conditioning, TextTime, UNet2DConditionModel};
+use crate::models::unet::{Conditioning, TextTime};
 use crate::models::vae::Tiling;
-use crate::schedulers::{self, NoiseSource, Scheduler};
+use crate::schedulers::{self, Kind, NoiseSource, Scheduler};
 
 /// A generation in progress: the scheduler's state and the current latents.
 pub struct Generation<'a> {
     pipe: &'a StableDiffusion,
-    /// The pipeline's UNet with the request's LoRAs attached.
-    unet: UNet2DConditionModel,
+    /// The pipeline's denoiser (a UNet with the request's LoRAs attached).
+    denoiser: Active<'a>,
     settings: Settings,
     scheduler: Box<dyn Scheduler>,
     rng: Box<dyn NoiseSource>,
     latents: Tensor<4>,
-    /// What the UNet is conditioned on: `[negative, positive]` under classifier-free
+    /// What the denoiser is conditioned on: `[negative, positive]` under classifier-free
     /// guidance.
-    cond: Conditioning,
+    cond: Cond,
+    /// SD3's skip-layer guidance: the layers, the scale and the steps it runs at.
+    skip_layers: Option<(Vec<usize>, f64, std::ops::Range<f64>)>,
     /// (scale, rescale) when running classifier-free guidance.
     guidance: Option<(f64, f64)>,
     controls: Vec<ActiveControl>,
@@ -58,10 +61,36 @@ impl StableDiffusion {
         let steps = request
             .steps
             .unwrap_or_else(|| self.default_steps(&scheduler_name));
+        self.check_scheduler_kind(&scheduler_name)?;
         let scheduler =
             schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
         let (height, width) = self.check_size(request)?;
         self.text.check_clip_skip(request.clip_skip, "clip_skip")?;
+        let t5_length = request.max_sequence_length.unwrap_or(DEFAULT_T5_LENGTH);
+        self.text
+            .check_t5_length(t5_length, "max_sequence_length")?;
+        if let Denoiser::Transformer(config, _) = &self.denoiser {
+            if !request.loras.is_empty() {
+                self.unet("lora")?;
+            }
+            if !request.controlnets.is_empty() {
+                self.unet("controlnet")?;
+            }
+            if request.mask.is_some() {
+                return Err(Error::invalid(
+                    "mask",
+                    format!("inpainting is not supported for {} models yet", self.family),
+                ));
+            }
+            if let Some(slg) = &request.skip_layer_guidance {
+                check_skip_layers(slg, config.num_layers)?;
+            }
+        } else if request.skip_layer_guidance.is_some() {
+            return Err(Error::invalid(
+                "skip layer guidance",
+                "is for transformer models (SD3); a UNet has no layers to skip",
+            ));
+        }
         if !request.guidance.is_finite() || !request.guidance_rescale.is_finite() {
             return Err(Error::invalid("guidance", "must be a finite number"));
         }
@@ -95,36 +124,42 @@ impl StableDiffusion {
         // classifier-free guidance.
         let dtype = self.dtype;
         let timestep_cond = self
-            .unet_config
-            .time_cond_proj_dim
+            .denoiser
+            .unet_config()
+            .and_then(|c| c.time_cond_proj_dim)
             .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device).cast(dtype));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
         let batch = if guided { 2 } else { 1 };
         let encoders = self.text.with_loras(&request.loras);
         let clip_skip = request.clip_skip;
-        let positive = self
-            .text
-            .encode(&encoders, &request.prompt, clip_skip, device)?;
+        let positive =
+            self.text
+                .encode(&encoders, &request.prompt, clip_skip, t5_length, device)?;
         let embeds = if guided {
             let negative = request.negative_prompt.as_deref();
             let negative = self
                 .text
-                .encode_negative(&encoders, negative, &positive, clip_skip, device)?;
+                .encode_negative(&encoders, negative, &positive, clip_skip, t5_length, device)?;
             PromptEmbeds::cat(vec![negative, positive])
         } else {
             positive
         };
-        let text_time = embeds.pooled.map(|pooled| {
-            let ids = request.size.time_ids(height, width);
-            TextTime {
-                pooled,
-                time_ids: ids.repeat(batch),
+        let cond = match &self.denoiser {
+            Denoiser::Unet(..) => {
+                let text_time = embeds.pooled.map(|pooled| {
+                    let ids = request.size.time_ids(height, width);
+                    TextTime {
+                        pooled,
+                        time_ids: ids.repeat(batch),
+                    }
+                });
+                Cond::Unet(Conditioning {
+                    context: embeds.context,
+                    timestep_cond,
+                    text_time,
+                })
             }
-        });
-        let cond = Conditioning {
-            context: embeds.context,
-            timestep_cond,
-            text_time,
+            Denoiser::Transformer(..) => Cond::transformer(embeds)?,
         };
         let controls = request
             .controlnets
@@ -157,13 +192,18 @@ impl StableDiffusion {
             None => None,
         };
 
-        // diffusers' get_timesteps: skip the first (1 − strength) of the steps.
+        // diffusers' get_timesteps: skip the first (1 − strength) of the steps (SD3's
+        // pipelines round the skipped steps down, the others the kept ones).
         let strength = request
             .init_image
             .as_ref()
             .map_or(1.0, |_| request.strength);
-        let kept = ((steps as f64 * strength) as usize).min(steps);
-        let start = (steps - kept) * scheduler.order();
+        let skipped = if self.family.is_flow() {
+            (steps as f64 - steps as f64 * strength).max(0.0) as usize
+        } else {
+            steps - ((steps as f64 * strength) as usize).min(steps)
+        };
+        let start = skipped * scheduler.order();
         if start >= scheduler.timesteps().len() {
             return Err(Error::invalid(
                 "strength",
@@ -246,9 +286,24 @@ impl StableDiffusion {
             height,
             strength: request.init_image.as_ref().map(|_| request.strength),
         };
+        let denoiser = match &self.denoiser {
+            Denoiser::Unet(_, unet) => {
+                Active::Unet(lora::apply(unet, Component::Unet, &request.loras))
+            }
+            Denoiser::Transformer(_, model) => Active::Transformer(model),
+        };
+        let skip_layers = match (&request.skip_layer_guidance, guided) {
+            (Some(slg), true) => {
+                let steps = steps as f64;
+                let window = steps * slg.start..steps * slg.stop;
+                Some((slg.layers.clone(), slg.scale, window))
+            }
+            _ => None,
+        };
         Ok(Generation {
             pipe: self,
-            unet: lora::apply(&self.unet, Component::Unet, &request.loras),
+            denoiser,
+            skip_layers,
             settings,
             scheduler,
             rng,
@@ -290,7 +345,7 @@ impl Generation<'_> {
 
     /// The largest |value| of the text embeddings, to read back and check.
     pub fn context_max_abs(&self) -> Tensor<1> {
-        self.cond.context.clone().abs().max()
+        self.cond.context().clone().abs().max()
     }
 
     /// The largest |latent|, to read back and check for divergence (NaN or ∞).
@@ -309,7 +364,10 @@ impl Generation<'_> {
     /// [`max_abs`](Self::max_abs) read back. The message names the step.
     pub fn check_latents(&self, max_abs: f32) -> Result<()> {
         let (step, total) = (self.index - self.start, self.total());
-        let what = format!("the UNet at step {step} of {total}");
+        let what = format!(
+            "the {} at step {step} of {total}",
+            self.pipe.denoiser.component()
+        );
         super::check_finite(&what, max_abs, self.pipe.dtype)
     }
 
@@ -328,26 +386,31 @@ impl Generation<'_> {
             .scheduler
             .scale_model_input(input, i)
             .cast(self.pipe.dtype);
-        let residuals = control::residuals(
-            &self.controls,
-            &input,
-            t,
-            &self.cond,
-            (i - self.start, self.total()),
-        );
+        let residuals = match &self.cond {
+            Cond::Unet(cond) => control::residuals(
+                &self.controls,
+                &input,
+                t,
+                cond,
+                (i - self.start, self.total()),
+            ),
+            Cond::Transformer { .. } => None,
+        };
         let output = self
-            .unet
+            .denoiser
             .forward(
-                Inpaint::unet_input(&self.inpaint, input),
+                Inpaint::unet_input(&self.inpaint, input.clone()),
                 t,
                 &self.cond,
                 residuals,
+                &[],
             )
             .cast(DType::F32);
         let output = match self.guidance {
             Some((scale, rescale)) => {
                 let [uncond, cond] = output.chunk(2, 0).try_into().expect("batch of two");
                 let guided = uncond.clone() + (cond.clone() - uncond) * scale;
+                let guided = self.skip_layer_guidance(guided, cond.clone(), &input, t, i);
                 rescale_guidance(guided, cond, rescale)
             }
             None => output,
@@ -374,6 +437,34 @@ impl Generation<'_> {
         self.latents = latents;
         self.index += 1;
         (self.index - self.start, self.total())
+    }
+
+    /// diffusers' skip-layer guidance at step `i` (SD3): the positive prompt's prediction
+    /// `cond` is compared with one made without the skipped layers, and `guided` pushed
+    /// away from the latter.
+    fn skip_layer_guidance(
+        &self,
+        guided: Tensor<4>,
+        cond: Tensor<4>,
+        input: &Tensor<4>,
+        t: f32,
+        i: usize,
+    ) -> Tensor<4> {
+        let Some((layers, scale, window)) = &self.skip_layers else {
+            return guided;
+        };
+        let step = (i - self.start) as f64;
+        // diffusers compares the loop index with the fractions, both ends excluded.
+        if !(step > window.start && step < window.end) {
+            return guided;
+        }
+        let positive = self.cond.row(1);
+        let latents = input.clone().narrow(0, 1, 1);
+        let skipped = self
+            .denoiser
+            .forward(latents, t, &positive, None, layers)
+            .cast(DType::F32);
+        guided + (cond - skipped) * *scale
     }
 
     /// Decodes the final latents (and pastes the init image back outside the blurred mask,
@@ -406,6 +497,61 @@ pub(super) fn to_image(image: Tensor<4>) -> Tensor<3> {
     let image = (image.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0);
     let [_, c, h, w] = image.dims();
     image.reshape([c, h, w]).permute([1, 2, 0])
+}
+
+/// Refuses skip-layer guidance that names a layer the transformer (of `layers` blocks)
+/// does not have, or a window outside the steps.
+fn check_skip_layers(slg: &super::SkipLayerGuidance, layers: usize) -> Result<()> {
+    let name = "skip layer guidance";
+    if let Some(layer) = slg.layers.iter().find(|&&l| l >= layers) {
+        return Err(Error::invalid(
+            name,
+            format!("layer {layer} does not exist (the transformer has {layers} layers)"),
+        ));
+    }
+    if !slg.scale.is_finite() {
+        return Err(Error::invalid(name, "the scale must be a finite number"));
+    }
+    if !(0.0..=1.0).contains(&slg.start) || !(0.0..=1.0).contains(&slg.stop) {
+        return Err(Error::invalid(
+            name,
+            format!(
+                "start {} and stop {} must be in [0, 1]",
+                slg.start, slg.stop
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl StableDiffusion {
+    /// Refuses a scheduler of the other kind than the model's denoiser: a DDPM-family one
+    /// for a flow-matching transformer, or the other way round.
+    fn check_scheduler_kind(&self, name: &str) -> Result<()> {
+        let Some(entry) = schedulers::find(name) else {
+            return Ok(()); // `schedulers::build` names the valid ones
+        };
+        let kind = if self.family.is_flow() {
+            Kind::Flow
+        } else {
+            Kind::Discrete
+        };
+        if entry.kind == kind {
+            return Ok(());
+        }
+        let (what, them) = match kind {
+            Kind::Flow => ("a DDPM-family scheduler", "flow-matching"),
+            Kind::Discrete => ("a flow-matching scheduler", "DDPM-family"),
+        };
+        Err(Error::invalid(
+            "scheduler",
+            format!(
+                "{name} is {what}; {} models run {them} schedulers: {}",
+                self.family,
+                schedulers::names_of(kind)
+            ),
+        ))
+    }
 }
 
 fn check_shape(t: Tensor<4>, expected: [usize; 4], name: &str) -> Result<Tensor<4>> {

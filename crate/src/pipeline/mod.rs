@@ -3,15 +3,21 @@
 //! networks; `generate` runs one request (see `generation` for its steps).
 
 mod control;
+mod denoiser;
 mod generation;
 mod inpaint;
 mod request;
 mod text;
 
 pub use control::{ControlNet, check_fits};
+pub use denoiser::{Cond, Denoiser};
 pub use generation::Generation;
-pub use request::{Control, Generated, OnStep, Request, Settings, SizeConditioning, VaeTiling};
-pub use text::{PromptEmbeds, TextEncoder, TextEncoders, tokenizer_fits};
+pub use request::{
+    Control, Generated, OnStep, Request, Settings, SizeConditioning, SkipLayerGuidance, VaeTiling,
+};
+pub use text::{
+    DEFAULT_T5_LENGTH, PromptEmbeds, T5Encoder, TextEncoder, TextEncoders, tokenizer_fits,
+};
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -35,8 +41,7 @@ use crate::weights::expected_tensors;
 pub struct StableDiffusion {
     pub family: Family,
     pub text: TextEncoders,
-    pub unet: UNet2DConditionModel,
-    pub unet_config: UNetConfig,
+    pub denoiser: Denoiser,
     pub vae: Vae,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
@@ -58,8 +63,7 @@ pub struct StableDiffusion {
 pub struct Parts {
     pub family: Family,
     pub text: TextEncoders,
-    pub unet: UNet2DConditionModel,
-    pub unet_config: UNetConfig,
+    pub denoiser: Denoiser,
     pub vae: Vae,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
@@ -72,16 +76,21 @@ impl Parts {
     /// not yet loaded (nothing is allocated); they will compute in `dtype`.
     pub fn build(files: &dyn ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let family = Family::detect(files)?;
-        let text = TextEncoders::build(files, family, device)?;
+        let mut text = TextEncoders::build(files, family, device)?;
         let scheduler_config = load::scheduler_config(files)?;
-        let (unet_config, unet) = load::build(files, Component::Unet, device)?;
+        let denoiser = Denoiser::build(files, family, device)?;
         let (vae_config, vae) = load::build::<Vae>(files, Component::Vae, device)?;
-        fits_together(files, &text, &unet_config, &vae_config)?;
+        match &denoiser {
+            Denoiser::Unet(config, _) => fits_together(files, &text, config, &vae_config)?,
+            Denoiser::Transformer(config, _) => {
+                text.joint_width = config.joint_attention_dim;
+                transformer_fits(files, &text, config, &vae_config)?;
+            }
+        }
         Ok(Self {
             family,
             text,
-            unet,
-            unet_config,
+            denoiser,
             vae,
             vae_config,
             scheduler_config,
@@ -229,6 +238,80 @@ fn check_vae_fits(
     Ok(())
 }
 
+/// Checks that SD3's networks fit: the CLIP encoders' joint width and T5's fit the
+/// transformer's `joint_attention_dim`, their pooled embeddings its
+/// `pooled_projection_dim`, and it reads and writes the VAE's latents.
+fn transformer_fits(
+    files: &dyn ModelFiles,
+    text: &TextEncoders,
+    config: &crate::models::mmdit::Sd3TransformerConfig,
+    vae: &VaeConfig,
+) -> Result<()> {
+    let file = files.display(&Component::Transformer.config());
+    let clip = text.context_width();
+    let joint = config.joint_attention_dim;
+    if clip > joint {
+        return Err(Error::config(
+            &file,
+            "joint_attention_dim",
+            format!(
+                "is {joint}, narrower than the CLIP encoders' embeddings side by side ({clip})"
+            ),
+        ));
+    }
+    if let Some(t5) = &text.t5
+        && t5.config.d_model != joint
+    {
+        return Err(Error::config(
+            &file,
+            "joint_attention_dim",
+            format!(
+                "is {joint} but the T5 encoder ({}) has d_model {}",
+                files.display(&Component::TextEncoder3.config()),
+                t5.config.d_model
+            ),
+        ));
+    }
+    let pooled = text.pooled_width().unwrap_or(0);
+    if config.pooled_projection_dim != pooled {
+        return Err(Error::config(
+            &file,
+            "pooled_projection_dim",
+            format!(
+                "is {} but the CLIP encoders' pooled embeddings are {pooled} wide together",
+                config.pooled_projection_dim
+            ),
+        ));
+    }
+    if !config.sample_size.is_multiple_of(config.patch_size) {
+        return Err(Error::config(
+            &file,
+            "patch_size",
+            format!(
+                "{} does not divide sample_size {}",
+                config.patch_size, config.sample_size
+            ),
+        ));
+    }
+    let latent = vae.latent_channels();
+    for (key, value) in [
+        ("in_channels", config.in_channels),
+        ("out_channels", config.out_channels()),
+    ] {
+        if value != latent {
+            return Err(Error::config(
+                &file,
+                key,
+                format!(
+                    "is {value} but the VAE ({}) has latent_channels {latent}",
+                    files.display(&Component::Vae.config())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl StableDiffusion {
     /// Loads the pipeline `files` holds, its weights read whole, computing in f32.
     pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
@@ -252,10 +335,9 @@ impl StableDiffusion {
         if let Some(vae) = vae {
             parts.replace_vae(vae, device)?;
         }
-        let dtype_of = |c| parts.dtype_of(c);
-        let (unet, vae_dtype) = (dtype_of(Component::Unet), dtype_of(Component::Vae));
+        let vae_dtype = parts.dtype_of(Component::Vae);
         parts.text = parts.text.load_weights(files, device, dtype)?;
-        parts.unet = load::weights(files, Component::Unet, parts.unet, device, unet)?;
+        parts.denoiser = parts.denoiser.load_weights(files, device, dtype)?;
         let vae_files = vae.unwrap_or(files);
         parts.vae = load::weights(vae_files, Component::Vae, parts.vae, device, vae_dtype)?;
         Ok(Self::from_parts(parts, device))
@@ -266,8 +348,7 @@ impl StableDiffusion {
         let Parts {
             family,
             text,
-            unet,
-            unet_config,
+            denoiser,
             vae,
             vae_config,
             scheduler_config,
@@ -276,8 +357,7 @@ impl StableDiffusion {
         Self {
             family,
             text,
-            unet,
-            unet_config,
+            denoiser,
             vae,
             vae_config,
             scheduler_config,
@@ -356,7 +436,31 @@ impl StableDiffusion {
 
     /// Whether the UNet is an inpainting model's (its input: latents, mask, masked image).
     pub fn is_inpainting(&self) -> bool {
-        self.unet_config.in_channels == 2 * self.vae_config.latent_channels() + 1
+        self.denoiser.channels().0 == 2 * self.vae_config.latent_channels() + 1
+    }
+
+    /// The UNet, for a UNet family (`what` names the feature that needs it in the error).
+    pub fn unet(&self, what: &str) -> Result<&UNet2DConditionModel> {
+        self.denoiser
+            .unet()
+            .ok_or_else(|| self.not_for_transformers(what))
+    }
+
+    /// The UNet's config, for a UNet family (see [`unet`](Self::unet)).
+    pub fn unet_config(&self, what: &str) -> Result<&UNetConfig> {
+        self.denoiser
+            .unet_config()
+            .ok_or_else(|| self.not_for_transformers(what))
+    }
+
+    fn not_for_transformers(&self, what: &str) -> Error {
+        Error::invalid(
+            what,
+            format!(
+                "is not supported for {} models yet (their denoiser is a transformer)",
+                self.family
+            ),
+        )
     }
 
     /// The ControlNet whose config `files` holds (see `files::ComponentDir` for a
@@ -384,27 +488,39 @@ impl StableDiffusion {
         &self,
         files: &dyn ModelFiles,
     ) -> Result<(ControlNetConfig, ControlNetModel)> {
+        let unet_config = self.unet_config("controlnet")?;
         let (config, model) =
             load::build::<ControlNetModel>(files, Component::ControlNet, &self.device)?;
         let file = files.display(&Component::ControlNet.config());
         check_fits(
             &config,
             &file,
-            &self.unet_config,
+            unet_config,
             self.vae_config.latent_channels(),
         )?;
         Ok((config, model))
     }
 
-    /// The scheduler the model ships with (DDIM when its config names no class); an error
-    /// when it names a class the engine does not run.
+    /// The scheduler the model ships with (DDIM, or flow-matching Euler for a transformer,
+    /// when its config names no class); an error when it names a class the engine does
+    /// not run.
     pub fn default_scheduler(&self) -> Result<&'static str> {
-        Ok(schedulers::of_config(&self.scheduler_config)?.map_or("ddim", |e| e.name))
+        let fallback = if self.family.is_flow() {
+            "flow-euler"
+        } else {
+            "ddim"
+        };
+        Ok(schedulers::of_config(&self.scheduler_config)?.map_or(fallback, |e| e.name))
     }
 
-    /// The steps a request without `steps` runs with `scheduler`: 20, or 4 for LCM.
+    /// The steps a request without `steps` runs with `scheduler`: 20 (28 for SD3, as its
+    /// pipeline), or 4 for LCM.
     pub fn default_steps(&self, scheduler: &str) -> usize {
-        if scheduler == "lcm" { 4 } else { 20 }
+        match scheduler {
+            "lcm" => 4,
+            _ if self.family.is_flow() => 28,
+            _ => 20,
+        }
     }
 
     /// Pixels per latent along each side.
@@ -412,23 +528,24 @@ impl StableDiffusion {
         self.vae_config.scale_factor()
     }
 
-    /// The image size the UNet was trained for.
+    /// The image size the denoiser was trained for.
     pub fn default_size(&self) -> usize {
-        self.unet_config.sample_size * self.vae_scale_factor()
+        self.denoiser.sample_size() * self.vae_scale_factor()
     }
 
     /// The weight matrices a LoRA may adapt, in the text encoders and the UNet.
-    pub fn lora_targets(&self) -> lora::Targets {
-        lora_targets(&self.text, &self.unet)
+    pub fn lora_targets(&self) -> Result<lora::Targets> {
+        Ok(lora_targets(&self.text, self.unet("lora")?))
     }
 
     /// Reads the LoRA file `bytes` (named `file` in messages) and matches it to this
     /// pipeline's networks, on its device. `name` is how it is shown (A1111 uses the file
     /// name without extension).
     pub fn load_lora(&self, bytes: &[u8], file: &str, name: &str) -> Result<Lora> {
+        let targets = self.lora_targets()?;
         let parsed = LoraFile::parse(bytes, file)?;
         let hash = sha256_hex(bytes)[..12].to_string();
-        Lora::new(&parsed, name, &hash, &self.lora_targets(), &self.device)
+        Lora::new(&parsed, name, &hash, &targets, &self.device)
     }
 
     /// Runs `request` to the end, drawing all noise from its seed (native: it reads the
@@ -472,18 +589,23 @@ impl StableDiffusion {
         let default = self.default_size();
         let size = |name: &str, v: Option<usize>| -> Result<usize> {
             let v = v.unwrap_or(default);
-            // The UNet halves the latent once per down block; it must divide evenly.
-            let multiple = f * (1 << (self.unet_config.block_out_channels.len() - 1));
+            // The UNet halves the latent once per down block, the transformer cuts it into
+            // patches: it must divide evenly.
+            let multiple = f * self.denoiser.latent_multiple();
             if v == 0 || !v.is_multiple_of(multiple) {
                 return Err(Error::invalid(
                     name,
                     format!("{v} is not a positive multiple of {multiple}"),
                 ));
             }
-            if v > MAX_SIDE {
+            let largest = match self.denoiser.max_latent_side() {
+                Some(side) => (side * f).min(MAX_SIDE),
+                None => MAX_SIDE,
+            };
+            if v > largest {
                 return Err(Error::invalid(
                     name,
-                    format!("{v} is larger than {MAX_SIDE} pixels"),
+                    format!("{v} is larger than {largest} pixels"),
                 ));
             }
             Ok(v)

@@ -52,6 +52,34 @@ pub struct Request {
     pub size: SizeConditioning,
     /// Tiled VAE decoding and encoding.
     pub vae_tiling: VaeTiling,
+    /// SD3: the T5 tokens the prompt is read as (diffusers' `max_sequence_length`);
+    /// `None`: 256.
+    pub max_sequence_length: Option<usize>,
+    /// SD3: skip-layer guidance (SD3.5 Medium's recommended `skip_guidance_layers`).
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
+}
+
+/// diffusers' skip-layer guidance for SD3: between `start` and `stop` (fractions of the
+/// steps) the transformer also runs on the prompt with `layers` left out, and the
+/// prediction is pushed away from that by `scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkipLayerGuidance {
+    pub layers: Vec<usize>,
+    pub scale: f64,
+    pub start: f64,
+    pub stop: f64,
+}
+
+impl SkipLayerGuidance {
+    /// diffusers' defaults for `layers` (SD3.5 Medium recommends 7, 8, 9).
+    pub fn new(layers: Vec<usize>) -> Self {
+        Self {
+            layers,
+            scale: 2.8,
+            start: 0.01,
+            stop: 0.2,
+        }
+    }
 }
 
 /// Tiled VAE decoding and encoding (diffusers' `enable_vae_tiling`; see
@@ -111,6 +139,8 @@ impl Request {
             controlnets: Vec::new(),
             size: SizeConditioning::default(),
             vae_tiling: VaeTiling::Auto,
+            max_sequence_length: None,
+            skip_layer_guidance: None,
         }
     }
 }

@@ -14,7 +14,9 @@ use crate::files::ModelFiles;
 use crate::load;
 use crate::lora::{self, Lora};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::t5::{T5Config, T5EncoderModel};
 use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::t5::{MAX_SEQUENCE_LENGTH, T5Tokenizer};
 
 /// One text encoder with the tokenizer that feeds it.
 pub struct TextEncoder {
@@ -24,10 +26,27 @@ pub struct TextEncoder {
     pub model: ClipTextModel,
 }
 
+/// SD3's T5 encoder with the tokenizer that feeds it.
+pub struct T5Encoder {
+    pub tokenizer: T5Tokenizer,
+    pub config: T5Config,
+    pub model: T5EncoderModel,
+}
+
+/// The T5 tokens SD3 conditions on when a request names no length (diffusers'
+/// `max_sequence_length`).
+pub const DEFAULT_T5_LENGTH: usize = 256;
+
 /// The text encoders of a pipeline, in the family's order.
 pub struct TextEncoders {
     pub family: Family,
+    /// The CLIP encoders.
     pub encoders: Vec<TextEncoder>,
+    /// SD3's T5 encoder, when the pipeline has one and it is used.
+    pub t5: Option<T5Encoder>,
+    /// SD3: the transformer's `joint_attention_dim`, the width of the joint text tokens
+    /// (set by the pipeline once the transformer's config is read).
+    pub joint_width: usize,
     /// SDXL's `force_zeros_for_empty_prompt`: without a negative prompt the negative
     /// embeddings (and pooled embedding) are zeros.
     pub force_zeros_for_empty_prompt: bool,
@@ -70,15 +89,25 @@ impl TextEncoders {
     /// the encoders, their weights not yet loaded.
     pub fn build(files: &dyn ModelFiles, family: Family, device: &Device) -> Result<Self> {
         let mut encoders = Vec::new();
+        let mut t5 = None;
         for &component in family.components() {
             let Some(folder) = component.tokenizer() else {
                 continue;
             };
+            if component == Component::TextEncoder3 {
+                t5 = build_t5(files, device)?;
+                continue;
+            }
             let tokenizer = load::tokenizer(files, folder)?;
             let (config, model) = load::build::<ClipTextModel>(files, component, device)?;
             tokenizer_fits(files, component, &tokenizer, &config)?;
-            if family == Family::Sdxl && component == Component::TextEncoder2 {
-                check_projected(files, component, &config, &model)?;
+            let pooled_by = match family {
+                Family::Sd => false,
+                Family::Sdxl => component == Component::TextEncoder2,
+                Family::Sd3 => true,
+            };
+            if pooled_by {
+                check_projected(files, family, component, &config, &model)?;
             }
             encoders.push(TextEncoder {
                 component,
@@ -88,12 +117,14 @@ impl TextEncoders {
             });
         }
         let force_zeros_for_empty_prompt = match family {
-            Family::Sd => false,
+            Family::Sd | Family::Sd3 => false,
             Family::Sdxl => family::force_zeros_for_empty_prompt(files)?,
         };
         Ok(Self {
             family,
             encoders,
+            t5,
+            joint_width: 0,
             force_zeros_for_empty_prompt,
         })
     }
@@ -109,17 +140,28 @@ impl TextEncoders {
             let model = load::weights(files, e.component, e.model, device, dtype)?;
             Ok(TextEncoder { model, ..e })
         });
+        let encoders = encoders.collect::<Result<_>>()?;
+        let t5 = match self.t5 {
+            Some(t5) => {
+                let model = load::weights(files, Component::TextEncoder3, t5.model, device, dtype)
+                    .map_err(suggest_no_t5)?;
+                Some(T5Encoder { model, ..t5 })
+            }
+            None => None,
+        };
         Ok(Self {
-            encoders: encoders.collect::<Result<_>>()?,
+            encoders,
+            t5,
             ..self
         })
     }
 
-    /// The width of the embeddings cross-attention reads.
+    /// The width of the embeddings cross-attention reads (SD3: the CLIP encoders' side by
+    /// side, before they are padded to the joint width).
     pub fn context_width(&self) -> usize {
         match self.family {
             Family::Sd => self.encoders[0].config.hidden_size,
-            Family::Sdxl => self.encoders.iter().map(|e| e.config.hidden_size).sum(),
+            Family::Sdxl | Family::Sd3 => self.encoders.iter().map(|e| e.config.hidden_size).sum(),
         }
     }
 
@@ -128,7 +170,19 @@ impl TextEncoders {
         match self.family {
             Family::Sd => None,
             Family::Sdxl => self.encoders.last().map(|e| e.config.projection_dim),
+            Family::Sd3 => Some(self.encoders.iter().map(|e| e.config.projection_dim).sum()),
         }
+    }
+
+    /// Refuses a T5 length (`max_sequence_length`) SD3 does not take.
+    pub fn check_t5_length(&self, length: usize, name: &str) -> Result<()> {
+        if (1..=MAX_SEQUENCE_LENGTH).contains(&length) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            name,
+            format!("{length} is not in 1..={MAX_SEQUENCE_LENGTH} T5 tokens"),
+        ))
     }
 
     /// Refuses a `clip_skip` (named `name`) that skips every layer of an encoder.
@@ -136,7 +190,7 @@ impl TextEncoders {
         // SDXL reads the layer before the one clip_skip names.
         let reserved = match self.family {
             Family::Sd => 0,
-            Family::Sdxl => 1,
+            Family::Sdxl | Family::Sd3 => 1,
         };
         for encoder in &self.encoders {
             let layers = encoder.model.num_layers();
@@ -160,12 +214,13 @@ impl TextEncoders {
     }
 
     /// `prompt` through `models` (see [`with_loras`](Self::with_loras)), skipping the last
-    /// `clip_skip` layers as diffusers does.
+    /// `clip_skip` layers as diffusers does; SD3's T5 reads `t5_length` tokens.
     pub fn encode(
         &self,
         models: &[ClipTextModel],
         prompt: &str,
         clip_skip: usize,
+        t5_length: usize,
         device: &Device,
     ) -> Result<PromptEmbeds> {
         match self.family {
@@ -193,7 +248,51 @@ impl TextEncoders {
                     pooled,
                 })
             }
+            Family::Sd3 => self.encode_sd3(models, prompt, clip_skip, t5_length, device),
         }
+    }
+
+    /// SD3: both CLIP encoders' penultimate states side by side, zero-padded to the joint
+    /// width, followed on the token axis by T5's last hidden state (zeros for `t5_length` tokens
+    /// without T5, as diffusers); the pooled embedding is both encoders' side by side.
+    fn encode_sd3(
+        &self,
+        models: &[ClipTextModel],
+        prompt: &str,
+        clip_skip: usize,
+        t5_length: usize,
+        device: &Device,
+    ) -> Result<PromptEmbeds> {
+        let mut hidden = Vec::new();
+        let mut pooled = Vec::new();
+        for (encoder, model) in self.encoders.iter().zip(models) {
+            let ids = encoder.tokenizer.encode(prompt)?;
+            let (h, p) = model.encode_penultimate(&ids, clip_skip, device);
+            hidden.push(h);
+            pooled.extend(p);
+        }
+        let clip = Tensor::cat(hidden, 2);
+        let [_, clip_tokens, clip_width] = clip.dims();
+        let dtype = clip.dtype();
+        let pad = self.joint_width.saturating_sub(clip_width);
+        let clip = match pad {
+            0 => clip,
+            _ => Tensor::cat(
+                vec![clip, Tensor::zeros([1, clip_tokens, pad], (device, dtype))],
+                2,
+            ),
+        };
+        let t5 = match &self.t5 {
+            Some(t5) => {
+                let ids = t5.tokenizer.encode(prompt, t5_length)?;
+                t5.model.encode(&ids, device).cast(dtype)
+            }
+            None => Tensor::zeros([1, t5_length, self.joint_width], (device, dtype)),
+        };
+        Ok(PromptEmbeds {
+            context: Tensor::cat(vec![clip, t5], 1),
+            pooled: Some(Tensor::cat(pooled, 1)),
+        })
     }
 
     /// The negative embeddings of a request: the encoded `negative` prompt, or zeros when
@@ -204,11 +303,12 @@ impl TextEncoders {
         negative: Option<&str>,
         positive: &PromptEmbeds,
         clip_skip: usize,
+        t5_length: usize,
         device: &Device,
     ) -> Result<PromptEmbeds> {
         match negative {
             None if self.force_zeros_for_empty_prompt => Ok(positive.zeros_like()),
-            _ => self.encode(models, negative.unwrap_or(""), clip_skip, device),
+            _ => self.encode(models, negative.unwrap_or(""), clip_skip, t5_length, device),
         }
     }
 }
@@ -249,9 +349,59 @@ pub fn tokenizer_fits(
     Ok(())
 }
 
-/// SDXL's second encoder must project its end token (CLIPTextModelWithProjection).
+/// SD3's T5 encoder and its tokenizer, when `model_index.json` lists it (see
+/// `files::WithoutT5` to leave it out); its weights not yet loaded.
+fn build_t5(files: &dyn ModelFiles, device: &Device) -> Result<Option<T5Encoder>> {
+    if !family::lists(files, Component::TextEncoder3)? {
+        return Ok(None);
+    }
+    let config_path = Component::TextEncoder3.config();
+    if files.read(&config_path)?.is_none() {
+        return Err(suggest_no_t5(Error::io(
+            files.display(&config_path),
+            "not found",
+        )));
+    }
+    let tokenizer = load::t5_tokenizer(files, "tokenizer_3").map_err(suggest_no_t5)?;
+    let (config, model) = load::build::<T5EncoderModel>(files, Component::TextEncoder3, device)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::config(
+            &files.display(&config_path),
+            "vocab_size",
+            format!(
+                "is {} but the tokenizer ({}) has {} tokens",
+                config.vocab_size,
+                files.display("tokenizer_3"),
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    Ok(Some(T5Encoder {
+        tokenizer,
+        config,
+        model,
+    }))
+}
+
+/// A missing T5 file's error, with the way to go on without T5.
+fn suggest_no_t5(error: Error) -> Error {
+    match error {
+        Error::Io { file, message } => Error::Io {
+            file,
+            message: format!(
+                "{message}; model_index.json lists text_encoder_3 (T5): load the model \
+                 without it with --no-t5 (in the browser: {{ t5: false }})"
+            ),
+        },
+        other => other,
+    }
+}
+
+/// SDXL's second encoder and SD3's two must project their end token
+/// (CLIPTextModelWithProjection).
 fn check_projected(
     files: &dyn ModelFiles,
+    family: Family,
     component: Component,
     text: &ClipTextConfig,
     model: &ClipTextModel,
@@ -263,8 +413,8 @@ fn check_projected(
         &files.display(&component.config()),
         "architectures",
         format!(
-            "is {:?}, but SDXL's {component} must be a CLIPTextModelWithProjection (its \
-             pooled embedding conditions the UNet)",
+            "is {:?}, but {family}'s {component} must be a CLIPTextModelWithProjection (its \
+             pooled embedding conditions the denoiser)",
             text.architectures
         ),
     ))

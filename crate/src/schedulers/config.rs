@@ -30,6 +30,15 @@ pub struct SchedulerConfig {
     pub use_karras_sigmas: Option<bool>,
     pub original_inference_steps: Option<usize>,
     pub timestep_scaling: Option<f64>,
+    /// Flow matching (`FlowMatchEulerDiscreteScheduler`): the σ shift, and the options
+    /// other models ship that this build refuses (see `validate`).
+    pub shift: Option<f64>,
+    pub use_dynamic_shifting: Option<bool>,
+    pub shift_terminal: Option<f64>,
+    pub invert_sigmas: Option<bool>,
+    pub stochastic_sampling: Option<bool>,
+    pub use_exponential_sigmas: Option<bool>,
+    pub use_beta_sigmas: Option<bool>,
 }
 
 /// What the UNet predicts (`prediction_type`).
@@ -122,6 +131,43 @@ impl SchedulerConfig {
         if let Some(range) = self.clip_sample_range {
             finite_in(file, "clip_sample_range", range, f64::MIN_POSITIVE..=1e6)?;
         }
+        if let Some(shift) = self.shift {
+            finite_in(file, "shift", shift, 1e-3..=1e3)?;
+        }
+        for (key, on, what) in [
+            (
+                "use_dynamic_shifting",
+                self.use_dynamic_shifting,
+                "FLUX's resolution-dependent shift",
+            ),
+            ("invert_sigmas", self.invert_sigmas, "inverted sigmas"),
+            (
+                "stochastic_sampling",
+                self.stochastic_sampling,
+                "stochastic flow sampling",
+            ),
+            (
+                "use_exponential_sigmas",
+                self.use_exponential_sigmas,
+                "exponential sigmas",
+            ),
+            ("use_beta_sigmas", self.use_beta_sigmas, "beta sigmas"),
+        ] {
+            if on == Some(true) {
+                return Err(Error::config(
+                    file,
+                    key,
+                    format!("is true ({what}), which this build does not run yet"),
+                ));
+            }
+        }
+        if let Some(terminal) = self.shift_terminal {
+            return Err(Error::config(
+                file,
+                "shift_terminal",
+                format!("is {terminal} (a stretched σ grid), which this build does not run yet"),
+            ));
+        }
         if let Some(scaling) = self.timestep_scaling {
             finite_in(file, "timestep_scaling", scaling, f64::MIN_POSITIVE..=1e6)?;
         }
@@ -130,6 +176,11 @@ impl SchedulerConfig {
 
     pub fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps.unwrap_or(1000)
+    }
+
+    /// Flow matching's σ shift (1: none).
+    pub fn shift(&self) -> f64 {
+        self.shift.unwrap_or(1.0)
     }
 
     pub fn prediction(&self) -> Prediction {

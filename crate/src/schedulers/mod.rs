@@ -12,6 +12,7 @@ mod ddpm;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod flow_euler;
 mod heun;
 mod lcm;
 mod pndm;
@@ -119,6 +120,12 @@ pub const SCHEDULERS: &[Entry] = &[
     discrete("ddpm", "DDPMScheduler", |c, steps, _| {
         Box::new(ddpm::Ddpm::new(c, steps))
     }),
+    Entry {
+        name: "flow-euler",
+        class: "FlowMatchEulerDiscreteScheduler",
+        kind: Kind::Flow,
+        build: |c, steps, _| Box::new(flow_euler::FlowEuler::new(c, steps)),
+    },
 ];
 
 const fn discrete(
@@ -142,6 +149,16 @@ pub fn find(name: &str) -> Option<&'static Entry> {
 /// The names, comma-separated, for help texts and messages.
 pub fn names() -> String {
     let names: Vec<&str> = SCHEDULERS.iter().map(|e| e.name).collect();
+    names.join(", ")
+}
+
+/// The names of the schedulers of `kind`, comma-separated.
+pub fn names_of(kind: Kind) -> String {
+    let names: Vec<&str> = SCHEDULERS
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.name)
+        .collect();
     names.join(", ")
 }
 
@@ -201,12 +218,17 @@ pub fn build(
         ));
     };
     let scheduler = (entry.build)(config, steps, eta);
-    // Every timestep the UNet will see must be a training timestep (ᾱ is looked up by it).
+    // Every timestep the UNet will see must be a training timestep (ᾱ is looked up by it);
+    // flow matching's run from σ = 1 (t = N) down.
     let n = config.num_train_timesteps() as f64;
+    let inside = |t: f64| match entry.kind {
+        Kind::Discrete => t >= 0.0 && t < n,
+        Kind::Flow => t >= 0.0 && t <= n,
+    };
     if let Some(t) = scheduler
         .timesteps()
         .iter()
-        .find(|t| !(t.is_finite() && **t >= 0.0 && **t < n))
+        .find(|t| !(t.is_finite() && inside(**t)))
     {
         return Err(Error::invalid(
             "scheduler",
@@ -254,15 +276,24 @@ mod tests {
             Some("dpmpp-2m")
         );
         assert_eq!(of("{}"), None);
-        let err = of_config(&config(
-            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#,
-        ))
-        .err()
-        .expect("refused")
-        .to_string();
+        assert_eq!(
+            of(r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#),
+            Some("flow-euler")
+        );
+        let err = of_config(&config(r#"{"_class_name": "FlowMatchLCMScheduler"}"#))
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(
-            err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("ddim, euler"),
+            err.contains("FlowMatchLCMScheduler") && err.contains("ddim, euler"),
             "{err}"
         );
+        let err = SchedulerConfig::parse(
+            "s/scheduler_config.json",
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": true}"#,
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(err.contains("s/scheduler_config.json") && err.contains("use_dynamic_shifting"));
     }
 }

@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 use crate::component::Component;
 use crate::error::Error;
 use crate::noise::Generator;
-use crate::pipeline::{ControlNet, Parts, StableDiffusion, TextEncoder};
+use crate::pipeline::{ControlNet, Denoiser, Parts, StableDiffusion, T5Encoder, TextEncoder};
 use handles::{JsControlNet, JsLora, Loaded};
 use source::Source;
 
@@ -157,8 +157,13 @@ impl Pipeline {
                 .and_then(|o| Reflect::get(o, &key.into()).ok())
                 .and_then(|v| v.as_string())
         };
+        let t5 = options
+            .as_ref()
+            .and_then(|o| Reflect::get(o, &"t5".into()).ok())
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let source = source(&url, &options);
-        let files = source.pipeline().await?;
+        let files = source.pipeline(t5).await?;
         let files = &*files;
         let mut parts = Parts::build(files, &device, dtype).map_err(js_error)?;
         // Another VAE replaces the model's own before anything is downloaded.
@@ -172,9 +177,9 @@ impl Pipeline {
             None => None,
         };
         let on = |component| (&device, parts.dtype_of(component));
-        let (text, unet, vae) = (
+        let (text, denoiser, vae) = (
             on(Component::TextEncoder),
-            on(Component::Unet),
+            on(parts.denoiser.component()),
             on(Component::Vae),
         );
         let mut encoders = Vec::new();
@@ -185,9 +190,25 @@ impl Pipeline {
             encoders.push(TextEncoder { model, ..encoder });
         }
         parts.text.encoders = encoders;
-        parts.unet = source
-            .stream(files, Component::Unet, parts.unet, unet)
-            .await?;
+        if let Some(t5) = parts.text.t5.take() {
+            let model = source
+                .stream(files, Component::TextEncoder3, t5.model, text)
+                .await?;
+            parts.text.t5 = Some(T5Encoder { model, ..t5 });
+        }
+        parts.denoiser = match parts.denoiser {
+            Denoiser::Unet(config, unet) => {
+                let unet = source
+                    .stream(files, Component::Unet, unet, denoiser)
+                    .await?;
+                Denoiser::Unet(config, unet)
+            }
+            Denoiser::Transformer(config, model) => {
+                let component = Component::Transformer;
+                let model = source.stream(files, component, model, denoiser).await?;
+                Denoiser::Transformer(config, model)
+            }
+        };
         parts.vae = match &other_vae {
             Some((vae_source, vae_files)) => {
                 vae_source

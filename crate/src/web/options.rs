@@ -140,6 +140,23 @@ pub fn parse(
         request.eta = eta;
     }
     request.clip_skip = count("clipSkip")?.unwrap_or(0);
+    request.max_sequence_length = count("maxSequenceLength")?;
+    if let Some(value) = field(options, "skipLayerGuidance") {
+        let what = || bad("skipLayerGuidance", "an array of transformer layer numbers");
+        let array: js_sys::Array = value.dyn_into().map_err(|_| what())?;
+        let layers = array
+            .iter()
+            .map(|v| match v.as_f64() {
+                Some(x) if x >= 0.0 && x.fract() == 0.0 && x < 1024.0 => Ok(x as usize),
+                _ => Err(what()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut slg = crate::pipeline::SkipLayerGuidance::new(layers);
+        if let Some(scale) = number(options, "skipLayerScale", "skipLayerScale")? {
+            slg.scale = scale;
+        }
+        request.skip_layer_guidance = Some(slg);
+    }
     request.seed = match count("seed")? {
         Some(seed) => seed as u64,
         None => (js_sys::Math::random() * 2f64.powi(53)) as u64,

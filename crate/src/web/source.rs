@@ -85,11 +85,13 @@ impl Source {
         Ok(Ok(PackFiles { inner, manifest }))
     }
 
-    /// A pipeline: a pack, or a diffusers folder (`model_index.json` marks it). When it is
-    /// neither, the message says what each file's URL answered.
-    pub async fn pipeline(&self) -> Result<Box<dyn ModelFiles>, JsValue> {
+    /// A pipeline: a pack, or a diffusers folder (`model_index.json` marks it); `t5:
+    /// false` leaves SD3's T5 encoder out (see `files::WithoutT5`). When it is neither,
+    /// the message says what each file's URL answered.
+    pub async fn pipeline(&self, t5: bool) -> Result<Box<dyn ModelFiles>, JsValue> {
         let not_a_pack = match self.pack().await? {
-            Ok(pack) => return Ok(Box::new(pack)),
+            Ok(pack) if t5 => return Ok(Box::new(pack)),
+            Ok(pack) => return Ok(Box::new(crate::files::WithoutT5(pack))),
             Err(why) => why,
         };
         let index_url = self.url(component::MODEL_INDEX);
@@ -114,12 +116,21 @@ impl Source {
                 .into());
             }
         };
-        // model_index.json is read once, here; the loop fetches the other files.
+        // model_index.json is read once, here; the loop fetches the other files. Without
+        // T5 (`{ t5: false }`) it lists T5 as absent, and T5's files are not fetched.
+        let index = match t5 {
+            true => index,
+            false => crate::files::index_without_t5(&index, &index_url).map_err(js_error)?,
+        };
         let mut files = MemoryFiles {
             base: self.base.clone(),
             files: HashMap::from([(component::MODEL_INDEX.to_string(), index)]),
         };
         let family = Family::detect(&files).map_err(js_error)?;
+        let present = family.present(&files).map_err(js_error)?;
+        let fetched = |path: &str| {
+            !crate::files::is_t5_file(path) || present.contains(&Component::TextEncoder3)
+        };
         let mut absent = HashMap::new();
         let configs = component::pipeline_configs(family)
             .into_iter()
@@ -127,7 +138,7 @@ impl Source {
         let tokenizer = component::tokenizer_text(family)
             .into_iter()
             .map(|p| (p, false));
-        for (path, required) in configs.chain(tokenizer) {
+        for (path, required) in configs.chain(tokenizer).filter(|(p, _)| fetched(p)) {
             match self.fetch(&path).await? {
                 Answer::File(bytes) => {
                     files.files.insert(path, bytes);
@@ -145,7 +156,7 @@ impl Source {
             }
         }
         // Each tokenizer is tokenizer.json, or vocab.json with merges.txt.
-        for folder in family.components().iter().filter_map(|c| c.tokenizer()) {
+        for folder in present.iter().filter_map(|c| c.tokenizer()) {
             let paths = component::TokenizerPaths::new(folder);
             let has = |path: &str| files.files.contains_key(path);
             if has(&paths.tokenizer_json) || (has(&paths.vocab_json) && has(&paths.merges_txt)) {

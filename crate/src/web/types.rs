@@ -35,11 +35,15 @@ export interface LoadOptions {
    *  per storage binding, 256 MiB per buffer, as many GPUs and phones expose) to check that
    *  a model runs within them. Only the page's first load chooses. */
   limits?: "adapter" | "default";
+  /** SD3: load the T5 text encoder when the model has one (default true). `false` skips
+   *  its download (2–5 GB) and memory; its part of the text embeddings is then zeros, as
+   *  diffusers does without it, which weakens long or detailed prompts. */
+  t5?: boolean;
 }
 /** An image of the latents while they are denoised, decoded by the preview VAE. */
 export interface Preview { width: number; height: number; pixels: Uint8ClampedArray<ArrayBuffer> }
 export type SchedulerName = "ddim" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras"
-  | "heun" | "pndm" | "unipc" | "lcm" | "ddpm";
+  | "heun" | "pndm" | "unipc" | "lcm" | "ddpm" | "flow-euler";
 /** A ControlNet in a generation. */
 export interface ControlNetUse {
   controlnet: ControlNet;
@@ -56,7 +60,7 @@ export interface GenerateOptions {
   /** What to steer away from. SDXL without one uses zero negative embeddings (diffusers'
    *  `force_zeros_for_empty_prompt`); `""` is encoded like a prompt. */
   negativePrompt?: string;
-  /** Default: 20 (4 for LCM). */
+  /** Default: 20 (4 for LCM, 28 for SD3). */
   steps?: number;
   /** Classifier-free guidance scale (default 7.5); 1 or less runs the UNet once per step. */
   guidance?: number;
@@ -69,7 +73,15 @@ export interface GenerateOptions {
   /** Text encoder layers to skip from the end (default 0), as diffusers' `clip_skip`:
    *  A1111's "Clip skip: 2" is `clipSkip: 1`. */
   clipSkip?: number;
-  /** Default: the model's own scheduler. */
+  /** SD3: the T5 tokens the prompt is read as (diffusers' `max_sequence_length`, default
+   *  256, at most 512). */
+  maxSequenceLength?: number;
+  /** SD3: skip-layer guidance over these transformer layers (SD3.5 Medium: [7, 8, 9]),
+   *  as diffusers' `skip_guidance_layers` (from 1% to 20% of the steps). */
+  skipLayerGuidance?: number[];
+  /** SD3: skip-layer guidance's scale (default 2.8). */
+  skipLayerScale?: number;
+  /** Default: the model's own scheduler (flow matching for SD3: "flow-euler"). */
   scheduler?: SchedulerName;
   /** SDXL's size conditioning, [height, width] in pixels (default: the output size): the
    *  size the model is told the original picture had. Ignored by SD 1.x/2.x. */
@@ -88,8 +100,9 @@ export interface GenerateOptions {
   /** Default: the model's own size; with an init image, its size. */
   width?: number;
   height?: number;
-  /** The initial noise [1, 4, height/8, width/8] for SD and SDXL (used as is, times the scheduler's
-   *  initial sigma; with an inpainting mask at strength 1 too). */
+  /** The initial noise [1, C, height/8, width/8] (C = `info.latentChannels`: 4 for SD and
+   *  SDXL, 16 for SD3), used as is, times the scheduler's initial sigma (with an inpainting
+   *  mask at strength 1 too). */
   latents?: Float32Array;
   /** img2img and inpainting: the image to start from (alpha ignored). */
   initImage?: ImageData;

@@ -11,8 +11,15 @@ const KEY_REMAPPING: &[(&str, &str)] = &[
     // transformers ≤ 4 and real SD checkpoints prefix the CLIP text model.
     (r"^text_model\.", ""),
     (r"\.to_out\.0\.", ".to_out."),
-    (r"\.ff\.net\.0\.proj\.", ".ff.geglu."),
-    (r"\.ff\.net\.2\.", ".ff.proj_out."),
+    // Feed-forwards (the UNet's and the MMDiT's image and context streams).
+    (r"\.(ff|ff_context)\.net\.0\.proj\.", ".$1.proj_in."),
+    (r"\.(ff|ff_context)\.net\.2\.", ".$1.proj_out."),
+    // T5's blocks hold two different layers in one list.
+    (r"\.layer\.0\.SelfAttention\.", ".self_attention."),
+    (r"\.layer\.0\.layer_norm\.", ".self_attention_norm."),
+    (r"\.layer\.1\.DenseReluDense\.", ".dense_relu_dense."),
+    (r"\.layer\.1\.layer_norm\.", ".ff_norm."),
+    (r"^encoder\.embed_tokens\.", "shared."),
     // Older VAE checkpoints name the mid-block attention projections differently.
     (r"\.query\.", ".to_q."),
     (r"\.key\.", ".to_k."),
@@ -27,8 +34,14 @@ const KEY_NAMES: &[(&str, &str)] = &[
         ".token_embedding.weight#rows-block-",
     ),
     (".to_out.", ".to_out.0."),
-    (".ff.geglu.", ".ff.net.0.proj."),
+    (".ff.proj_in.", ".ff.net.0.proj."),
     (".ff.proj_out.", ".ff.net.2."),
+    (".ff_context.proj_in.", ".ff_context.net.0.proj."),
+    (".ff_context.proj_out.", ".ff_context.net.2."),
+    (".self_attention.", ".layer.0.SelfAttention."),
+    (".self_attention_norm.", ".layer.0.layer_norm."),
+    (".dense_relu_dense.", ".layer.1.DenseReluDense."),
+    (".ff_norm.", ".layer.1.layer_norm."),
 ];
 
 /// Buffers some checkpoints carry that are not parameters (CLIP's `position_ids`).
@@ -72,6 +85,12 @@ mod tests {
             "encoder.layers.0.self_attn.q_proj.weight",
             "decoder.mid_block.attentions.0.to_q.weight",
             "down_blocks.0.resnets.0.conv1.weight",
+            "transformer_blocks.2.ff_context.net.0.proj.weight",
+            "transformer_blocks.0.ff.net.2.bias",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            "encoder.block.3.layer.0.layer_norm.weight",
+            "encoder.block.3.layer.1.DenseReluDense.wi_0.weight",
+            "encoder.block.3.layer.1.layer_norm.weight",
         ] {
             assert_eq!(checkpoint_name(&field_path(key)), key);
         }

@@ -19,7 +19,7 @@ use burn::store::{ApplyError, ApplyResult, FloatCastAdapter, ModuleSnapshot, bri
 use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result, Shape};
-use crate::models::split_embedding::{ROWS, SPLIT_KEY};
+use crate::models::split_embedding::{ROWS, split_table};
 
 /// Named tensors (checkpoint keys) ready to apply.
 pub type Tensors = Vec<(String, TensorData)>;
@@ -73,7 +73,7 @@ pub fn pieces(name: &str, shape: &[usize]) -> Vec<Piece> {
             rows: None,
         }]
     };
-    let Some(prefix) = name.strip_suffix(SPLIT_KEY) else {
+    let Some(table) = split_table(name) else {
         return whole();
     };
     let rows = match shape[..] {
@@ -82,7 +82,7 @@ pub fn pieces(name: &str, shape: &[usize]) -> Vec<Piece> {
     };
     (0..rows.div_ceil(ROWS))
         .map(|i| Piece {
-            name: format!("{prefix}token_embedding.parts.{i}"),
+            name: format!("{table}.parts.{i}"),
             rows: Some(i * ROWS..rows.min((i + 1) * ROWS)),
         })
         .collect()

@@ -79,7 +79,7 @@ impl KlConfig {
         bounded(file, "out_channels", self.out_channels, 1..=16)?;
         bounded(file, "norm_num_groups", self.norm_num_groups, 1..=1024)?;
         finite_in(file, "scaling_factor", self.scaling_factor, 1e-6..=1e6)?;
-        super::refuse_shift(file, self.shift_factor.unwrap_or(0.0))?;
+        super::check_shift(file, self.shift_factor.unwrap_or(0.0))?;
         for (key, types, allowed) in [
             (
                 "down_block_types",

@@ -65,7 +65,7 @@ impl TinyConfig {
 
     fn validate(&self, file: &str) -> Result<()> {
         expect_one_of(file, "act_fn", &self.act_fn, &["relu", "silu", "swish"])?;
-        super::refuse_shift(file, self.shift_factor)?;
+        super::check_shift(file, self.shift_factor)?;
         for (key, list) in [
             ("num_encoder_blocks", &self.num_encoder_blocks),
             ("num_decoder_blocks", &self.num_decoder_blocks),

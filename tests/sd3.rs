@@ -1,0 +1,307 @@
+//! SD3's pieces against diffusers (tests/fixtures/sd3-tiny and sd3-tiny-no-t5, goldens
+//! from scripts/make_sd3_fixtures.py): the T5 tokenizer and encoder, the joint prompt
+//! embeddings with and without T5, the MMDiT (dual attention, qk-norm, skipped layers,
+//! non-square and cropped positions), the shifted 16-channel VAE, the flow-matching
+//! scheduler, and whole runs (txt2img with and without T5 and CFG, non-square,
+//! skip-layer guidance, img2img) on every device.
+
+mod common;
+
+use burn::prelude::*;
+use common::{Goldens, assert_close, devices, model_dir};
+use webdiffusion::component::Component;
+use webdiffusion::family::Family;
+use webdiffusion::files::{DirFiles, WithoutT5};
+use webdiffusion::image;
+use webdiffusion::load;
+use webdiffusion::models::mmdit::SD3Transformer2DModel;
+use webdiffusion::models::vae::Vae;
+use webdiffusion::pipeline::{Request, SkipLayerGuidance, StableDiffusion};
+use webdiffusion::schedulers;
+
+const TOL: f64 = 1e-4;
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const NEGATIVE: &str = "blurry, low quality";
+
+fn files(name: &str) -> DirFiles {
+    DirFiles(model_dir(name))
+}
+
+#[test]
+fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
+    let goldens = Goldens::load("sd3-tiny");
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&files("sd3-tiny"), &device).unwrap();
+    assert_eq!(pipe.family, Family::Sd3);
+    let t5 = pipe.text.t5.as_ref().expect("sd3-tiny has T5");
+    let models = pipe.text.with_loras(&[]);
+    for (i, prompt) in common::prompts().iter().enumerate() {
+        let ids = t5.tokenizer.encode(prompt, 256).unwrap();
+        assert_eq!(ids, goldens.ids(&format!("input_ids_3.{i}")), "{prompt:?}");
+        let embeds = pipe.text.encode(&models, prompt, 0, 256, &device).unwrap();
+        let what = format!("prompt {i}");
+        assert_close(
+            &goldens,
+            &format!("prompt_embeds.{i}"),
+            embeds.context,
+            TOL,
+            &what,
+        );
+        let pooled = embeds.pooled.expect("pooled");
+        assert_close(
+            &goldens,
+            &format!("pooled_prompt_embeds.{i}"),
+            pooled,
+            TOL,
+            &what,
+        );
+    }
+    let ids = t5.tokenizer.encode(&common::prompts()[0], 32).unwrap();
+    assert_eq!(ids, goldens.ids("input_ids_3.msl32.0"));
+    let embeds = pipe.text.encode(&models, PROMPT, 0, 32, &device).unwrap();
+    assert_close(
+        &goldens,
+        "prompt_embeds.msl32.0",
+        embeds.context,
+        TOL,
+        "length 32",
+    );
+    for i in 0..2 {
+        let ids = goldens.ids(&format!("input_ids_3.{i}"));
+        let hidden = t5.model.encode(&ids, &device);
+        assert_close(&goldens, &format!("t5.hidden.{i}"), hidden, TOL, "T5");
+    }
+    for (run, negative) in [("empty", ""), ("text", NEGATIVE)] {
+        let embeds = pipe
+            .text
+            .encode(&models, negative, 0, 256, &device)
+            .unwrap();
+        let name = format!("negative.{run}");
+        assert_close(
+            &goldens,
+            &format!("{name}.prompt_embeds"),
+            embeds.context,
+            TOL,
+            &name,
+        );
+        let pooled = embeds.pooled.unwrap();
+        assert_close(
+            &goldens,
+            &format!("{name}.pooled_prompt_embeds"),
+            pooled,
+            TOL,
+            &name,
+        );
+    }
+
+    // Without T5 (a folder without it, or one with it opted out): zeros in its place.
+    for (what, pipe) in [
+        (
+            "no T5 in the folder",
+            StableDiffusion::load(&files("sd3-tiny-no-t5"), &device),
+        ),
+        (
+            "T5 left out",
+            StableDiffusion::load(&WithoutT5(files("sd3-tiny")), &device),
+        ),
+    ] {
+        let pipe = pipe.unwrap();
+        assert!(pipe.text.t5.is_none(), "{what}");
+        let embeds = pipe.text.encode(&models, PROMPT, 0, 256, &device).unwrap();
+        assert_close(&goldens, "no_t5.prompt_embeds.0", embeds.context, TOL, what);
+        let pooled = embeds.pooled.unwrap();
+        assert_close(&goldens, "no_t5.pooled_prompt_embeds.0", pooled, TOL, what);
+    }
+}
+
+#[test]
+fn the_mmdit_and_the_shifted_vae_match_diffusers_on_every_device() {
+    let goldens = Goldens::load("sd3-tiny");
+    let files = files("sd3-tiny");
+    for (name, device) in devices() {
+        let (_, model) = load::network::<SD3Transformer2DModel>(
+            &files,
+            Component::Transformer,
+            &device,
+            burn::tensor::DType::F32,
+        )
+        .unwrap();
+        let t = goldens.values("transformer.timestep").to_vec();
+        let x = goldens.tensor::<4>("transformer.hidden_states", &device);
+        let context = goldens.tensor::<3>("transformer.encoder_hidden_states", &device);
+        let pooled = goldens.tensor::<2>("transformer.pooled_projections", &device);
+        // One timestep per call here: run each row on its own.
+        let rows = |x: Tensor<4>, skip: &[usize]| {
+            let outs = (0..2)
+                .map(|i| {
+                    model.forward(
+                        x.clone().narrow(0, i, 1),
+                        t[i] as f32,
+                        context.clone().narrow(0, i, 1),
+                        pooled.clone().narrow(0, i, 1),
+                        skip,
+                    )
+                })
+                .collect();
+            Tensor::cat(outs, 0)
+        };
+        let what = format!("{name}: transformer");
+        assert_close(
+            &goldens,
+            "transformer.out",
+            rows(x.clone(), &[]),
+            TOL,
+            &what,
+        );
+        assert_close(&goldens, "transformer.out_skip1", rows(x, &[1]), TOL, &what);
+        for (input, out) in [
+            ("transformer.hidden_states_ns", "transformer.out_ns"),
+            ("transformer.hidden_states_big", "transformer.out_big"),
+        ] {
+            let x = goldens.tensor::<4>(input, &device);
+            let y = model.forward(
+                x,
+                500.0,
+                context.clone().narrow(0, 0, 1),
+                pooled.clone().narrow(0, 0, 1),
+                &[],
+            );
+            assert_close(&goldens, out, y, TOL, &what);
+        }
+
+        let (config, vae) =
+            load::network::<Vae>(&files, Component::Vae, &device, burn::tensor::DType::F32)
+                .unwrap();
+        let latents = goldens.tensor::<4>("vae.latents", &device);
+        let decoded = vae.decode(config.latent_space().from_latents(latents));
+        assert_close(
+            &goldens,
+            "vae.decoded",
+            decoded,
+            TOL,
+            &format!("{name}: VAE"),
+        );
+        let png = image::read_png(&common::fixtures().join("goldens/sd3-tiny-img2img-input.png"))
+            .unwrap();
+        let mean = vae.encode(image::image_to_tensor(&png, &device));
+        assert_close(
+            &goldens,
+            "vae.posterior_mean",
+            mean,
+            TOL,
+            &format!("{name}: VAE"),
+        );
+    }
+}
+
+#[test]
+fn the_flow_matching_scheduler_gives_diffusers_sigmas_and_timesteps() {
+    let goldens = Goldens::load("sd3-tiny");
+    let config = load::scheduler_config(&files("sd3-tiny")).unwrap();
+    for steps in [1, 4, 8, 28] {
+        let s = schedulers::build("flow-euler", &config, steps, 0.0).unwrap();
+        let expected = goldens.values(&format!("scheduler.timesteps.{steps}"));
+        assert_eq!(s.timesteps().len(), steps);
+        for (a, e) in s.timesteps().iter().zip(expected) {
+            assert!(
+                (a - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{steps} steps: {a} vs {e}"
+            );
+        }
+    }
+}
+
+/// Runs `r` and compares the final latents and image with the goldens of `run`
+/// (rel-L2 ≤ 1e-3, as every pipeline).
+fn check_run(goldens: &Goldens, run: &str, pipe: &StableDiffusion, r: &Request) {
+    let out = pipe.generate(r, &mut |_, _, _| true).unwrap();
+    for (key, actual) in [
+        ("latents", common::to_f64(out.latents)),
+        ("image", common::to_f64(out.image)),
+    ] {
+        let err = common::rel_l2(&actual, goldens.values(&format!("{run}.{key}")));
+        assert!(err <= 1e-3, "{run}: {key} rel-L2 {err:e}");
+    }
+}
+
+#[test]
+fn sd3_txt2img_with_and_without_t5_and_cfg_and_img2img_match_diffusers() {
+    let goldens = Goldens::load("sd3-tiny");
+    for (name, device) in devices() {
+        let pipe = StableDiffusion::load(&files("sd3-tiny"), &device).unwrap();
+        assert_eq!(pipe.default_scheduler().unwrap(), "flow-euler");
+        let request = |guidance: f64, negative: Option<&str>, latents: &str| {
+            let mut r = Request::new(PROMPT);
+            r.negative_prompt = negative.map(String::from);
+            r.steps = Some(4);
+            r.guidance = guidance;
+            r.latents = Some(goldens.tensor::<4>(latents, &device));
+            r
+        };
+        let euler = request(5.0, Some(NEGATIVE), "txt2img.latents");
+        check_run(&goldens, "euler", &pipe, &euler);
+        if name == "wgpu" {
+            continue; // one whole run per device is enough for the wgpu kernels
+        }
+        let no_t5 = StableDiffusion::load(&files("sd3-tiny-no-t5"), &device).unwrap();
+        check_run(&goldens, "euler_no_t5", &no_t5, &euler);
+        check_run(
+            &goldens,
+            "euler_nocfg",
+            &pipe,
+            &request(1.0, None, "txt2img.latents"),
+        );
+        check_run(
+            &goldens,
+            "turbo",
+            &pipe,
+            &request(0.0, None, "txt2img.latents"),
+        );
+        let mut ns = request(5.0, Some(NEGATIVE), "txt2img.latents_ns");
+        (ns.height, ns.width) = (Some(48), Some(64));
+        check_run(&goldens, "euler_ns", &pipe, &ns);
+
+        let png = image::read_png(&common::fixtures().join("goldens/sd3-tiny-img2img-input.png"))
+            .unwrap();
+        let mut r = Request::new(PROMPT);
+        r.negative_prompt = Some(NEGATIVE.into());
+        r.steps = Some(8);
+        r.guidance = 5.0;
+        r.init_image = Some(image::image_to_tensor(&png, &device));
+        r.strength = 0.6;
+        r.noise = Some(goldens.tensor::<4>("img2img.noise", &device));
+        check_run(&goldens, "img2img", &pipe, &r);
+    }
+}
+
+#[test]
+fn skip_layer_guidance_matches_diffusers() {
+    let goldens = Goldens::load("sd3-tiny");
+    let settings: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("goldens/sd3.json")).unwrap(),
+    )
+    .unwrap();
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&files("sd3-tiny"), &device).unwrap();
+    let slg = &settings["skip_layer_guidance"];
+    for run in ["euler_slg", "euler_slg_window"] {
+        let spec = &slg["runs"][run];
+        let mut r = Request::new(PROMPT);
+        r.negative_prompt = Some(NEGATIVE.into());
+        r.steps = Some(spec["num_inference_steps"].as_u64().unwrap() as usize);
+        r.guidance = 5.0;
+        r.latents = Some(goldens.tensor::<4>("txt2img.latents", &device));
+        let layers = spec["skip_guidance_layers"].as_array().unwrap();
+        let mut guidance = SkipLayerGuidance::new(
+            layers
+                .iter()
+                .map(|l| l.as_u64().unwrap() as usize)
+                .collect(),
+        );
+        guidance.scale = spec["skip_layer_guidance_scale"].as_f64().unwrap();
+        guidance.start = spec["skip_layer_guidance_start"].as_f64().unwrap();
+        guidance.stop = spec["skip_layer_guidance_stop"].as_f64().unwrap();
+        r.skip_layer_guidance = Some(guidance);
+        check_run(&goldens, run, &pipe, &r);
+    }
+}
