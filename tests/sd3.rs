@@ -305,3 +305,201 @@ fn skip_layer_guidance_matches_diffusers() {
         check_run(&goldens, run, &pipe, &r);
     }
 }
+
+/// `generate` arguments for the `euler` golden run of `model` from `latents` into `out`.
+fn euler_args<'a>(model: &'a str, latents: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        PROMPT,
+        "--negative-prompt",
+        NEGATIVE,
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--seed",
+        "1",
+        "--latents",
+        latents,
+        "--out-tensor",
+        out,
+    ]
+}
+
+#[test]
+fn the_cli_detects_sd3_encodes_prompts_and_generates_with_and_without_t5() {
+    let goldens = Goldens::load("sd3-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_dir("sd3-tiny");
+    let model = model.to_str().unwrap();
+    let embeds = dir.path().join("embeds.safetensors");
+    let e = embeds.to_str().unwrap();
+    for (extra, prefix) in [(None, ""), (Some("--no-t5"), "no_t5.")] {
+        let mut args = vec![
+            "encode-prompt",
+            "--model",
+            model,
+            "--prompt",
+            PROMPT,
+            "--out",
+            e,
+        ];
+        args.extend(extra);
+        common::ok(&common::webdiffusion(&args));
+        for (name, golden) in [
+            ("prompt_embeds", format!("{prefix}prompt_embeds.0")),
+            (
+                "pooled_prompt_embeds",
+                format!("{prefix}pooled_prompt_embeds.0"),
+            ),
+        ] {
+            let err = common::rel_l2(&common::read_tensor(&embeds, name), goldens.values(&golden));
+            assert!(err <= TOL, "encode-prompt {extra:?} {name}: rel-L2 {err:e}");
+        }
+        std::fs::remove_file(&embeds).unwrap();
+    }
+
+    let latents = dir.path().join("latents.safetensors");
+    common::write_golden(&goldens, "txt2img.latents", "latents", &latents);
+    let l = latents.to_str().unwrap();
+    for (extra, run) in [(None, "euler"), (Some("--no-t5"), "euler_no_t5")] {
+        let out = dir.path().join(format!("{run}.safetensors"));
+        let mut args = euler_args(model, l, out.to_str().unwrap());
+        args.extend(extra);
+        common::ok(&common::webdiffusion(&args));
+        let err = common::rel_l2(
+            &common::read_tensor(&out, "latents"),
+            goldens.values(&format!("{run}.latents")),
+        );
+        assert!(err <= 1e-3, "generate {run}: rel-L2 {err:e}");
+    }
+
+    // A DDPM-family scheduler, a T5 length past 512, a UNet-only feature: refused by name.
+    let never = dir.path().join("never.safetensors");
+    let n = never.to_str().unwrap();
+    for (extra, needles) in [
+        (
+            vec!["--scheduler", "euler"],
+            vec!["scheduler", "flow-euler"],
+        ),
+        (
+            vec!["--max-sequence-length", "600"],
+            vec!["max_sequence_length", "512"],
+        ),
+        (
+            vec!["--skip-layer-guidance", "3"],
+            vec!["skip layer guidance", "layer 3"],
+        ),
+        (vec!["--width", "60"], vec!["width", "multiple of 8"]),
+    ] {
+        let mut args = euler_args(model, l, n);
+        args.extend(extra);
+        common::fails_with(&common::webdiffusion(&args), &needles, &never);
+    }
+}
+
+#[test]
+fn sd3_models_that_do_not_fit_are_refused_by_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = dir.path().join("never.safetensors");
+    let edit = |model: &std::path::Path, file: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let path = model.join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+    };
+    let encode = |model: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--out",
+            never.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        common::webdiffusion(&args)
+    };
+    let copy = |name: &str| {
+        let model = dir.path().join(name);
+        common::copy_dir(&model_dir("sd3-tiny"), &model);
+        model
+    };
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, &str, Edit, Vec<&str>)> = vec![
+        (
+            "patch",
+            "transformer/config.json",
+            Box::new(|j| j["patch_size"] = 3.into()),
+            vec![
+                "transformer/config.json",
+                "patch_size",
+                "3 does not divide sample_size 16",
+            ],
+        ),
+        (
+            "narrow",
+            "transformer/config.json",
+            Box::new(|j| j["joint_attention_dim"] = 64.into()),
+            vec![
+                "transformer/config.json",
+                "joint_attention_dim",
+                "is 64",
+                "(80)",
+            ],
+        ),
+        (
+            "wide",
+            "transformer/config.json",
+            Box::new(|j| j["joint_attention_dim"] = 128.into()),
+            vec![
+                "joint_attention_dim",
+                "is 128",
+                "text_encoder_3/config.json",
+                "d_model 96",
+            ],
+        ),
+        (
+            "pooled",
+            "transformer/config.json",
+            Box::new(|j| j["pooled_projection_dim"] = 40.into()),
+            vec!["pooled_projection_dim", "is 40", "64 wide"],
+        ),
+        (
+            "caption",
+            "transformer/config.json",
+            Box::new(|j| j["caption_projection_dim"] = 48.into()),
+            vec!["caption_projection_dim", "is 48", "32 wide"],
+        ),
+        (
+            "bpe",
+            "tokenizer_3/tokenizer.json",
+            Box::new(|j| j["model"]["type"] = "BPE".into()),
+            vec!["tokenizer_3/tokenizer.json", "model.type", "Unigram"],
+        ),
+    ];
+    for (name, file, change, needles) in cases {
+        let model = copy(name);
+        edit(&model, file, &*change);
+        common::fails_with(&encode(&model, &[]), &needles, &never);
+    }
+
+    // A folder naming T5 whose files are missing: say which, and how to go on.
+    for (name, missing) in [
+        ("no-t5-weights", "text_encoder_3/model.safetensors"),
+        ("no-t5-config", "text_encoder_3/config.json"),
+        ("no-t5-tokenizer", "tokenizer_3/tokenizer.json"),
+    ] {
+        let model = copy(name);
+        std::fs::remove_file(model.join(missing)).unwrap();
+        common::fails_with(&encode(&model, &[]), &[missing, "--no-t5"], &never);
+        // --no-t5 loads it without them.
+        common::ok(&encode(&model, &["--no-t5"]));
+        std::fs::remove_file(&never).unwrap();
+    }
+}

@@ -356,11 +356,11 @@ fn build_t5(files: &dyn ModelFiles, device: &Device) -> Result<Option<T5Encoder>
         return Ok(None);
     }
     let config_path = Component::TextEncoder3.config();
-    if files.read(&config_path)?.is_none() {
-        return Err(suggest_no_t5(Error::io(
-            files.display(&config_path),
-            "not found",
-        )));
+    let tokenizer_path = crate::component::TokenizerPaths::new("tokenizer_3").tokenizer_json;
+    for path in [&config_path, &tokenizer_path] {
+        if files.read(path)?.is_none() {
+            return Err(suggest_no_t5(Error::io(files.display(path), "not found")));
+        }
     }
     let tokenizer = load::t5_tokenizer(files, "tokenizer_3").map_err(suggest_no_t5)?;
     let (config, model) = load::build::<T5EncoderModel>(files, Component::TextEncoder3, device)?;
