@@ -71,6 +71,18 @@ fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
         let hidden = t5.model.encode(&ids, &device);
         assert_close(&goldens, &format!("t5.hidden.{i}"), hidden, TOL, "T5");
     }
+    // With its weights held in f16, T5 still computes in f32 (its feed-forward overflows
+    // f16 in real checkpoints): the same result, to f32 rounding.
+    let (_, half) = load::network::<webdiffusion::models::t5::T5EncoderModel>(
+        &files("sd3-tiny"),
+        Component::TextEncoder3,
+        &device,
+        burn::tensor::DType::F16,
+    )
+    .unwrap();
+    let hidden = half.encode(&goldens.ids("input_ids_3.0"), &device);
+    assert_eq!(hidden.dtype(), burn::tensor::DType::F32);
+    assert_close(&goldens, "t5.hidden.0", hidden, TOL, "T5 with f16 weights");
     for (run, negative) in [("empty", ""), ("text", NEGATIVE)] {
         let embeds = pipe
             .text
@@ -502,4 +514,71 @@ fn sd3_models_that_do_not_fit_are_refused_by_file_and_key() {
         common::ok(&encode(&model, &["--no-t5"]));
         std::fs::remove_file(&never).unwrap();
     }
+}
+
+/// SD3 as f16, q8 and q4 packs (all five components; T5 quantized as any other encoder,
+/// its activations in f32), within SD 1.x's limits of diffusers' float32 image; a pack of
+/// the folder without T5 has four components, and a pack's T5 can be left out.
+#[test]
+fn sd3_packs_generate_within_limits_with_and_without_t5() {
+    use webdiffusion::pack::{convert::convert, open_dir};
+    use webdiffusion::quant::Precision;
+    let goldens = Goldens::load("sd3-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let request = || {
+        let mut r = Request::new(PROMPT);
+        r.negative_prompt = Some(NEGATIVE.into());
+        (r.steps, r.guidance) = (Some(4), 5.0);
+        r.latents = Some(goldens.tensor::<4>("txt2img.latents", &device));
+        r
+    };
+    let check = |pipe: &StableDiffusion, run: &str, limit: f64, what: &str| {
+        let image = pipe
+            .generate(&request(), &mut |_, _, _| true)
+            .unwrap()
+            .image;
+        let err = common::rel_l2(
+            &common::to_f64(image),
+            goldens.values(&format!("{run}.image")),
+        );
+        eprintln!("sd3-tiny {what}: image rel-L2 {err:.2e}");
+        assert!(err <= limit, "{what}: image rel-L2 {err:e}");
+    };
+    for (precision, limit) in [
+        (Precision::F16, 1e-3),
+        (Precision::Q8, 1e-2),
+        (Precision::Q4, 8e-2),
+    ] {
+        let out = dir.path().join(precision.name());
+        let reports = convert(&files("sd3-tiny"), precision, &out).unwrap();
+        let names: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "text_encoder",
+                "text_encoder_2",
+                "text_encoder_3",
+                "transformer",
+                "vae"
+            ]
+        );
+        let pipe = StableDiffusion::load(&*open_dir(&out).unwrap(), &device).unwrap();
+        assert_eq!(pipe.family, Family::Sd3);
+        check(&pipe, "euler", limit, precision.name());
+        if precision == Precision::Q8 {
+            let without = WithoutT5(open_dir(&out).unwrap());
+            let pipe = StableDiffusion::load(&without, &device).unwrap();
+            check(&pipe, "euler_no_t5", limit, "q8 pack, T5 left out");
+        }
+    }
+    let out = dir.path().join("no-t5");
+    let reports = convert(&files("sd3-tiny-no-t5"), Precision::Q8, &out).unwrap();
+    let names: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
+    assert_eq!(
+        names,
+        ["text_encoder", "text_encoder_2", "transformer", "vae"]
+    );
+    let pipe = StableDiffusion::load(&*open_dir(&out).unwrap(), &device).unwrap();
+    check(&pipe, "euler_no_t5", 1e-2, "q8 pack without T5");
 }

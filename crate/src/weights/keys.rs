@@ -33,6 +33,8 @@ const KEY_NAMES: &[(&str, &str)] = &[
         ".token_embedding.parts.",
         ".token_embedding.weight#rows-block-",
     ),
+    // T5's vocabulary table, at the root of the encoder.
+    ("shared.parts.", "shared.weight#rows-block-"),
     (".to_out.", ".to_out.0."),
     (".ff.proj_in.", ".ff.net.0.proj."),
     (".ff.proj_out.", ".ff.net.2."),
@@ -122,6 +124,10 @@ mod tests {
         assert_eq!(
             checkpoint_name("embeddings.token_embedding.parts.2"),
             "embeddings.token_embedding.weight#rows-block-2"
+        );
+        assert_eq!(
+            checkpoint_name("shared.parts.0"),
+            "shared.weight#rows-block-0"
         );
     }
 }
