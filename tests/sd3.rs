@@ -582,3 +582,57 @@ fn sd3_packs_generate_within_limits_with_and_without_t5() {
     let pipe = StableDiffusion::load(&*open_dir(&out).unwrap(), &device).unwrap();
     check(&pipe, "euler_no_t5", 1e-2, "q8 pack without T5");
 }
+
+/// The hub shards large encoders (SD3.5's T5: `model-0000N-of-0000M.safetensors` named by
+/// `model.safetensors.index.json`): a folder so split loads as the single file does, and
+/// an index naming a file outside the folder is refused by key.
+#[test]
+fn a_sharded_t5_loads_as_one_file_and_a_hostile_index_is_refused() {
+    let goldens = Goldens::load("sd3-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("sharded");
+    common::copy_dir(&model_dir("sd3-tiny"), &model);
+    let t5 = model.join("text_encoder_3");
+    let whole = t5.join("model.safetensors");
+    let mut map = serde_json::Map::new();
+    for (shard, keep) in [
+        ("model-00001-of-00002.safetensors", 0),
+        ("model-00002-of-00002.safetensors", 1),
+    ] {
+        let path = t5.join(shard);
+        std::fs::copy(&whole, &path).unwrap();
+        common::rewrite_tensors(&path, |tensors| {
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut i = 0;
+            tensors.retain(|_| {
+                i += 1;
+                i % 2 == keep
+            });
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for name in st.names() {
+            map.insert(name.to_string(), shard.into());
+        }
+    }
+    std::fs::remove_file(&whole).unwrap();
+    let index = t5.join("model.safetensors.index.json");
+    let json = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(&index, json.to_string()).unwrap();
+    let device = Device::flex();
+    let pipe = StableDiffusion::load(&DirFiles(model.clone()), &device).unwrap();
+    let t5_model = &pipe.text.t5.as_ref().unwrap().model;
+    let hidden = t5_model.encode(&goldens.ids("input_ids_3.0"), &device);
+    assert_close(&goldens, "t5.hidden.0", hidden, TOL, "sharded T5");
+
+    let hostile = serde_json::json!({"weight_map": {"shared.weight": "../../vae/x.safetensors"}});
+    std::fs::write(&index, hostile.to_string()).unwrap();
+    let err = StableDiffusion::load(&DirFiles(model), &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("model.safetensors.index.json") && err.contains("weight_map"),
+        "{err}"
+    );
+}

@@ -18,8 +18,20 @@ pub trait ModelFiles {
     /// Where `component`'s weights are and how their bytes become tensors. A diffusers
     /// folder holds one safetensors file, full precision preferred; other sources override.
     fn weights(&self, component: Component, _device: &Device) -> Result<WeightFiles> {
+        // Each weight file, or its shards when the folder has them instead (the hub splits
+        // large encoders, as SD3's T5: `model.safetensors.index.json` names the shards).
+        let mut choices = Vec::new();
+        for file in component.weight_files(false) {
+            let index = format!("{file}.index.json");
+            if let Some(text) = self.read_text(&index)? {
+                choices.push(vec![file]);
+                choices.push(shards(&text, &self.display(&index), component)?);
+            } else {
+                choices.push(vec![file]);
+            }
+        }
         Ok(WeightFiles {
-            choices: component.weight_files(false).map(|f| vec![f]).to_vec(),
+            choices,
             reader: Box::new(SafetensorsReader::default()),
         })
     }
@@ -42,6 +54,49 @@ pub trait ModelFiles {
         self.read_text(path)?
             .ok_or_else(|| Error::io(self.display(path), "not found"))
     }
+}
+
+/// The shard files a safetensors index (`….safetensors.index.json`, the text of `file`)
+/// names in its `weight_map`, in order, as paths in `component`'s folder.
+fn shards(text: &str, file: &str, component: Component) -> Result<Vec<String>> {
+    let index: serde_json::Value = crate::config::parse(file, text)?;
+    let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(Error::config(
+            file,
+            "weight_map",
+            "is missing or not an object",
+        ));
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for value in map.values() {
+        let name = value.as_str().unwrap_or_default();
+        let plain = !name.is_empty()
+            && name.ends_with(".safetensors")
+            && !name.contains(['/', '\\'])
+            && !name.starts_with('.');
+        if !plain {
+            return Err(Error::config(
+                file,
+                "weight_map",
+                format!("names {value}, not a .safetensors file beside the index"),
+            ));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.sort_unstable();
+    if names.is_empty() || names.len() > 256 {
+        return Err(Error::config(
+            file,
+            "weight_map",
+            format!("names {} files (expected 1 to 256)", names.len()),
+        ));
+    }
+    Ok(names
+        .iter()
+        .map(|n| format!("{}/{n}", component.name()))
+        .collect())
 }
 
 /// The sha256 of `bytes` in hex.
