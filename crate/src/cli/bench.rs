@@ -1,5 +1,5 @@
-//! `webdiffusion bench`: times the full-size SD 1.5 text encoder, UNet step and VAE decode
-//! with random weights, on one backend, in one precision, and reads the device allocator's
+//! `webdiffusion bench`: times a built-in model's full-size text encoder (and SD3.5's T5),
+//! denoiser step (UNet or transformer) and VAE decode with random weights, on one backend, in one precision, and reads the device allocator's
 //! own statistics for the memory the weights and the whole run took. Not a test: figures go
 //! in the README.
 
@@ -15,28 +15,40 @@ use burn::tensor::{DType, Distribution};
 use webdiffusion::builtin;
 use webdiffusion::component::Component;
 use webdiffusion::device::{self, Backend};
-use webdiffusion::error::Result;
+use webdiffusion::error::{Error, Result};
+use webdiffusion::family::Family;
 use webdiffusion::files::ModelFiles;
 use webdiffusion::load::{self, Network};
 use webdiffusion::lora::{self, Format, Layer, Lora, LoraFile, Stored, Target, Targets};
 use webdiffusion::models::clip::ClipTextModel;
-use webdiffusion::models::unet::{Conditioning, UNet2DConditionModel};
+use webdiffusion::models::mmdit::SD3Transformer2DModel;
+use webdiffusion::models::t5::T5EncoderModel;
+use webdiffusion::models::unet::{Conditioning, TextTime, UNet2DConditionModel};
 use webdiffusion::models::vae::Vae;
 use webdiffusion::noise::Generator;
 use webdiffusion::pack::convert::{Policy, encode};
 use webdiffusion::pack::{TensorEntry, decode};
+use webdiffusion::pipeline::DEFAULT_T5_LENGTH;
 use webdiffusion::quant::Precision;
 use webdiffusion::weights::{ModuleLoader, expected_tensors, tensor_data};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// The built-in model whose full-size networks are timed: sd15, sd21, sdxl, sd35m or
+    /// sd35l-turbo (random weights).
+    #[arg(long, default_value = "sd15")]
+    model: String,
+    /// SD3.5: also load and time the T5 encoder (4.7 B parameters); without it the
+    /// pipeline conditions on zeros in its place.
+    #[arg(long)]
+    t5: bool,
     /// cpu or wgpu (default: wgpu when an adapter exists, else cpu).
     #[arg(long)]
     backend: Option<Backend>,
     /// f32 or f16: what the networks compute in (default: f16 on GPUs that offer it).
     #[arg(long)]
     dtype: Option<String>,
-    /// Image size in pixels (latents are size/8).
+    /// Image size in pixels (latents are size/8; default: 512).
     #[arg(long, default_value_t = 512)]
     size: usize,
     /// Timed runs of each network, after one warm-up run.
@@ -221,14 +233,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Every network loaded first, as the pipeline holds them; the VAE in f32 as its config
     // asks (`force_upcast`).
-    let sd15 = builtin::config("sd15").expect("built-in sd15");
+    let Some(files) = builtin::config(&args.model) else {
+        return Err(Error::invalid(
+            "--model",
+            format!(
+                "{:?} is not a built-in model ({})",
+                args.model,
+                builtin::NAMES.join(", ")
+            ),
+        ));
+    };
+    let family = Family::detect(&files)?;
+    if args.t5 && family != Family::Sd3 {
+        return Err(Error::invalid("--t5", "is for the SD3.5 models"));
+    }
     let on = |dtype| (&device, dtype);
-    let text: ClipTextModel = random_network(&sd15, Component::TextEncoder, precision, on(dtype))?;
-    let unet: UNet2DConditionModel = random_network(&sd15, Component::Unet, precision, on(dtype))?;
+    let text: ClipTextModel = random_network(&files, Component::TextEncoder, precision, on(dtype))?;
+    let t5: Option<T5EncoderModel> = match args.t5 {
+        true => Some(random_network(
+            &files,
+            Component::TextEncoder3,
+            precision,
+            on(dtype),
+        )?),
+        false => None,
+    };
+    let denoiser = match family {
+        Family::Sd3 => Bench::Transformer(random_network(
+            &files,
+            Component::Transformer,
+            precision,
+            on(dtype),
+        )?),
+        _ => Bench::Unet(random_network(
+            &files,
+            Component::Unet,
+            precision,
+            on(dtype),
+        )?),
+    };
+    let (vae_config, _) = load::build::<Vae>(&files, Component::Vae, &device)?;
     let vae: Option<Vae> = match args.no_vae {
         true => None,
         false => Some(random_network(
-            &sd15,
+            &files,
             Component::Vae,
             precision,
             on(DType::F32),
@@ -243,25 +291,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64; 2 * 77], [2, 77]), &device);
     let text_ms = time(iters, || text.forward(ids.clone(), 0).into_data());
     println!("text encoder, batch 2 × 77 tokens: {text_ms:.1} ms");
-
-    let sample = rand([2, 4, latent, latent]);
-    let context =
-        Tensor::<3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-    let cond = Conditioning::text(context);
-    let unet_ms = time(iters, || {
-        unet.forward(sample.clone(), 500.0, &cond, None).into_data()
+    let t5_ms = t5.map(|t5| {
+        let ids = vec![1u32; DEFAULT_T5_LENGTH];
+        let ms = time(iters, || t5.encode(&ids, &device).into_data());
+        println!("T5 encoder, {DEFAULT_T5_LENGTH} tokens: {ms:.1} ms");
+        ms
     });
-    println!("UNet step, batch 2 (CFG), {latent}×{latent} latents: {unet_ms:.1} ms");
+
+    let channels = vae_config.latent_channels();
+    let sample = rand([2, channels, latent, latent]);
+    let normal = |shape: [usize; 3]| {
+        Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
+    };
+    let (unet_ms, name, unet_cond) = match &denoiser {
+        Bench::Unet(unet) => {
+            let config = load::build::<UNet2DConditionModel>(&files, Component::Unet, &device)?.0;
+            let width = config
+                .cross_attention_dim
+                .expand(1, "unet", "cross_attention_dim")?[0];
+            let mut cond = Conditioning::text(normal([2, 77, width]));
+            if let Some((_, pooled)) = config.text_time("unet/config.json")? {
+                let size = args.size as f32;
+                cond.text_time = Some(TextTime {
+                    pooled: normal([2, 1, pooled]).reshape([2, pooled]),
+                    time_ids: [size, size, 0.0, 0.0, size, size].repeat(2),
+                });
+            }
+            let ms = time(iters, || {
+                unet.forward(sample.clone(), 500.0, &cond, None).into_data()
+            });
+            (ms, "UNet", Some(cond))
+        }
+        Bench::Transformer(model) => {
+            let config =
+                load::build::<SD3Transformer2DModel>(&files, Component::Transformer, &device)?.0;
+            let tokens = 77 + DEFAULT_T5_LENGTH;
+            let context = normal([2, tokens, config.joint_attention_dim]);
+            let pooled = normal([2, 1, config.pooled_projection_dim])
+                .reshape([2, config.pooled_projection_dim]);
+            let ms = time(iters, || {
+                model
+                    .forward(sample.clone(), 500.0, context.clone(), pooled.clone(), &[])
+                    .into_data()
+            });
+            (ms, "transformer", None)
+        }
+    };
+    println!("{name} step, batch 2 (CFG), {latent}×{latent} latents: {unet_ms:.1} ms");
     let mut lora_ms = None;
-    if let Some(rank) = args.lora_rank {
-        let targets = Targets::from([(Component::Unet, expected_tensors(&unet))]);
+    if let (Some(rank), Bench::Unet(unet), Some(cond)) = (args.lora_rank, &denoiser, &unet_cond) {
+        let targets = Targets::from([(Component::Unet, expected_tensors(unet))]);
         let file = random_lora(&targets[&Component::Unet], rank);
         let lora = Arc::new(Lora::new(&file, "bench", "", &targets, &device)?);
         let layers = lora.layers(Component::Unet);
-        let adapted = lora::apply(&unet, Component::Unet, &[(lora, 1.0)]);
+        let adapted = lora::apply(unet, Component::Unet, &[(lora, 1.0)]);
         let with = time(iters, || {
             adapted
-                .forward(sample.clone(), 500.0, &cond, None)
+                .forward(sample.clone(), 500.0, cond, None)
                 .into_data()
         });
         println!(
@@ -274,7 +360,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let vae_ms = vae.map(|vae| {
         let z = Tensor::<4>::random(
-            [1, 4, latent, latent],
+            [1, channels, latent, latent],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
@@ -288,6 +374,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.json {
         let json = serde_json::json!({
+            "model": args.model,
+            "t5_ms": t5_ms,
             "backend": if backend == Backend::Wgpu { "wgpu" } else { "cpu" },
             "adapter": adapter,
             "dtype": dtype_name,
@@ -305,6 +393,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{json}");
     }
     Ok(())
+}
+
+/// The denoiser being timed.
+#[allow(clippy::large_enum_variant)]
+enum Bench {
+    Unet(UNet2DConditionModel),
+    Transformer(SD3Transformer2DModel),
 }
 
 /// Mean wall time in ms of `iters` runs of `f`, after one warm-up (kernels are compiled
