@@ -24,7 +24,7 @@ tests/fixtures/sd3-tiny/       SD3.5-like pipeline folder as StableDiffusion3Pip
                                   24, dual_attention_layers (0,) (SD3.5 Medium's extra attention), qk_norm
                                   "rms_norm" (its weights x3 after the perturbation: sharper attention, so
                                   the text conditioning matters); the last block is context_pre_only. The file holds the
-                                  persistent buffer pos_embed.pos_embed [1, 24*24, 32] (2-D sin-cos, f16)
+                                  persistent buffer pos_embed.pos_embed [1, 24*24, 32] (2-D sin-cos, kept float32)
                                   like the hub checkpoints.
     vae/                          AutoencoderKL (16,32,32) -> factor 4, 16 latent channels,
                                   scaling_factor 1.5305, shift_factor 0.0609, no quant_conv /
@@ -174,7 +174,8 @@ from diffusers import (  # noqa: E402
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
 )
-from safetensors.torch import load_file  # noqa: E402
+from diffusers.models.embeddings import get_2d_sincos_pos_embed  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from tokenizers import decoders, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     CLIPTextConfig,
@@ -435,13 +436,6 @@ def write_tokenizer_3(folder, tok):
 
 
 @torch.no_grad()
-def round_buffers(model, dtype):
-    for _, b in model.named_buffers():
-        if b.is_floating_point():
-            b.copy_(b.to(dtype).to(torch.float32))
-
-
-@torch.no_grad()
 def boost_attention(transformer, factor=QK_NORM_BOOST):
     """With random weights the joint attention is nearly uniform over the 64 + 333 tokens, so the text
     barely moves the output (0.9 % when swapping the batch rows of encoder_hidden_states). Scaling the
@@ -457,7 +451,6 @@ def build_models(t5_vocab):
     fc.perturb(transformer, SEED + 2)
     boost_attention(transformer)
     fc.round_to(transformer, WEIGHT_DTYPE)
-    round_buffers(transformer, WEIGHT_DTYPE)  # pos_embed.pos_embed is saved (persistent buffer)
 
     torch.manual_seed(SEED + 3)
     vae = AutoencoderKL(**VAE).eval()
@@ -513,10 +506,23 @@ def write_folder(transformer, vae, text, text_2, text_3, tok3):
         shutil.move(str(tmp / "pipe"), str(OUT))
     finally:
         shutil.rmtree(tmp)
+    # pos_embed.pos_embed is a persistent buffer, a fixed function of the config (the 2-D sin-cos
+    # table): stored in float32 as diffusers computes it, so that no golden carries its f16 rounding.
+    path = OUT / "transformer" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(path)
+    table = get_2d_sincos_pos_embed(
+        TRANSFORMER["num_attention_heads"] * TRANSFORMER["attention_head_dim"], TRANSFORMER["pos_embed_max_size"],
+        base_size=TRANSFORMER["sample_size"] // TRANSFORMER["patch_size"], interpolation_scale=1, output_type="pt",
+    ).float().unsqueeze(0)
+    assert sd["pos_embed.pos_embed"].shape == table.shape
+    sd["pos_embed.pos_embed"] = table.contiguous()
+    save_file(sd, path, metadata={"format": "pt"})
+    with torch.no_grad():
+        transformer.pos_embed.pos_embed.copy_(table)  # the in-memory model as the file now holds it
 
     for sub in ("transformer", "vae"):
         sd = load_file(OUT / sub / "diffusion_pytorch_model.safetensors")
-        assert all(v.dtype == WEIGHT_DTYPE for v in sd.values()), sub
+        assert all(v.dtype == WEIGHT_DTYPE for k, v in sd.items() if k != "pos_embed.pos_embed"), sub
     assert "pos_embed.pos_embed" in load_file(OUT / "transformer" / "diffusion_pytorch_model.safetensors")
     index = json.load(open(OUT / "model_index.json"))
     assert index["_class_name"] == "StableDiffusion3Pipeline", index
@@ -977,7 +983,7 @@ def main():
                                embedding_keys=[k for k in t5_keys if "embed" in k or k == "shared.weight"],
                                saved_config=json.load(open(OUT / "text_encoder_3" / "config.json"))),
         "weights_dtype": "float16 for every network (goldens computed in float32 from those values); the "
-        "transformer file also holds pos_embed.pos_embed (f16)",
+        "transformer file also holds pos_embed.pos_embed, kept float32 (diffusers' exact sin-cos table)",
         "tokenizer_3": {
             "model": "Unigram (tokenizers.trainers.UnigramTrainer)", "pieces": t5_vocab,
             "training": dict(TOKENIZER_3, corpus_lines=corpus_lines,

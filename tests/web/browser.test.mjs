@@ -114,6 +114,46 @@ test("an SDXL folder: both text encoders, pooled and size conditioning, as diffu
   await page.close();
 });
 
+test("an SD3 folder: T5 and the MMDiT with flow matching as diffusers, and { t5: false } skips T5's download", async () => {
+  const goldens = join(root, "tests/fixtures/goldens/sd3-tiny.safetensors");
+  const url = server.base + "/tests/fixtures/sd3-tiny";
+  const page = await openPage();
+  const run = async (load) => page.evaluate(async ({ url, latents, load }) => {
+    const pipe = await window.webdiffusion.Pipeline.load(url, load);
+    const options = { prompt: "a photograph of an astronaut riding a horse", negativePrompt: "blurry, low quality",
+      steps: 4, guidance: 5, latents: Float32Array.from(latents) };
+    const r = await pipe.generate(options);
+    const refused = [];
+    for (const bad of [{ maxSequenceLength: 600 }, { skipLayerGuidance: [7] }, { scheduler: "ddim" }, { skipLayerGuidance: "7" }]) {
+      await pipe.generate({ ...options, steps: 1, ...bad }).catch((e) => refused.push(String(e)));
+    }
+    return { info: pipe.info, latents: Array.from(r.latents), refused, ran: [r.scheduler, r.width, r.height] };
+  }, { url, latents: Array.from(readSafetensors(goldens, "txt2img.latents")), load });
+  const before = server.log.length;
+  const withT5 = await run({});
+  const { schedulers, ...info } = withT5.info;
+  assert.deepEqual(info, { family: "sd3", latentChannels: 16, vaeScaleFactor: 4, defaultSize: 64, defaultSteps: 28,
+    defaultGuidance: 7.5, scheduler: "flow-euler", inpainting: false });
+  assert.ok(schedulers.includes("flow-euler"), schedulers.join());
+  assert.deepEqual(withT5.ran, ["flow-euler", 64, 64]);
+  const err = relL2(Float32Array.from(withT5.latents), readSafetensors(goldens, "euler.latents"));
+  assert.ok(err <= 1e-3, `browser vs diffusers SD3 latents rel-L2 ${err}`);
+  assert.equal(withT5.refused.length, 4, withT5.refused.join("\n"));
+  assert.match(withT5.refused[0], /max_sequence_length: 600 is not in 1..=512/);
+  assert.match(withT5.refused[1], /skip layer guidance: layer 7 does not exist \(the transformer has 3 layers\)/);
+  assert.match(withT5.refused[2], /ddim is a DDPM-family scheduler; sd3 models run flow-matching schedulers: flow-euler/);
+  assert.match(withT5.refused[3], /`skipLayerGuidance` must be an array/);
+  assert.ok(server.log.slice(before).some((r) => r.path.includes("/text_encoder_3/")), "T5 downloaded");
+
+  const from = server.log.length;
+  const noT5 = await run({ t5: false, cache: false });
+  const errNoT5 = relL2(Float32Array.from(noT5.latents), readSafetensors(goldens, "euler_no_t5.latents"));
+  assert.ok(errNoT5 <= 1e-3, `browser vs diffusers SD3 without T5 rel-L2 ${errNoT5}`);
+  const t5Requests = server.log.slice(from).filter((r) => /\/(text_encoder_3|tokenizer_3)\//.test(r.path));
+  assert.deepEqual(t5Requests, [], "nothing of T5 is fetched with { t5: false }");
+  await page.close();
+});
+
 test("clipSkip, eta and guidanceRescale act as the CLI's --clip-skip, --eta and --guidance-rescale", async () => {
   const page = await openPage();
   const out = await page.evaluate(async ({ url }) => {

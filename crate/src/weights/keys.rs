@@ -46,9 +46,11 @@ const KEY_NAMES: &[(&str, &str)] = &[
     (".ff_norm.", ".layer.1.layer_norm."),
 ];
 
-/// Buffers some checkpoints carry that are not parameters (CLIP's `position_ids`).
+/// Buffers some checkpoints carry that are not parameters: CLIP's `position_ids`, and
+/// SD3's sin-cos position table (`pos_embed.pos_embed`, 226 M values in SD3.5 Medium), which
+/// the transformer computes for the positions it uses instead of holding it.
 pub fn is_buffer(key: &str) -> bool {
-    key.ends_with("position_ids")
+    key.ends_with("position_ids") || key == "pos_embed.pos_embed"
 }
 
 /// The module path a checkpoint key is loaded into.

@@ -297,12 +297,14 @@ fn piece_order(header: &Header) -> Vec<(std::ops::Range<usize>, usize, Piece)> {
     order
 }
 
-/// A piece of a stored tensor as burn tensor data; integer tensors are buffers (CLIP's
-/// `position_ids`), not parameters, and are skipped.
+/// A piece of a stored tensor as burn tensor data; buffers (CLIP's `position_ids`, SD3's
+/// position table), not parameters, are skipped.
 fn stored_piece(t: &TensorInfo, piece: &Piece, bytes: &[u8], file: &str) -> Result<Tensors> {
+    if super::keys::is_buffer(&t.name) {
+        return Ok(Vec::new());
+    }
     match float_dtype(t.dtype) {
         Some(dtype) => Ok(vec![float_piece(piece, &t.shape, dtype, bytes)]),
-        None if super::keys::is_buffer(&t.name) => Ok(Vec::new()),
         None => Err(invalid(
             file,
             format!(

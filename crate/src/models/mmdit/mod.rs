@@ -6,8 +6,6 @@
 
 mod block;
 
-use burn::module::Param;
-use burn::nn::Initializer;
 use burn::prelude::*;
 use serde::Deserialize;
 
@@ -113,6 +111,26 @@ impl Sd3TransformerConfig {
                 ),
             ));
         }
+        if !self.inner_dim().is_multiple_of(4) {
+            return Err(Error::config(
+                file,
+                "attention_head_dim",
+                format!(
+                    "gives a width of {}, which the 2-D sin-cos positions cannot split in four",
+                    self.inner_dim()
+                ),
+            ));
+        }
+        if self.sample_size < self.patch_size {
+            return Err(Error::config(
+                file,
+                "patch_size",
+                format!(
+                    "{} is larger than sample_size {}",
+                    self.patch_size, self.sample_size
+                ),
+            ));
+        }
         if self.caption_projection_dim != self.inner_dim() {
             return Err(Error::config(
                 file,
@@ -157,13 +175,16 @@ impl Sd3TransformerConfig {
     }
 }
 
-/// `PatchEmbed`: a strided convolution per patch, plus the sin-cos position table (stored
-/// in checkpoints as `pos_embed.pos_embed`, `[1, max², dim]`) cropped around its centre.
+/// `PatchEmbed`: a strided convolution per patch, plus a 2-D sin-cos position embedding
+/// cropped from a `max_size`² grid around its centre. diffusers stores the whole grid in
+/// checkpoints (`pos_embed.pos_embed`, a buffer: 453 MB in f16 for SD3.5 Medium); it is a
+/// fixed function of the config, so only the positions a call uses are computed.
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
     pub proj: Conv2d,
-    pub pos_embed: Param<Tensor<3>>,
     pub max_size: usize,
+    /// The grid size the positions are scaled to (`sample_size / patch_size`).
+    pub base_size: usize,
 }
 
 impl PatchEmbed {
@@ -172,15 +193,42 @@ impl PatchEmbed {
         let x = self.proj.forward(latents);
         let [b, dim, h, w] = x.dims();
         let tokens = x.reshape([b, dim, h * w]).swap_dims(1, 2);
+        let table = self.position_table(h, w, dim, &tokens.device());
+        let dtype = tokens.dtype();
+        tokens + table.cast(dtype)
+    }
+
+    /// diffusers' `get_2d_sincos_pos_embed` (in f64, then f32) at the `h` × `w` patches at
+    /// the centre of the grid, `[1, h·w, dim]`: the first half of each embedding encodes
+    /// the column, the second the row, each as sines then cosines of `dim / 4` frequencies.
+    fn position_table(&self, h: usize, w: usize, dim: usize, device: &Device) -> Tensor<3> {
         let (top, left) = ((self.max_size - h) / 2, (self.max_size - w) / 2);
-        let table = self
-            .pos_embed
-            .val()
-            .reshape([self.max_size, self.max_size, dim])
-            .slice([top..top + h, left..left + w])
-            .reshape([1, h * w, dim])
-            .cast(tokens.dtype());
-        tokens + table
+        let quarter = dim / 4;
+        // Grid coordinates as diffusers computes them, in f32: i / (grid / base).
+        let scale = (self.max_size as f64 / self.base_size as f64) as f32;
+        let sincos = |positions: std::ops::Range<usize>| -> Vec<f32> {
+            let mut values = Vec::with_capacity(positions.len() * 2 * quarter);
+            for i in positions {
+                let p = f64::from(i as f32 / scale);
+                let angles = (0..quarter).map(|k| p / 10000f64.powf(k as f64 / quarter as f64));
+                let angles: Vec<f64> = angles.collect();
+                values.extend(angles.iter().map(|a| a.sin() as f32));
+                values.extend(angles.iter().map(|a| a.cos() as f32));
+            }
+            values
+        };
+        let half = 2 * quarter;
+        let columns = Tensor::<3>::from_data(
+            TensorData::new(sincos(left..left + w), [1, w, half]),
+            device,
+        );
+        let rows =
+            Tensor::<3>::from_data(TensorData::new(sincos(top..top + h), [h, 1, half]), device);
+        Tensor::cat(
+            vec![columns.expand([h, w, half]), rows.expand([h, w, half])],
+            2,
+        )
+        .reshape([1, h * w, dim])
     }
 }
 
@@ -229,8 +277,8 @@ impl SD3Transformer2DModel {
         Ok(Self {
             pos_embed: PatchEmbed {
                 proj: conv2d(c_in, dim, p, p, 0, device),
-                pos_embed: Initializer::Zeros.init([1, max * max, dim], device),
                 max_size: max,
+                base_size: config.sample_size / p,
             },
             time_text_embed: TimeTextEmbed {
                 timestep_embedder: TimestepEmbedding::new(TIME_PROJ, dim, None, device),
