@@ -93,6 +93,7 @@ async function handle(data) {
         vae: data.vae,
         previewVae: data.previewVae,
         limits: data.limits,
+        t5: data.t5,
         onProgress: (p) => self.postMessage({ type: "progress", ...p }),
       });
       // The previous model's GPU memory (and its LoRAs' and ControlNets') is released

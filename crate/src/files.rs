@@ -18,20 +18,8 @@ pub trait ModelFiles {
     /// Where `component`'s weights are and how their bytes become tensors. A diffusers
     /// folder holds one safetensors file, full precision preferred; other sources override.
     fn weights(&self, component: Component, _device: &Device) -> Result<WeightFiles> {
-        // Each weight file, or its shards when the folder has them instead (the hub splits
-        // large encoders, as SD3's T5: `model.safetensors.index.json` names the shards).
-        let mut choices = Vec::new();
-        for file in component.weight_files(false) {
-            let index = format!("{file}.index.json");
-            if let Some(text) = self.read_text(&index)? {
-                choices.push(vec![file]);
-                choices.push(shards(&text, &self.display(&index), component)?);
-            } else {
-                choices.push(vec![file]);
-            }
-        }
         Ok(WeightFiles {
-            choices,
+            choices: weight_choices(self, component, false)?,
             reader: Box::new(SafetensorsReader::default()),
         })
     }
@@ -54,6 +42,28 @@ pub trait ModelFiles {
         self.read_text(path)?
             .ok_or_else(|| Error::io(self.display(path), "not found"))
     }
+}
+
+/// The weight files of `component` in a diffusers folder, preferred first (see
+/// [`Component::weight_files`]): each file, or its shards when the folder has them
+/// instead (the hub splits large encoders, as SD3's T5: `model.safetensors.index.json`
+/// names the shards).
+pub fn weight_choices<F: ModelFiles + ?Sized>(
+    files: &F,
+    component: Component,
+    prefer_half: bool,
+) -> Result<Vec<Vec<String>>> {
+    let mut choices = Vec::new();
+    for file in component.weight_files(prefer_half) {
+        let index = format!("{file}.index.json");
+        let sharded = match files.read_text(&index)? {
+            Some(text) => Some(shards(&text, &files.display(&index), component)?),
+            None => None,
+        };
+        choices.push(vec![file]);
+        choices.extend(sharded);
+    }
+    Ok(choices)
 }
 
 /// The shard files a safetensors index (`….safetensors.index.json`, the text of `file`)

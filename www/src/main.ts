@@ -58,7 +58,7 @@ async function ensureModel(): Promise<ModelChoice | null> {
   if (loaded?.key === choice.key) return loaded;
   loading = (async () => {
     progress.startDownload(`Downloading ${choice.label}`, choice.expectedBytes);
-    await engine.load({ url: choice.url, dtype: choice.dtype, previewVae: choice.previewVae });
+    await engine.load({ url: choice.url, dtype: choice.dtype, previewVae: choice.previewVae, t5: choice.t5 });
     progress.endDownload();
     // The worker freed the previous model's LoRAs and ControlNets with it.
     lora.clear();

@@ -9,11 +9,14 @@ export type Precision = "f32" | "f16" | "q4";
 
 /** What the estimate needs to know about a model. */
 export interface ModelShape {
-  /** Parameters per component. */
+  /** Parameters per component: the denoiser (a UNet, or SD3's transformer), the CLIP text
+   *  encoders, SD3's T5 encoder when it is loaded, the VAE. */
   unet: number;
   textEncoder: number;
+  t5?: number;
   vae: number;
-  /** CLIP's token embedding, which q4 packs keep in f16 (vocabulary × width). */
+  /** The token embeddings (CLIP's, and T5's when loaded), which q4 packs keep in 8 or 16
+   *  bits (vocabulary × width). */
   tokenEmbedding: number;
   /** Elements of the largest weight tensor (one buffer): for SD, CLIP's token embedding. */
   largestWeight: number;
@@ -31,10 +34,11 @@ const MiB = 1024 * 1024;
 const WEIGHT_BYTES: Record<Precision, number> = { f32: 4, f16: 2, q4: 0.55 };
 
 export function weightBytes(m: ModelShape, p: Precision): number {
-  if (p !== "q4") return (m.unet + m.textEncoder + m.vae) * WEIGHT_BYTES[p];
+  const params = m.unet + m.textEncoder + (m.t5 ?? 0) + m.vae;
+  if (p !== "q4") return params * WEIGHT_BYTES[p];
   // q4 packs keep CLIP's token embedding (and norms, biases, first/last convs: a few MB) in
   // f16 and quantize the rest; one layer at a time is dequantized to f32 while it runs.
-  const quantized = m.unet + m.textEncoder - m.tokenEmbedding + m.vae;
+  const quantized = params - m.tokenEmbedding;
   return quantized * WEIGHT_BYTES.q4 + m.tokenEmbedding * 2 + m.largestLayer * 4;
 }
 

@@ -76,6 +76,8 @@ const A1111_NAMES: Record<SchedulerName, string> = {
   unipc: "UniPC",
   lcm: "LCM",
   ddpm: "DDPM",
+  // SD3's flow-matching Euler; A1111-style tools call it "Euler" with a flow schedule.
+  "flow-euler": "Euler (flow)",
 };
 
 export const SCHEDULERS = Object.keys(A1111_NAMES) as SchedulerName[];
@@ -96,6 +98,7 @@ export function schedulerFor(sampler: string, schedule = ""): { scheduler?: Sche
   // sd.cpp and ComfyUI append the sigma schedule to the name; only Karras matters here.
   name = name.replace(/\b(karras|discrete|exponential|automatic|simple|normal|uniform|sgm uniform|ays|gits|smoothstep)\b/g, "").trim();
   const table: [RegExp, SchedulerName, boolean][] = [
+    [/^euler \(flow\)$/, "flow-euler", true],
     [/^euler (a|ancestral)$/, "euler-a", true],
     [/^euler$/, "euler", true],
     [/^heun$/, "heun", true],

@@ -21,6 +21,8 @@ export interface Preset {
   defaults: { steps: number; guidance: number; size: number; sizes?: [number, number][] };
   /** Tiny Autoencoder for live previews (diffusers `AutoencoderTiny` folder). */
   previewVae?: string;
+  /** SD3: `false` loads the model without its T5 text encoder (not downloaded). */
+  t5?: boolean;
   description: string;
   /** Random weights: makes coloured noise, for trying the app out offline. */
   test?: boolean;
@@ -32,6 +34,8 @@ const HUB = "https://huggingface.co";
 export const TAESD = `${HUB}/madebyollin/taesd/resolve/main`;
 /** TAESDXL decodes SDXL's. */
 export const TAESDXL = `${HUB}/madebyollin/taesdxl/resolve/main`;
+/** TAESD3 decodes SD3's 16-channel latents. */
+export const TAESD3 = `${HUB}/madebyollin/taesd3/resolve/main`;
 
 /** SD 1.5's networks (SD 1.5, LCM Dreamshaper): CLIP ViT-L/14 text encoder, 49408×768 tokens. */
 const SD15: ModelShape = {
@@ -55,6 +59,25 @@ const SDXL: ModelShape = {
   vaeFullResChannels: 256,
   vaeF32: true,
 };
+/** SD3.5 Medium's (tests/fixtures/configs/param_counts_sd35.json): a 2.24 B MMDiT, CLIP-L and
+ *  bigG with projections (818 M), SD's VAE architecture with 16 latent channels in f32. Its
+ *  transformer file also holds a 226 M-value position table, downloaded but computed
+ *  instead of kept. Without T5, as loaded with `{ t5: false }`. */
+const SD35M: ModelShape = {
+  unet: 2243.17 * M, textEncoder: (123.65 + 694.66) * M, vae: 83.82 * M,
+  tokenEmbedding: 49408 * (768 + 1280), largestWeight: 49408 * 1280,
+  // The dual-attention blocks' AdaLN: 1536 → 9 × 1536.
+  largestLayer: 1536 * 1536 * 9,
+  vaeFullResChannels: 256,
+  vaeF32: true,
+};
+/** With its T5-XXL encoder (4.76 B; 32128 × 4096 tokens; the widest layer 4096 → 10240). */
+const SD35M_T5: ModelShape = {
+  ...SD35M, t5: 4762.31 * M, tokenEmbedding: SD35M.tokenEmbedding + 32128 * 4096, largestLayer: 10240 * 4096,
+};
+/** The bytes of SD3.5 Medium's files (16-bit; the transformer's with its position table). */
+const sd35mFiles = (s: ModelShape) => (s.unet + 226.49 * M + s.textEncoder + (s.t5 ?? 0) + s.vae) * 2 + 3 * M;
+
 /** SDXL's aspect-ratio buckets near one megapixel, as [width, height]. */
 const SDXL_SIZES: [number, number][] = [
   [1024, 1024], [1152, 896], [896, 1152], [1216, 832], [832, 1216], [1344, 768], [768, 1344], [1536, 640], [640, 1536],
@@ -139,6 +162,31 @@ export function presets(base: string): Preset[] {
       defaults: { steps: 25, guidance: 6, size: 1024, sizes: SDXL_SIZES },
       previewVae: TAESDXL,
       description: "1024×1024 and SDXL's wide and tall sizes; most shared LoRAs are for it. Needs a large GPU.",
+    },
+    {
+      id: "sd3.5-medium",
+      name: "SD3.5 Medium",
+      url: `${HUB}/stabilityai/stable-diffusion-3.5-medium/resolve/main`,
+      download: sd35mFiles(SD35M_T5),
+      files: "16-bit files with T5",
+      shape: SD35M_T5,
+      defaults: { steps: 40, guidance: 4.5, size: 1024, sizes: SDXL_SIZES },
+      previewVae: TAESD3,
+      description: "A diffusion transformer (MMDiT) with flow matching; reads long, detailed prompts through T5. " +
+        "Very large: a 16 GB download. The repository is gated: if it is refused, host a pack (webdiffusion convert) and use its URL.",
+    },
+    {
+      id: "sd3.5-medium-no-t5",
+      name: "SD3.5 Medium without T5",
+      url: `${HUB}/stabilityai/stable-diffusion-3.5-medium/resolve/main`,
+      download: sd35mFiles(SD35M),
+      files: "16-bit files, T5 left out",
+      shape: SD35M,
+      t5: false,
+      defaults: { steps: 40, guidance: 4.5, size: 1024, sizes: SDXL_SIZES },
+      previewVae: TAESD3,
+      description: "SD3.5 Medium with zeros in place of T5, as diffusers without it: 10 GB less to download and hold, " +
+        "shorter prompts understood less well. Gated repository, as above.",
     },
   ];
 }

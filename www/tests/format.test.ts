@@ -47,7 +47,15 @@ describe("presets", () => {
     expect(tiny.test).toBe(true);
     expect(tiny.description).toMatch(/noise/);
     expect(rest.map((p) => p.id)).toEqual(["stable-diffusion-v1-5", "sd-turbo", "lcm-dreamshaper-v7", "sdxl-turbo",
-      "stable-diffusion-xl-base-1.0"]);
+      "stable-diffusion-xl-base-1.0", "sd3.5-medium", "sd3.5-medium-no-t5"]);
+  });
+  it("SD3.5 Medium comes with and without T5: the same folder, T5 left out of the second's download", () => {
+    const [withT5, without] = presets("http://x/").slice(6);
+    expect(without.url).toBe(withT5.url);
+    expect([withT5.t5, without.t5]).toEqual([undefined, false]);
+    // T5-XXL: 4.76 G parameters in 16 bits.
+    expect((withT5.download - without.download) / 1e9).toBeCloseTo(9.52, 2);
+    expect(without.defaults).toEqual(withT5.defaults);
   });
   it("SDXL-Turbo runs one step without guidance at 512²; SDXL base offers its trained sizes at about 1 MP", () => {
     const [turbo, base] = presets("http://x/").slice(4);

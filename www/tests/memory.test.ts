@@ -4,7 +4,7 @@ import { presets } from "../src/presets";
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
-const [tiny, sd15, turbo, , , sdxl] = presets("http://localhost/").map((p) => p.shape);
+const [tiny, sd15, turbo, , , sdxl, sd35m, sd35mNoT5] = presets("http://localhost/").map((p) => p.shape);
 
 const swiftshader: GpuInfo = { vendor: "google", architecture: "swiftshader", description: "", fallback: true, f16: false,
   maxBufferSize: GiB, maxStorageBufferBindingSize: GiB, deviceMemory: 8 };
@@ -99,5 +99,22 @@ describe("choosing a precision", () => {
   });
   it("the smallest when nothing fits", () => {
     expect(choosePrecision(sd15, { ...swiftshader, deviceMemory: 1 }, true, 512, 512)).toBe("q4");
+  });
+});
+
+describe("SD3.5 Medium, with and without T5", () => {
+  it("weights: 7.9 G parameters with T5 (14.7 GB in f16), 3.1 G without (5.9 GB)", () => {
+    expect(weightBytes(sd35m, "f16") / GiB).toBeCloseTo(14.7, 1);
+    expect(weightBytes(sd35mNoT5, "f16") / GiB).toBeCloseTo(5.9, 1);
+  });
+  it("without T5 it needs 8.9 GB less in f16; q4 weights take 1.8 GB, 4 GB in all at 1024² (f32 VAE)", () => {
+    const saved = gpuMemory(sd35m, "f16", 1024, 1024) - gpuMemory(sd35mNoT5, "f16", 1024, 1024);
+    expect(saved / GiB).toBeCloseTo(8.9, 1);
+    expect(weightBytes(sd35mNoT5, "q4") / GiB).toBeCloseTo(1.8, 1);
+    expect(gpuMemory(sd35mNoT5, "q4", 1024, 1024) / GiB).toBeLessThan(4);
+  });
+  it("on a discrete GPU (6 GB assumed) nothing with T5 fits; without T5 q4 does", () => {
+    expect(fitOn(sd35m, "f16", nvidia, 1024, 1024).fit).toBe("too-big");
+    expect(fitOn(sd35mNoT5, "q4", nvidia, 1024, 1024).fit).toBe("fits");
   });
 });

@@ -23,11 +23,14 @@ pub struct ConvertArgs {
     /// ControlNet (.safetensors, original CompVis/A1111/lllyasviel layout).
     #[arg(long, required_unless_present = "random", conflicts_with = "random")]
     model: Option<PathBuf>,
-    /// Instead of --model: the full-size architecture of sd15, sd21, sdxl or sdxl-turbo
-    /// (built in) or of a diffusers folder's configs, with random weights (for speed and
-    /// memory measurements).
-    #[arg(long, value_name = "sd15|sd21|sdxl|sdxl-turbo|DIR")]
+    /// Instead of --model: the full-size architecture of sd15, sd21, sdxl, sdxl-turbo,
+    /// sd35m or sd35l-turbo (built in) or of a diffusers folder's configs, with random
+    /// weights (for speed and memory measurements).
+    #[arg(long, value_name = "sd15|sd21|sdxl|sdxl-turbo|sd35m|sd35l-turbo|DIR")]
     random: Option<String>,
+    /// SD3: leave the T5 encoder out of the pack (a pack without it; 2–5 GB less).
+    #[arg(long)]
+    no_t5: bool,
     /// The seed of --random's weights.
     #[arg(long, default_value_t = 0, requires = "random")]
     seed: u64,
@@ -53,7 +56,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
                 "is for single-file checkpoints; --random names its configs itself",
             ));
         }
-        let config = configs(name, "--random")?;
+        let config = without_t5(configs(name, "--random")?, args.no_t5);
         let reports = convert_random(&*config, precision, args.seed, &args.out)?;
         print!("{}", table(&reports));
         println!("wrote {}", args.out.display());
@@ -84,7 +87,8 @@ pub fn run(args: ConvertArgs) -> Result<()> {
                 "is for single-file checkpoints; a diffusers folder has its own configs",
             ));
         }
-        convert(&DirFiles(model.clone()), precision, &args.out)?
+        let files = without_t5(Box::new(DirFiles(model.clone())), args.no_t5);
+        convert(&*files, precision, &args.out)?
     } else if model.is_file() {
         if model.extension().is_none_or(|e| e != "safetensors") {
             return Err(Error::invalid(
@@ -121,6 +125,14 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     print!("{}", table(&reports));
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// `files`, seen without T5 when `no_t5` (`--no-t5`).
+fn without_t5(files: Box<dyn ModelFiles>, no_t5: bool) -> Box<dyn ModelFiles> {
+    match no_t5 {
+        true => Box::new(webdiffusion::files::WithoutT5(files)),
+        false => files,
+    }
 }
 
 /// `--config` or `--random` (`flag`): a built-in name or a folder.

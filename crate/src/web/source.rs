@@ -138,7 +138,12 @@ impl Source {
         let tokenizer = component::tokenizer_text(family)
             .into_iter()
             .map(|p| (p, false));
-        for (path, required) in configs.chain(tokenizer).filter(|(p, _)| fetched(p)) {
+        // The hub shards T5 (`model.safetensors.index.json` names the files).
+        let shard_indexes = Component::TextEncoder3
+            .weight_files(true)
+            .map(|f| (format!("{f}.index.json"), false));
+        let wanted = configs.chain(tokenizer).chain(shard_indexes);
+        for (path, required) in wanted.filter(|(p, _)| fetched(p)) {
             match self.fetch(&path).await? {
                 Answer::File(bytes) => {
                     files.files.insert(path, bytes);
@@ -364,7 +369,7 @@ impl ModelFiles for RemoteFolder {
 
     fn weights(&self, component: Component, _device: &Device) -> crate::Result<WeightFiles> {
         Ok(WeightFiles {
-            choices: component.weight_files(true).map(|f| vec![f]).to_vec(),
+            choices: crate::files::weight_choices(self, component, true)?,
             reader: Box::new(SafetensorsReader::default()),
         })
     }

@@ -186,7 +186,7 @@ export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | 
 /** Messages to the package's `worker.js`; a request's `id` comes back in its reply. */
 export type WorkerRequest =
   | { type: "load"; url: string; cache?: boolean; dtype?: "f32" | "f16"; vae?: string;
-      previewVae?: string; limits?: "adapter" | "default"; id?: number }
+      previewVae?: string; limits?: "adapter" | "default"; t5?: boolean; id?: number }
   | { type: "generate"; options: WorkerGenerateOptions; id?: number }
   | { type: "loadLora"; source: string | Uint8Array; name?: string; id?: number }
   | { type: "freeLora"; lora: number; id?: number }

@@ -17,6 +17,8 @@ export interface ModelChoice {
   preset?: Preset;
   dtype?: "f32" | "f16";
   previewVae?: string;
+  /** SD3: false loads the model without T5. */
+  t5?: boolean;
   /** The download's size, when known (0 otherwise). */
   expectedBytes: number;
 }
@@ -72,14 +74,16 @@ export class ModelPicker {
       url = preset.q4.url;
       expectedBytes = preset.q4.download;
     }
+    const t5 = preset?.t5;
     return {
-      key: JSON.stringify([url, dtype, previewVae]),
+      key: JSON.stringify([url, dtype, previewVae, t5]),
       url,
       name: preset?.id ?? modelName(url),
       label: preset?.name ?? modelName(url),
       preset,
       dtype,
       previewVae,
+      t5,
       expectedBytes,
     };
   }
