@@ -1,10 +1,11 @@
 // The full-size check (run by scripts/fullsize-browser.sh, not in CI: it takes tens of
 // minutes on SwiftShader). A full-size model pack runs through the npm package in headless
 // Chromium as a user's page would run it: load with progress into IndexedDB, one step at
-// 64×64 decoded by TAESD, then a reload (load only) with the network off. Once with the adapter's
+// 64×64 decoded by TAESD (SD3: FULLSIZE_SIZE, its own VAE), then a reload (load only) with the network off. Once with the adapter's
 // limits and once with the device at WebGPU's default limits (128 MiB per storage binding,
 // 256 MiB per buffer). Prints bytes, times, wasm memory and any error; exits 1 on a failure.
-//   node fullsize.mjs PACK_DIR TAESD_DIR [NATIVE_IMAGE.safetensors]
+//   [FULLSIZE_SIZE=PX] node fullsize.mjs PACK_DIR TAESD_DIR|none [NATIVE_IMAGE.safetensors]
+// (`none`: the model's own VAE decodes, as for SD3's 16-channel latents)
 import { readFileSync } from "node:fs";
 import { launch, readSafetensors, root } from "./helpers.mjs";
 import { serve } from "./server.mjs";
@@ -19,16 +20,18 @@ const packBytes = Object.values(manifest.components)
   .flatMap((c) => c.shards)
   .reduce((n, s) => n + s.bytes, 0);
 
-const server = await serve(root, { "/fullsize/": packDir, "/taesd/": taesdDir });
+const withTaesd = taesdDir !== "none";
+const server = await serve(root, { "/fullsize/": packDir, ...(withTaesd ? { "/taesd/": taesdDir } : {}) });
 const browser = await launch();
 const MiB = 2 ** 20;
-const request = { prompt: "a red fox in the snow", steps: 1, guidance: 0, width: 64, height: 64, seed: 42 };
+const side = Number(process.env.FULLSIZE_SIZE ?? 64);
+const request = { prompt: "a red fox in the snow", steps: 1, guidance: 0, width: side, height: side, seed: 42 };
 const results = [];
 let failed = false;
 
 /** One load + generate in `page`; returns what it measured (or the error). */
 function run(page, limits, generate = true) {
-  return page.evaluate(async ({ base, limits, request, generate }) => {
+  return page.evaluate(async ({ base, limits, request, generate, withTaesd }) => {
     const { Pipeline, init } = window.webdiffusion;
     const wasm = await init();
     const memory = () => wasm.memory.buffer.byteLength;
@@ -40,7 +43,7 @@ function run(page, limits, generate = true) {
       const pipe = await Pipeline.load(`${base}/fullsize`, {
         limits,
         dtype: "f32",
-        vae: `${base}/taesd`,
+        vae: withTaesd ? `${base}/taesd` : undefined,
         onProgress: (p) => {
           totals.set(p.file, p.loaded);
           loaded = [...totals.values()].reduce((a, b) => a + b, 0);
@@ -69,7 +72,7 @@ function run(page, limits, generate = true) {
     }
     out.memoryPeak = Math.max(out.memoryPeak ?? 0, memory());
     return out;
-  }, { base: server.base, limits, request, generate });
+  }, { base: server.base, limits, request, generate, withTaesd });
 }
 
 for (const limits of ["adapter", "default"]) {
@@ -107,7 +110,7 @@ server.close();
 const fmt = (ms) => (ms === undefined ? "-" : `${(ms / 1000).toFixed(1)} s`);
 const mb = (b) => (b === undefined ? "-" : `${(b / MiB).toFixed(0)} MiB`);
 console.log(`pack: ${(packBytes / 1e6).toFixed(0)} MB in ${Object.keys(manifest.components).join(", ")} (${manifest.quant})`);
-console.log("| limits | load (network) | load (IndexedDB, offline) | 1 step 64×64 + TAESD | bytes downloaded | stored | wasm memory peak (load) | after generate | error |");
+console.log(`| limits | load (network) | load (IndexedDB, offline) | 1 step ${side}×${side}${withTaesd ? " + TAESD" : ""} | bytes downloaded | stored | wasm memory peak (load) | after generate | error |`);
 console.log("|---|---|---|---|---|---|---|---|---|");
 for (const { limits, first, offline, errors } of results) {
   const error = first.error ?? offline.error ?? (errors[0] ?? "none");
