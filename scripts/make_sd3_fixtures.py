@@ -163,6 +163,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fixtures_common as fc  # noqa: E402  (one thread, deterministic algorithms, quiet logs)
+import make_sdxl_fixtures as sdxl  # noqa: E402  (sdxl-tiny's text encoder shapes)
 
 import diffusers  # noqa: E402
 import tokenizers  # noqa: E402
@@ -249,33 +250,10 @@ VAE = dict(
     use_post_quant_conv=False,
     force_upcast=True,
 )
-TEXT = dict(
-    vocab_size=49408,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=24,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=1,
-)
-# sdxl-tiny's text_encoder_2 (checked against its config.json)
-TEXT_2 = dict(
-    vocab_size=49408,
-    hidden_size=48,
-    intermediate_size=96,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=40,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=1,
-)
+# sdxl-tiny's CLIP-L shape with a projection; its text_encoder_2 as is (checked against its
+# config.json)
+TEXT = dict(sdxl.TEXT, projection_dim=24)
+TEXT_2 = sdxl.TEXT_2
 T5 = dict(  # vocab_size: the trained tokenizer's size
     d_model=JOINT,
     d_kv=8,

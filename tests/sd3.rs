@@ -20,8 +20,8 @@ use webdiffusion::pipeline::{Request, SkipLayerGuidance, StableDiffusion};
 use webdiffusion::schedulers;
 
 const TOL: f64 = 1e-4;
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
-const NEGATIVE: &str = "blurry, low quality";
+const PROMPT: &str = common::GOLDEN_PROMPT;
+const NEGATIVE: &str = common::GOLDEN_NEGATIVE;
 
 fn files(name: &str) -> DirFiles {
     DirFiles(model_dir(name))
@@ -318,29 +318,6 @@ fn skip_layer_guidance_matches_diffusers() {
     }
 }
 
-/// `generate` arguments for the `euler` golden run of `model` from `latents` into `out`.
-fn euler_args<'a>(model: &'a str, latents: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        PROMPT,
-        "--negative-prompt",
-        NEGATIVE,
-        "--steps",
-        "4",
-        "--guidance",
-        "5",
-        "--seed",
-        "1",
-        "--latents",
-        latents,
-        "--out-tensor",
-        out,
-    ]
-}
-
 #[test]
 fn the_cli_detects_sd3_encodes_prompts_and_generates_with_and_without_t5() {
     let goldens = Goldens::load("sd3-tiny");
@@ -379,7 +356,8 @@ fn the_cli_detects_sd3_encodes_prompts_and_generates_with_and_without_t5() {
     let l = latents.to_str().unwrap();
     for (extra, run) in [(None, "euler"), (Some("--no-t5"), "euler_no_t5")] {
         let out = dir.path().join(format!("{run}.safetensors"));
-        let mut args = euler_args(model, l, out.to_str().unwrap());
+        let mut args = common::euler_args(model, l, out.to_str().unwrap());
+        args.extend(["--seed", "1"]);
         args.extend(extra);
         common::ok(&common::webdiffusion(&args));
         let err = common::rel_l2(
@@ -407,7 +385,7 @@ fn the_cli_detects_sd3_encodes_prompts_and_generates_with_and_without_t5() {
         ),
         (vec!["--width", "60"], vec!["width", "multiple of 8"]),
     ] {
-        let mut args = euler_args(model, l, n);
+        let mut args = common::euler_args(model, l, n);
         args.extend(extra);
         common::fails_with(&common::webdiffusion(&args), &needles, &never);
     }

@@ -265,8 +265,8 @@ impl webdiffusion::schedulers::NoiseSource for Recorded {
     }
 }
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
-const NEGATIVE: &str = "blurry, low quality";
+const PROMPT: &str = common::GOLDEN_PROMPT;
+const NEGATIVE: &str = common::GOLDEN_NEGATIVE;
 
 /// Runs `r` on `pipe` with diffusers' `noise` and compares the final latents and image
 /// with the goldens of `run` (rel-L2 ≤ 1e-3, as SD 1.x's pipelines).
@@ -370,27 +370,6 @@ fn size_conditioning_gives_diffusers_time_ids() {
     assert_eq!(custom.time_ids(48, 64).to_vec(), ids("add_time_ids.custom"));
 }
 
-/// `generate` arguments for the `euler` golden run of `model` from `latents` into `out`.
-fn euler_args<'a>(model: &'a str, latents: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        PROMPT,
-        "--negative-prompt",
-        NEGATIVE,
-        "--steps",
-        "4",
-        "--guidance",
-        "5",
-        "--latents",
-        latents,
-        "--out-tensor",
-        out,
-    ]
-}
-
 #[test]
 fn the_cli_encodes_sdxl_prompts_and_generates_with_size_conditioning() {
     let goldens = Goldens::load("sdxl-tiny");
@@ -420,7 +399,7 @@ fn the_cli_encodes_sdxl_prompts_and_generates_with_size_conditioning() {
     let latents = dir.path().join("latents.safetensors");
     common::write_golden(&goldens, "txt2img.latents", "latents", &latents);
     let generate = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = euler_args(model, latents.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = common::euler_args(model, latents.to_str().unwrap(), out.to_str().unwrap());
         args.extend(["--seed", "1"]);
         args.extend(extra);
         common::webdiffusion(&args)
@@ -829,7 +808,7 @@ fn sdxl_single_files_convert_and_generate_as_diffusers() {
     let tensors = dir.path().join("out.safetensors");
     let (file, config) = (checkpoint.to_str().unwrap(), model_dir("sdxl-tiny"));
     let generate = |config: &str, out: &std::path::Path| {
-        let mut args = euler_args(file, latents.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = common::euler_args(file, latents.to_str().unwrap(), out.to_str().unwrap());
         args.extend(["--config", config]);
         common::webdiffusion(&args)
     };

@@ -253,3 +253,29 @@ pub fn rewrite_tensors(path: &Path, edit: impl Fn(&mut Vec<(String, Dtype, Vec<u
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
+
+/// The prompt and negative prompt of the SDXL and SD3 golden runs (goldens/pipeline.json).
+pub const GOLDEN_PROMPT: &str = "a photograph of an astronaut riding a horse";
+pub const GOLDEN_NEGATIVE: &str = "blurry, low quality";
+
+/// `generate` arguments for the `euler` golden run of the SDXL and SD3 fixtures (4 steps,
+/// guidance 5, the golden prompts) of `model` from `latents` into `out`.
+pub fn euler_args<'a>(model: &'a str, latents: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        GOLDEN_PROMPT,
+        "--negative-prompt",
+        GOLDEN_NEGATIVE,
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--latents",
+        latents,
+        "--out-tensor",
+        out,
+    ]
+}
