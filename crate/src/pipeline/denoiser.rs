@@ -35,6 +35,14 @@ impl Denoiser {
         })
     }
 
+    /// How messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Denoiser::Unet(..) => "UNet",
+            Denoiser::Transformer(..) => "transformer",
+        }
+    }
+
     /// Its folder in a pipeline.
     pub fn component(&self) -> Component {
         match self {

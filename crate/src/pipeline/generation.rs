@@ -61,7 +61,7 @@ impl StableDiffusion {
         let steps = request
             .steps
             .unwrap_or_else(|| self.default_steps(&scheduler_name));
-        self.check_scheduler_kind(&scheduler_name)?;
+        self.check_scheduler_kind(&scheduler_name, request.scheduler.is_some())?;
         let scheduler =
             schedulers::build(&scheduler_name, &self.scheduler_config, steps, request.eta)?;
         let (height, width) = self.check_size(request)?;
@@ -366,7 +366,7 @@ impl Generation<'_> {
         let (step, total) = (self.index - self.start, self.total());
         let what = format!(
             "the {} at step {step} of {total}",
-            self.pipe.denoiser.component()
+            self.pipe.denoiser.name()
         );
         super::check_finite(&what, max_abs, self.pipe.dtype)
     }
@@ -527,7 +527,8 @@ fn check_skip_layers(slg: &super::SkipLayerGuidance, layers: usize) -> Result<()
 impl StableDiffusion {
     /// Refuses a scheduler of the other kind than the model's denoiser: a DDPM-family one
     /// for a flow-matching transformer, or the other way round.
-    fn check_scheduler_kind(&self, name: &str) -> Result<()> {
+    /// `asked`: whether the request named it (else it is the model's own).
+    fn check_scheduler_kind(&self, name: &str, asked: bool) -> Result<()> {
         let Some(entry) = schedulers::find(name) else {
             return Ok(()); // `schedulers::build` names the valid ones
         };
@@ -543,10 +544,17 @@ impl StableDiffusion {
             Kind::Flow => ("a DDPM-family scheduler", "flow-matching"),
             Kind::Discrete => ("a flow-matching scheduler", "DDPM-family"),
         };
+        let which = match asked {
+            true => name.to_string(),
+            false => format!(
+                "the model's scheduler_config.json names {} ({name}), which",
+                entry.class
+            ),
+        };
         Err(Error::invalid(
             "scheduler",
             format!(
-                "{name} is {what}; {} models run {them} schedulers: {}",
+                "{which} is {what}; {} models run {them} schedulers: {}",
                 self.family,
                 schedulers::names_of(kind)
             ),
