@@ -16,6 +16,7 @@ pub mod models;
 pub mod noise;
 pub mod pack;
 pub mod pipeline;
+pub mod prompt;
 pub mod quant;
 pub mod schedulers;
 pub mod tokenizer;

@@ -130,6 +130,27 @@ impl ClipTokenizer {
         self.tokenizer.get_vocab_size(true)
     }
 
+    /// The ids of `text` without the framing (no start, end or padding, not truncated):
+    /// what a prompt fragment contributes to a chunk (see `pipeline::weighting`).
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::invalid("prompt", format!("could not be tokenized: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `tokens` framed as one chunk: `[bos, tokens…, eos, pad…]`, `max_length` long
+    /// (`tokens` must leave room for the start and end).
+    pub fn frame(&self, tokens: &[u32]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos);
+        ids.extend(tokens.iter().take(self.max_length - 2));
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        ids
+    }
+
     /// Token ids for `text`: `[bos, …, eos, pad…]`, exactly `max_length` long; over-long
     /// text is truncated with `eos` kept last, as diffusers' `encode_prompt` does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -8,6 +8,7 @@ mod generation;
 mod inpaint;
 mod request;
 mod text;
+mod weighting;
 
 pub use control::{ControlNet, check_fits};
 pub use denoiser::{Cond, Denoiser};
@@ -18,6 +19,7 @@ pub use request::{
 pub use text::{
     DEFAULT_T5_LENGTH, PromptEmbeds, T5Encoder, TextEncoder, TextEncoders, tokenizer_fits,
 };
+pub use weighting::Chunks;
 
 use burn::prelude::*;
 use burn::tensor::DType;

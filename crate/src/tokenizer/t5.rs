@@ -83,6 +83,27 @@ impl T5Tokenizer {
         self.tokenizer.get_vocab_size(true)
     }
 
+    /// The pieces of `text` without `</s>` or padding.
+    pub fn pieces(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::invalid("prompt", format!("could not be tokenized: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `pieces` framed to exactly `length` ids: at most `length − 1` of them, `</s>`, padding.
+    pub fn frame(&self, pieces: &[u32], length: usize) -> Vec<u32> {
+        let mut ids: Vec<u32> = pieces
+            .iter()
+            .copied()
+            .take(length.saturating_sub(1))
+            .collect();
+        ids.push(self.eos);
+        ids.resize(length, self.pad);
+        ids
+    }
+
     /// Token ids for `text`, exactly `length` long: the pieces, `</s>`, then padding.
     pub fn encode(&self, text: &str, length: usize) -> Result<Vec<u32>> {
         let encoding = self

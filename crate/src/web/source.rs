@@ -173,7 +173,7 @@ impl Source {
                 .filter_map(|p| Some(format!("{}: {}", self.url(p), absent.get(*p)?)))
                 .collect();
             return Err(js_sys::Error::new(&format!(
-                "{folder}/ needs tokenizer.json, or vocab.json and merges.txt: {}",
+                "{folder} needs tokenizer.json, or vocab.json and merges.txt: {}",
                 answers.join("; ")
             ))
             .into());
