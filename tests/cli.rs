@@ -694,3 +694,101 @@ fn convert_prints_its_table_and_refuses_bad_input() {
     ]));
     assert!(png.is_file());
 }
+
+/// `--embedding` and `--no-prompt-weighting` against the prompt goldens
+/// (scripts/make_prompt_fixtures.py); a bad embedding is refused naming its file.
+#[test]
+fn prompts_are_read_with_weights_and_embeddings() {
+    let dir = tmp();
+    let goldens = Goldens::file("goldens/prompts-weighting.safetensors");
+    let model = model_dir("sd1-tiny");
+    let emb = |name: &str| fixtures().join(format!("prompts/{name}.safetensors"));
+    let out = dir.path().join("embeds.safetensors");
+    let encode = |prompt: &str, extra: &[&str]| {
+        let mut args = vec![
+            "encode-prompt",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        webdiffusion(&args)
+    };
+    let (cat, easy) = (emb("cat-toy"), emb("easynegative-tiny"));
+    let embeddings = [
+        "--embedding",
+        cat.to_str().unwrap(),
+        "--embedding",
+        easy.to_str().unwrap(),
+    ];
+    let ti = "a (<cat-toy>:1.3) backpack on a [wooden] table, easynegative-tiny";
+    ok(&encode(ti, &embeddings));
+    let (_, ids) = read_f64(&out, "input_ids");
+    assert_eq!(ids, goldens.values("sd1-tiny.ti.input_ids"));
+    let (_, embeds) = read_f64(&out, "prompt_embeds");
+    assert!(rel_l2(&embeds, goldens.values("sd1-tiny.ti.prompt_embeds")) <= 1e-4);
+
+    // A long prompt fills chunks; read literally it is cut at 77 tokens.
+    let settings: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("goldens/prompts-weighting.json")).unwrap(),
+    )
+    .unwrap();
+    let long = settings["cases"]["long_weighted"].as_str().unwrap();
+    ok(&encode(long, &[]));
+    let (shape, ids) = read_f64(&out, "input_ids");
+    assert_eq!(shape, vec![3, 77]);
+    assert_eq!(ids, goldens.values("sd1-tiny.long_weighted.input_ids"));
+    let (_, embeds) = read_f64(&out, "prompt_embeds");
+    let expected = goldens.values("sd1-tiny.long_weighted.prompt_embeds");
+    assert!(rel_l2(&embeds, expected) <= 1e-4);
+    ok(&encode(
+        "a (literal) photo of a [cat]",
+        &["--no-prompt-weighting"],
+    ));
+    let (_, embeds) = read_f64(&out, "prompt_embeds");
+    assert!(rel_l2(&embeds, goldens.values("sd1-tiny.escaped.prompt_embeds")) <= 1e-4);
+
+    // generate records the embeddings the prompts use, as AUTOMATIC1111 does.
+    let png = dir.path().join("out.png");
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a (<cat-toy>:1.2) backpack",
+        "--negative-prompt",
+        "easynegative-tiny",
+        "--steps",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&embeddings);
+    ok(&webdiffusion(&args));
+    let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).into_owned();
+    assert!(
+        text.contains("TI hashes: \"<cat-toy>: ") && text.contains("easynegative-tiny: "),
+        "PNG parameters"
+    );
+
+    // Bad embeddings: exit 2, the file named, nothing written.
+    std::fs::remove_file(&out).unwrap();
+    let nan = emb("nan-emb");
+    let result = encode("x", &["--embedding", nan.to_str().unwrap()]);
+    fails_with(&result, &["nan-emb.safetensors", "non-finite"], &out);
+    let wide = emb("wide-emb");
+    let result = encode("x", &["--embedding", wide.to_str().unwrap()]);
+    fails_with(&result, &["wide-emb.safetensors", "40", "32"], &out);
+    let pickle = dir.path().join("neg.pt");
+    std::fs::write(&pickle, b"PK\x03\x04").unwrap();
+    let result = encode("x", &["--embedding", pickle.to_str().unwrap()]);
+    fails_with(&result, &["neg.pt", "pickle"], &out);
+    let missing = dir.path().join("missing.safetensors");
+    let result = encode("x", &["--embedding", missing.to_str().unwrap()]);
+    fails_with(&result, &["missing.safetensors"], &out);
+    let book = "word ".repeat(2000);
+    fails_with(&encode(&book, &[]), &["--prompt", "1200 tokens"], &out);
+}

@@ -16,7 +16,7 @@ use webdiffusion::image;
 use webdiffusion::load;
 use webdiffusion::models::mmdit::SD3Transformer2DModel;
 use webdiffusion::models::vae::Vae;
-use webdiffusion::pipeline::{Request, SkipLayerGuidance, StableDiffusion};
+use webdiffusion::pipeline::{Reading, Request, SkipLayerGuidance, StableDiffusion};
 use webdiffusion::schedulers;
 
 const TOL: f64 = 1e-4;
@@ -34,11 +34,14 @@ fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
     let pipe = StableDiffusion::load(&files("sd3-tiny"), &device).unwrap();
     assert_eq!(pipe.family, Family::Sd3);
     let t5 = pipe.text.t5.as_ref().expect("sd3-tiny has T5");
-    let models = pipe.text.with_loras(&[]);
+    let models = pipe.text.prepare(&[], &[]).unwrap();
     for (i, prompt) in common::prompts().iter().enumerate() {
         let ids = t5.tokenizer.encode(prompt, 256).unwrap();
         assert_eq!(ids, goldens.ids(&format!("input_ids_3.{i}")), "{prompt:?}");
-        let embeds = pipe.text.encode(&models, prompt, 0, 256, &device).unwrap();
+        let embeds = pipe
+            .text
+            .encode(&models, prompt, &Reading::literal(), &device)
+            .unwrap();
         let what = format!("prompt {i}");
         assert_close(
             &goldens,
@@ -58,7 +61,11 @@ fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
     }
     let ids = t5.tokenizer.encode(&common::prompts()[0], 32).unwrap();
     assert_eq!(ids, goldens.ids("input_ids_3.msl32.0"));
-    let embeds = pipe.text.encode(&models, PROMPT, 0, 32, &device).unwrap();
+    let short = Reading {
+        t5_length: 32,
+        ..Reading::literal()
+    };
+    let embeds = pipe.text.encode(&models, PROMPT, &short, &device).unwrap();
     assert_close(
         &goldens,
         "prompt_embeds.msl32.0",
@@ -86,7 +93,7 @@ fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
     for (run, negative) in [("empty", ""), ("text", NEGATIVE)] {
         let embeds = pipe
             .text
-            .encode(&models, negative, 0, 256, &device)
+            .encode(&models, negative, &Reading::literal(), &device)
             .unwrap();
         let name = format!("negative.{run}");
         assert_close(
@@ -119,7 +126,10 @@ fn t5_tokenizer_and_encoder_and_the_joint_prompt_embeddings_match_diffusers() {
     ] {
         let pipe = pipe.unwrap();
         assert!(pipe.text.t5.is_none(), "{what}");
-        let embeds = pipe.text.encode(&models, PROMPT, 0, 256, &device).unwrap();
+        let embeds = pipe
+            .text
+            .encode(&models, PROMPT, &Reading::literal(), &device)
+            .unwrap();
         assert_close(&goldens, "no_t5.prompt_embeds.0", embeds.context, TOL, what);
         let pooled = embeds.pooled.unwrap();
         assert_close(&goldens, "no_t5.pooled_prompt_embeds.0", pooled, TOL, what);

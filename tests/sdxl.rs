@@ -15,7 +15,7 @@ use webdiffusion::load;
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::unet::{Conditioning, TextTime};
 use webdiffusion::models::vae::Tiling;
-use webdiffusion::pipeline::{Request, SizeConditioning, StableDiffusion, VaeTiling};
+use webdiffusion::pipeline::{Reading, Request, SizeConditioning, StableDiffusion, VaeTiling};
 use webdiffusion::tokenizer::{ClipTokenizer, TokenizerFiles};
 
 const TOL: f64 = 1e-4;
@@ -629,10 +629,10 @@ fn sdxl_loras_in_kohya_sgm_kohya_and_peft_names_match_diffusers() {
         assert_eq!(lora.layers(Component::TextEncoder2), 24, "{format}");
         for (scale, suffix) in [(0.75, ""), (1.0, ".scale1")] {
             let loras = [(lora.clone(), scale)];
-            let encoders = pipe.text.with_loras(&loras);
+            let models = pipe.text.prepare(&loras, &[]).unwrap();
             let embeds = pipe
                 .text
-                .encode(&encoders, prompt, 0, 256, &device)
+                .encode(&models, prompt, &Reading::literal(), &device)
                 .unwrap();
             let what = format!("{format} at {scale}");
             assert_close(

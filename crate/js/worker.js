@@ -8,9 +8,12 @@
 //                                                         // (all of them if none has it)
 //   worker.postMessage({ type: "loadLora", source, name }); // → {type:"loraLoaded", lora: {id, name, hash}}
 //   worker.postMessage({ type: "freeLora", lora: id });
+//   worker.postMessage({ type: "loadEmbedding", source, token }); // → {type:"embeddingLoaded", embedding: {id, token, hash, vectors}}
+//   worker.postMessage({ type: "freeEmbedding", embedding: id });
+//   worker.postMessage({ type: "countTokens", prompt, embeddings, promptWeighting }); // → {type:"tokens", count}
 //   worker.postMessage({ type: "loadControlNet", url }); // → {type:"controlnetLoaded", controlnet: {id, name}}
 //   worker.postMessage({ type: "freeControlNet", controlnet: id });
-//   // generate's options name them by id: loras: [{ lora: id, scale }],
+//   // generate's options name them by id: loras: [{ lora: id, scale }], embeddings: [id],
 //   // controlnets: [{ controlnet: id, image: ImageData, scale, start, end }]
 //   worker.postMessage({ type: "canny", image, low, high }); // → {type:"canny", image: ImageData}
 //   worker.postMessage({ type: "cached" });               // → {type:"cached", cached: CachedModel[]}
@@ -23,9 +26,10 @@
 import init, { Pipeline, canny, __panicForTesting } from "./webdiffusion.js";
 
 let pipeline = null;
-/** The LoRAs and ControlNets loaded for `pipeline`, by id. */
+/** The LoRAs, ControlNets and embeddings loaded for `pipeline`, by id. */
 const loras = new Map();
 const controlnets = new Map();
+const embeddings = new Map();
 /** The generations running: { id, controller, pipeline, handles, done }. */
 const running = new Set();
 /** The last load requested (loads run one after another). */
@@ -37,6 +41,14 @@ async function freeWhenUnused(handles) {
   await Promise.allSettled(users.map((run) => run.done));
   // After a panic the handles belong to the trapped instance: never free them.
   if (!panicError) for (const handle of handles) handle?.free();
+}
+
+/** The embeddings named by `ids`, looked up by id. */
+function embeddingsById(ids) {
+  return (ids ?? []).map((id) => {
+    if (!embeddings.has(id)) throw new Error(`generate: embedding ${id} is not loaded in this worker`);
+    return embeddings.get(id);
+  });
 }
 
 /** `items` with the handle in `key` of each looked up in `loaded` by its id. */
@@ -69,6 +81,7 @@ self.addEventListener("webdiffusion-panic", (event) => {
   pipeline = null;
   loras.clear();
   controlnets.clear();
+  embeddings.clear();
   running.clear();
 });
 
@@ -98,9 +111,10 @@ async function handle(data) {
       });
       // The previous model's GPU memory (and its LoRAs' and ControlNets') is released
       // once the generations running on it have ended.
-      const old = [...loras.values(), ...controlnets.values(), pipeline];
+      const old = [...loras.values(), ...controlnets.values(), ...embeddings.values(), pipeline];
       loras.clear();
       controlnets.clear();
+      embeddings.clear();
       pipeline = loaded;
       freeWhenUnused(old);
     });
@@ -113,13 +127,14 @@ async function handle(data) {
       ...data.options,
       loras: byId(data.options.loras, "lora", loras, "LoRA"),
       controlnets: byId(data.options.controlnets, "controlnet", controlnets, "ControlNet"),
+      embeddings: embeddingsById(data.options.embeddings),
     };
     let ended;
     const run = {
       id: data.id,
       controller: new AbortController(),
       pipeline,
-      handles: [...options.loras.map((l) => l.lora), ...options.controlnets.map((c) => c.controlnet)],
+      handles: [...options.loras.map((l) => l.lora), ...options.controlnets.map((c) => c.controlnet), ...options.embeddings],
       done: new Promise((resolve) => {
         ended = resolve;
       }),
@@ -156,6 +171,31 @@ async function handle(data) {
     const lora = loras.get(data.lora);
     loras.delete(data.lora);
     if (lora) freeWhenUnused([lora]);
+  } else if (data.type === "loadEmbedding") {
+    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+    const target = pipeline;
+    const embedding = await target.loadEmbedding(data.source, {
+      token: data.token,
+      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
+    });
+    if (pipeline !== target) {
+      embedding.free();
+      throw new Error("loadEmbedding: another model was loaded meanwhile; load the embedding again");
+    }
+    embeddings.set(embedding.id, embedding);
+    const { id, token, hash, vectors } = embedding;
+    self.postMessage({ type: "embeddingLoaded", embedding: { id, token, hash, vectors }, id: data.id });
+  } else if (data.type === "freeEmbedding") {
+    const embedding = embeddings.get(data.embedding);
+    embeddings.delete(data.embedding);
+    if (embedding) freeWhenUnused([embedding]);
+  } else if (data.type === "countTokens") {
+    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+    const count = pipeline.countTokens(data.prompt, {
+      embeddings: embeddingsById(data.embeddings),
+      promptWeighting: data.promptWeighting,
+    });
+    self.postMessage({ type: "tokens", count, id: data.id });
   } else if (data.type === "loadControlNet") {
     if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
     const target = pipeline;

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod prompt;
 pub mod quant;
 pub mod schedulers;
+pub mod textual_inversion;
 pub mod tokenizer;
 #[cfg(target_family = "wasm")]
 pub mod web;

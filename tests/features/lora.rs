@@ -12,7 +12,7 @@ use webdiffusion::component::Component;
 use webdiffusion::files::DirFiles;
 use webdiffusion::lora::{self, Lora};
 use webdiffusion::models::unet::Conditioning;
-use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::pipeline::{Reading, Request, StableDiffusion};
 use webdiffusion::quant::Precision;
 
 const TOL: f64 = 1e-4;
@@ -37,10 +37,10 @@ fn outputs(
     base: &Goldens,
     device: &Device,
 ) -> (Tensor<3>, Tensor<4>) {
-    let encoders = pipe.text.with_loras(loras);
+    let models = pipe.text.prepare(loras, &[]).unwrap();
     let embeds = pipe
         .text
-        .encode(&encoders, PROMPT, 0, 256, device)
+        .encode(&models, PROMPT, &Reading::literal(), device)
         .unwrap()
         .context;
     let unet = lora::apply(pipe.unet("test").unwrap(), Component::Unet, loras);

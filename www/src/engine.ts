@@ -1,8 +1,8 @@
 // The package's Web Worker, as promises: each request gets an id and resolves with the reply
 // that carries it back; download progress and steps go to listeners. The model never runs
 // on the page's thread, so the page stays responsive while it generates.
-import type { CachedModel, GenerateOptions, LoadProgress, LoadRequest, Message, ModelInfo, Request, StepMessage, WorkerLora } from "./protocol";
-import type { GenerateResult } from "webdiffusion";
+import type { CachedModel, GenerateOptions, LoadProgress, LoadRequest, Message, ModelInfo, Request, StepMessage, WorkerEmbedding, WorkerLora } from "./protocol";
+import type { GenerateResult, TokenCount } from "webdiffusion";
 
 type Reply<T extends Message["type"]> = Extract<Message, { type: T }>;
 
@@ -44,6 +44,19 @@ export class Engine {
 
   freeLora(lora: number) {
     this.worker.postMessage({ type: "freeLora", lora } satisfies Request);
+  }
+
+  async loadEmbedding(source: string | Uint8Array<ArrayBuffer>, token?: string): Promise<WorkerEmbedding> {
+    return (await this.request({ type: "loadEmbedding", source, token }, "embeddingLoaded")).embedding;
+  }
+
+  freeEmbedding(embedding: number) {
+    this.worker.postMessage({ type: "freeEmbedding", embedding } satisfies Request);
+  }
+
+  /** The tokens in each chunk of `prompt`, as `generate` would read it. */
+  async countTokens(prompt: string, embeddings: number[], promptWeighting: boolean): Promise<TokenCount> {
+    return (await this.request({ type: "countTokens", prompt, embeddings, promptWeighting }, "tokens")).count;
   }
 
   async loadControlNet(url: string): Promise<{ id: number; name: string }> {
@@ -90,8 +103,9 @@ export class Engine {
           reject(e);
         },
       });
-      // LoRA bytes move to the worker rather than being copied.
-      const transfer = message.type === "loadLora" && message.source instanceof Uint8Array ? [message.source.buffer] : [];
+      // LoRA and embedding bytes move to the worker rather than being copied.
+      const bytes = (message.type === "loadLora" || message.type === "loadEmbedding") && message.source instanceof Uint8Array;
+      const transfer = bytes ? [(message.source as Uint8Array).buffer] : [];
       this.worker.postMessage({ ...message, id }, transfer);
     });
   }

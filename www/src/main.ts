@@ -17,11 +17,13 @@ import { ControlNetPanel } from "./ui/controlnet";
 import { GenerationForm } from "./ui/form";
 import { HistoryView } from "./ui/history";
 import { ImagePanel } from "./ui/image";
+import { EmbeddingPanel } from "./ui/embeddings";
 import { LoraPanel } from "./ui/lora";
 import { ModelPicker, type ModelChoice } from "./ui/model";
 import { ProgressView } from "./ui/progress";
 import { Stage } from "./ui/stage";
 import { StorageView } from "./ui/storage";
+import { TokenCounter } from "./ui/tokens";
 
 const PRESETS = presets(new URL(import.meta.env.BASE_URL, location.href).href);
 const SETTINGS = "webdiffusion-settings";
@@ -36,6 +38,9 @@ const stage = new Stage();
 const historyView = new HistoryView();
 const storage = new StorageView(nameOf);
 const lora = new LoraPanel(engine, async () => !!(await ensureModel()), describe);
+const embeddings = new EmbeddingPanel(engine, async () => !!(await ensureModel()), describe);
+const tokens = new TokenCounter(engine, () => ({ ready: loaded !== null, embeddings: embeddings.ids(), weighting: form.read().promptWeighting }));
+embeddings.onChange = () => tokens.update();
 const controlnet = new ControlNetPanel(engine, async () => !!(await ensureModel()), describe);
 const imagePanel = new ImagePanel(() => picker.choice()?.preset?.defaults.size ?? 512);
 mirrorRanges(document);
@@ -62,8 +67,10 @@ async function ensureModel(): Promise<ModelChoice | null> {
     progress.endDownload();
     // The worker freed the previous model's LoRAs and ControlNets with it.
     lora.clear();
+    embeddings.clear();
     controlnet.clear();
     loaded = choice;
+    tokens.update();
     previewNoted = false;
     return choice;
   })();
@@ -115,6 +122,8 @@ async function generate() {
     const image = imagePanel.forGenerate();
     const options: GenerateOptions = {
       prompt: tagged.prompt,
+      ...(values.promptWeighting ? {} : { promptWeighting: false }),
+      ...(embeddings.ids().length ? { embeddings: embeddings.ids() } : {}),
       // An empty field is no negative prompt: SDXL then uses zero negative embeddings.
       negativePrompt: values.negativePrompt || undefined,
       steps: values.steps,
@@ -135,6 +144,7 @@ async function generate() {
       prompt: tagged.prompt, negativePrompt: values.negativePrompt, steps: result.steps, scheduler: result.scheduler,
       guidance: result.guidance, seed: result.seed, width: result.width, height: result.height, model: model.name,
       loras: loras.uses, controlnets: control ? [control.record] : [],
+      embeddings: embeddings.used([tagged.prompt, values.negativePrompt]),
       ...(image ? { strength: image.strength, ...(image.maskBlur ? { maskBlur: image.maskBlur } : {}) } : {}),
     };
     const plain = new Uint8Array(await (await pngOf(result.pixels, result.width, result.height)).arrayBuffer());
@@ -258,7 +268,7 @@ function applyParameters(p: ParsedParameters, source: string, url?: string) {
   if ((p.model || url) && !picker.select(p.model, url)) {
     notes.push(`Made with “${p.model}”, which is not offered here; the current model is kept.`);
   }
-  notes.push(...lora.apply(p.loras), ...controlnet.apply(p.controlnets));
+  notes.push(...lora.apply(p.loras), ...embeddings.missing(p.embeddings), ...controlnet.apply(p.controlnets));
   imagePanel.applyStrength(p.strength, p.maskBlur);
   notice([`Parameters taken from ${source}.`, ...notes].join(" "));
 }
@@ -363,7 +373,10 @@ function saveSettings() {
     localStorage.setItem(SETTINGS, JSON.stringify({ form: form.state(), model: picker.state() }));
   }, 300);
 }
-form.onChange = saveSettings;
+form.onChange = () => {
+  saveSettings();
+  tokens.update();
+};
 
 function restoreSettings() {
   try {

@@ -39,6 +39,8 @@ export interface Parameters {
   model: string;
   loras: LoraUse[];
   controlnets: ControlNetUse[];
+  /** The textual-inversion embeddings the prompts named (A1111's `TI hashes`). */
+  embeddings?: EmbeddingUse[];
   /** img2img and inpainting. */
   strength?: number;
   maskBlur?: number;
@@ -57,9 +59,16 @@ export interface ParsedParameters {
   model?: string;
   loras: LoraUse[];
   controlnets: ControlNetUse[];
+  embeddings: EmbeddingUse[];
   strength?: number;
   maskBlur?: number;
   notes: string[];
+}
+
+/** A textual-inversion embedding by the token prompts name it with, and its file's hash. */
+export interface EmbeddingUse {
+  token: string;
+  hash: string;
 }
 
 /** Our schedulers under the names A1111 gives its samplers. */
@@ -163,6 +172,8 @@ export function toA1111(p: Parameters): string {
   });
   const hashed = p.loras.filter((l) => l.hash);
   if (hashed.length) fields.push(["Lora hashes", hashed.map((l) => `${l.name}: ${l.hash}`).join(", ")]);
+  const tis = p.embeddings ?? [];
+  if (tis.length) fields.push(["TI hashes", tis.map((e) => `${e.token}: ${e.hash}`).join(", ")]);
   fields.push(["Version", "webdiffusion"]);
   lines.push(fields.map(([k, v]) => `${k}: ${quote(v)}`).join(", "));
   return lines.join("\n");
@@ -210,7 +221,7 @@ export function parseA1111(text: string): ParsedParameters {
   }
   const fields = new Map(parseFields(last));
   const tags = splitLoraTags(prompt);
-  const out: ParsedParameters = { prompt: tags.prompt, negativePrompt: negative, loras: tags.loras, controlnets: [], notes: [] };
+  const out: ParsedParameters = { prompt: tags.prompt, negativePrompt: negative, loras: tags.loras, controlnets: [], embeddings: [], notes: [] };
 
   const num = (key: string): number | undefined => {
     const v = fields.get(key);
@@ -238,6 +249,11 @@ export function parseA1111(text: string): ParsedParameters {
     const [name, hash] = entry.split(":").map((s) => s.trim());
     const lora = out.loras.find((l) => l.name === name);
     if (lora && hash) lora.hash = hash;
+  }
+  for (const entry of (fields.get("TI hashes") ?? "").split(",")) {
+    const at = entry.lastIndexOf(":");
+    const [token, hash] = [entry.slice(0, at).trim(), entry.slice(at + 1).trim()];
+    if (at > 0 && token && hash) out.embeddings.push({ token, hash });
   }
 
   for (const [key, value] of fields) {
@@ -291,6 +307,7 @@ export function parseComfyPrompt(json: string): ParsedParameters | null {
     seed: number(inputs.seed ?? inputs.noise_seed),
     loras: [],
     controlnets: [],
+    embeddings: [],
     notes: [],
   };
   const latent = linked(inputs.latent_image)?.inputs;
@@ -318,5 +335,8 @@ export function parametersFromChunks(chunks: Record<string, string>): ParsedPara
 
 /** A stored Parameters, as if read back from its PNG. */
 export function asParsed(p: Parameters): ParsedParameters {
-  return { ...p, loras: p.loras.map((l) => ({ ...l })), controlnets: p.controlnets.map((c) => ({ ...c })), notes: [] };
+  return {
+    ...p, loras: p.loras.map((l) => ({ ...l })), controlnets: p.controlnets.map((c) => ({ ...c })),
+    embeddings: (p.embeddings ?? []).map((e) => ({ ...e })), notes: [],
+  };
 }

@@ -2,7 +2,7 @@
 // under the names the app's modules use.
 import type { WorkerGenerateOptions, WorkerMessage, WorkerRequest } from "webdiffusion";
 
-export type { CachedModel, LoadProgress, ModelInfo, WorkerLora } from "webdiffusion";
+export type { CachedModel, LoadProgress, ModelInfo, WorkerEmbedding, WorkerLora } from "webdiffusion";
 
 /** A ControlNet in a generation, named by the id the worker gave it. */
 export type ControlNetInput = NonNullable<WorkerGenerateOptions["controlnets"]>[number];

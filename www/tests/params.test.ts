@@ -13,6 +13,7 @@ const FULL: Parameters = {
   model: "stable-diffusion-v1-5",
   loras: [{ name: "paper-cut", scale: 0.75, hash: "1a2b3c4d5e6f" }, { name: "ink", scale: -0.4, hash: "abcdefabcdef" }],
   controlnets: [{ module: "canny", model: "control_v11p_sd15_canny", weight: 1, start: 0, end: 0.8, low: 100, high: 200 }],
+  embeddings: [{ token: "easynegative", hash: "c74b4e810b03" }],
   strength: 0.6,
   maskBlur: 4,
 };
@@ -25,12 +26,12 @@ describe("writing A1111 parameters", () => {
       "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3405691582, Size: 512x768, Model: stable-diffusion-v1-5, " +
         "Denoising strength: 0.6, Mask blur: 4, " +
         'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny, Weight: 1.0, Threshold A: 100, Threshold B: 200, Guidance Start: 0.0, Guidance End: 0.8", ' +
-        'Lora hashes: "paper-cut: 1a2b3c4d5e6f, ink: abcdefabcdef", Version: webdiffusion',
+        'Lora hashes: "paper-cut: 1a2b3c4d5e6f, ink: abcdefabcdef", TI hashes: "easynegative: c74b4e810b03", Version: webdiffusion',
     ].join("\n"));
   });
 
   it("leaves out what was not used", () => {
-    const text = toA1111({ ...FULL, negativePrompt: "", loras: [], controlnets: [], strength: undefined, maskBlur: undefined, scheduler: "euler-a" });
+    const text = toA1111({ ...FULL, negativePrompt: "", loras: [], controlnets: [], embeddings: [], strength: undefined, maskBlur: undefined, scheduler: "euler-a" });
     expect(text).toBe("a watercolor fox, in the snow\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 3405691582, Size: 512x768, " +
       "Model: stable-diffusion-v1-5, Version: webdiffusion");
   });
@@ -48,6 +49,13 @@ describe("writing A1111 parameters", () => {
 });
 
 describe("reading parameters from other programs", () => {
+  it("A1111: the embeddings a prompt used (TI hashes)", () => {
+    const p = parseA1111('a cat\nNegative prompt: EasyNegative, (bad-hands-5:1.2)\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, ' +
+      'Size: 512x512, TI hashes: "EasyNegative: c74b4e810b03, bad-hands-5: aa7651be154c", Version: v1.10.1');
+    expect(p.embeddings).toEqual([{ token: "EasyNegative", hash: "c74b4e810b03" }, { token: "bad-hands-5", hash: "aa7651be154c" }]);
+    expect(p.negativePrompt).toBe("EasyNegative, (bad-hands-5:1.2)");
+  });
+
   it("A1111 1.10: schedule type, hires fields, LoRA tags and hashes", () => {
     const p = parseA1111([
       "masterpiece, a cat on a roof <lora:add_detail:0.6>",

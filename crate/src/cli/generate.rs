@@ -72,6 +72,8 @@ pub struct GenerateArgs {
     skip_layer_scale: f64,
     #[command(flatten)]
     loras: super::lora::LoraArgs,
+    #[command(flatten)]
+    reading: super::prompt::PromptArgs,
     /// safetensors with tensor `latents` [1,C,h,w]: the initial noise.
     #[arg(long)]
     latents: Option<PathBuf>,
@@ -210,6 +212,8 @@ pub fn run(args: GenerateArgs, matches: &clap::ArgMatches) -> Result<()> {
     if !args.loras.is_empty() {
         request.loras = super::lora::load(&args.loras, &pipe.lora_targets()?, &device)?;
     }
+    request.embeddings = super::prompt::load(&args.reading, &pipe.text)?;
+    request.prompt_weighting = !args.reading.no_prompt_weighting;
     request.controlnets = super::control::load(&pipe, &groups, canny)?;
     let mut progress = Progress::new();
     // A preview that cannot be written stops the run with its error, not as a cancel.
@@ -282,6 +286,11 @@ fn a1111_parameters(request: &Request, settings: &Settings, model: &str) -> Stri
         fields.push(format!("Denoising strength: {strength}"));
     }
     fields.extend(lora_hashes);
+    let negative = request.negative_prompt.as_deref().unwrap_or_default();
+    fields.extend(super::prompt::a1111(
+        &request.embeddings,
+        &[&request.prompt, negative],
+    ));
     format!(
         "{}{lora_tags}\nNegative prompt: {}\n{}",
         request.prompt,

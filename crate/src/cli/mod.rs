@@ -8,6 +8,7 @@ mod generate;
 mod io;
 mod lora;
 mod networks;
+mod prompt;
 
 use std::path::{Path, PathBuf};
 
@@ -68,7 +69,10 @@ enum Command {
         max_sequence_length: usize,
         #[command(flatten)]
         loras: lora::LoraArgs,
-        /// Writes `input_ids` (i64 [1,77]) and `prompt_embeds` (f32 [1,77,D]).
+        #[command(flatten)]
+        reading: prompt::PromptArgs,
+        /// Writes `input_ids` (i64 [k,77]: k chunks of 75 tokens) and `prompt_embeds` (f32
+        /// [1,77·k,D]).
         #[arg(long)]
         out: PathBuf,
     },
@@ -130,6 +134,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             clip_skip,
             max_sequence_length,
             loras,
+            reading,
             out,
         } => {
             let text = networks::TextArgs {
@@ -137,7 +142,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
                 clip_skip,
                 t5_length: max_sequence_length,
             };
-            networks::encode_prompt(&common, &text, &loras, &out)
+            networks::encode_prompt(&common, &text, &loras, &reading, &out)
         }
         Command::VaeDecode {
             common,

@@ -9,11 +9,11 @@ use burn::tensor::DType;
 use webdiffusion::component::Component;
 use webdiffusion::error::{Error, Result};
 use webdiffusion::models::vae::{Tiling, Vae, VaeConfig};
-use webdiffusion::pipeline::{Denoiser, Parts, lora_targets};
+use webdiffusion::pipeline::{Denoiser, Parts, Reading, lora_targets};
 use webdiffusion::{image, load, pack};
 
 use super::io::{self, Output};
-use super::{Common, lora, open};
+use super::{Common, lora, open, prompt};
 
 /// What `encode-prompt` encodes.
 pub struct TextArgs<'a> {
@@ -30,6 +30,7 @@ pub fn encode_prompt(
     common: &Common,
     text_args: &TextArgs,
     loras: &lora::LoraArgs,
+    prompt_args: &prompt::PromptArgs,
     out: &Path,
 ) -> Result<()> {
     let TextArgs {
@@ -56,29 +57,28 @@ pub fn encode_prompt(
     };
     text.check_clip_skip(clip_skip, "--clip-skip")?;
     text.check_t5_length(t5_length, "--max-sequence-length")?;
-    let models = text.with_loras(&loras);
-    let embeds = text.encode(&models, prompt, clip_skip, t5_length, &device)?;
+    let embeddings = prompt::load(prompt_args, &text)?;
+    let models = text.prepare(&loras, &embeddings)?;
+    let reading = Reading {
+        weighting: !prompt_args.no_prompt_weighting,
+        clip_skip,
+        t5_length,
+    };
+    let tokens = text.tokenize(&models, prompt, "--prompt", &reading)?;
+    let count = tokens.chunk_count();
+    let embeds = text.encode_tokens(&models, &tokens, count, &reading, &device);
     let mut outputs = Vec::new();
-    for (i, encoder) in text.encoders.iter().enumerate() {
-        let ids: Vec<i64> = encoder
-            .tokenizer
-            .encode(prompt)?
-            .iter()
-            .map(|&i| i64::from(i))
-            .collect();
+    for i in 0..text.encoders.len() {
+        let (ids, shape) = text.ids(&tokens, i, count);
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let name = match i {
             0 => "input_ids".to_string(),
             _ => format!("input_ids_{}", i + 1),
         };
-        outputs.push(Output::i64(&name, vec![1, ids.len()], &ids));
+        outputs.push(Output::i64(&name, shape.to_vec(), &ids));
     }
-    if let Some(t5) = &text.t5 {
-        let ids: Vec<i64> = t5
-            .tokenizer
-            .encode(prompt, t5_length)?
-            .iter()
-            .map(|&i| i64::from(i))
-            .collect();
+    if let Some((ids, _)) = &tokens.t5 {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         outputs.push(Output::i64("input_ids_3", vec![1, ids.len()], &ids));
     }
     outputs.push(Output::f32_finite(

@@ -47,6 +47,11 @@ impl SplitEmbedding {
         Self { parts }
     }
 
+    /// The rows of the whole table.
+    pub fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.dims()[0]).sum()
+    }
+
     /// Embeddings `[B, N, dim]` of `ids` `[B, N]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let mut out: Option<Tensor<3>> = None;

@@ -8,7 +8,9 @@ use burn::tensor::DType;
 use super::control::{self, ActiveControl};
 use super::denoiser::{Active, Cond, Denoiser};
 use super::inpaint::{self, Inpaint, Mask};
-use super::{DEFAULT_T5_LENGTH, Generated, PromptEmbeds, Request, Settings, StableDiffusion};
+use super::{
+    DEFAULT_T5_LENGTH, Generated, PromptEmbeds, Reading, Request, Settings, StableDiffusion,
+};
 use crate::component::Component;
 use crate::error::{Error, Result};
 use crate::lora;
@@ -130,19 +132,20 @@ impl StableDiffusion {
             .map(|dim| guidance_scale_embedding(request.guidance - 1.0, dim, device).cast(dtype));
         let guided = request.guidance > 1.0 && timestep_cond.is_none();
         let batch = if guided { 2 } else { 1 };
-        let encoders = self.text.with_loras(&request.loras);
-        let clip_skip = request.clip_skip;
-        let positive =
-            self.text
-                .encode(&encoders, &request.prompt, clip_skip, t5_length, device)?;
+        let models = self.text.prepare(&request.loras, &request.embeddings)?;
+        let reading = Reading {
+            weighting: request.prompt_weighting,
+            clip_skip: request.clip_skip,
+            t5_length,
+        };
+        let (prompt, negative) = (&request.prompt, request.negative_prompt.as_deref());
         let embeds = if guided {
-            let negative = request.negative_prompt.as_deref();
-            let negative = self
+            let (positive, negative) = self
                 .text
-                .encode_negative(&encoders, negative, &positive, clip_skip, t5_length, device)?;
+                .encode_pair(&models, prompt, negative, &reading, device)?;
             PromptEmbeds::cat(vec![negative, positive])
         } else {
-            positive
+            self.text.encode(&models, prompt, &reading, device)?
         };
         let cond = match &self.denoiser {
             Denoiser::Unet(..) => {

@@ -6,20 +6,20 @@ mod control;
 mod denoiser;
 mod generation;
 mod inpaint;
+mod reading;
 mod request;
 mod text;
-mod weighting;
 
 pub use control::{ControlNet, check_fits};
 pub use denoiser::{Cond, Denoiser};
 pub use generation::Generation;
+pub use reading::{Chunks, MAX_CHUNKS, Reading, TextModels, Tokens};
 pub use request::{
     Control, Generated, OnStep, Request, Settings, SizeConditioning, SkipLayerGuidance, VaeTiling,
 };
 pub use text::{
     DEFAULT_T5_LENGTH, PromptEmbeds, T5Encoder, TextEncoder, TextEncoders, tokenizer_fits,
 };
-pub use weighting::Chunks;
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -38,6 +38,7 @@ use crate::noise::Generator;
 #[cfg(not(target_family = "wasm"))]
 use crate::schedulers::NoiseSource;
 use crate::schedulers::{self, SchedulerConfig};
+use crate::textual_inversion::TextualInversion;
 use crate::weights::expected_tensors;
 
 pub struct StableDiffusion {
@@ -548,6 +549,21 @@ impl StableDiffusion {
         let parsed = LoraFile::parse(bytes, file)?;
         let hash = sha256_hex(bytes)[..12].to_string();
         Lora::new(&parsed, name, &hash, &targets, &self.device)
+    }
+
+    /// Reads the textual-inversion embedding `bytes` (named `file` in messages; `stem`, the
+    /// file name without extension, is AUTOMATIC1111's token) and checks that it fits this
+    /// pipeline's text encoders. `token`: the word to use instead of the file's own.
+    pub fn load_embedding(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        stem: &str,
+        token: Option<&str>,
+    ) -> Result<TextualInversion> {
+        let ti = TextualInversion::parse(bytes, file, stem, token)?;
+        self.text.check_embedding(&ti)?;
+        Ok(ti)
     }
 
     /// Runs `request` to the end, drawing all noise from its seed (native: it reads the

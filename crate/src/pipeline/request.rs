@@ -7,6 +7,7 @@ use burn::prelude::*;
 use super::control::ControlNet;
 use crate::image::Image;
 use crate::lora::Lora;
+use crate::textual_inversion::TextualInversion;
 
 /// One generation. `Request::new(prompt)` gives the model's defaults.
 #[derive(Debug, Clone)]
@@ -15,6 +16,13 @@ pub struct Request {
     /// `None` and `""` differ for SDXL: without a negative prompt its negative embeddings
     /// are zeros (`force_zeros_for_empty_prompt`), an empty one is encoded.
     pub negative_prompt: Option<String>,
+    /// Read the prompts as AUTOMATIC1111 does: `(word:1.3)` weights, chunks of 75 tokens
+    /// past 77, `BREAK` (see `reading`); `false`: literally, cut at 77 tokens, as
+    /// diffusers.
+    pub prompt_weighting: bool,
+    /// Textual-inversion embeddings the prompts may name (see
+    /// [`super::StableDiffusion::load_embedding`]).
+    pub embeddings: Vec<Arc<TextualInversion>>,
     /// `None`: the default for the scheduler (4 for LCM, 20 otherwise).
     pub steps: Option<usize>,
     pub guidance: f64,
@@ -120,6 +128,8 @@ impl Request {
         Self {
             prompt: prompt.into(),
             negative_prompt: None,
+            prompt_weighting: true,
+            embeddings: Vec::new(),
             steps: None,
             guidance: 7.5,
             guidance_rescale: 0.0,

@@ -1,8 +1,5 @@
 //! The text side of a pipeline: a tokenizer and a CLIP text encoder per text component of
-//! the family, and how their outputs become the UNet's conditioning (diffusers'
-//! `encode_prompt` of each family's pipeline).
-
-use std::sync::Arc;
+//! the family, built, loaded and checked (how they read a prompt: `reading`).
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -12,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::family::{self, Family};
 use crate::files::ModelFiles;
 use crate::load;
-use crate::lora::{self, Lora};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::t5::{T5Config, T5EncoderModel};
 use crate::tokenizer::ClipTokenizer;
@@ -55,8 +51,8 @@ pub struct TextEncoders {
 /// What the text encoders make of one prompt.
 #[derive(Clone)]
 pub struct PromptEmbeds {
-    /// `[1, 77, width]`: what cross-attention reads (SDXL: both encoders' penultimate
-    /// hidden states side by side).
+    /// `[1, 77·k, width]`: what cross-attention reads (SDXL: both encoders' penultimate
+    /// hidden states side by side; SD3: the joint CLIP and T5 tokens).
     pub context: Tensor<3>,
     /// `[1, P]`: SDXL's pooled embedding (the second encoder's projected end token).
     pub pooled: Option<Tensor<2>>,
@@ -205,111 +201,6 @@ impl TextEncoders {
             }
         }
         Ok(())
-    }
-
-    /// The text encoders with `loras` attached, to encode several prompts with.
-    pub fn with_loras(&self, loras: &[(Arc<Lora>, f32)]) -> Vec<ClipTextModel> {
-        let attach = |e: &TextEncoder| lora::apply(&e.model, e.component, loras);
-        self.encoders.iter().map(attach).collect()
-    }
-
-    /// `prompt` through `models` (see [`with_loras`](Self::with_loras)), skipping the last
-    /// `clip_skip` layers as diffusers does; SD3's T5 reads `t5_length` tokens.
-    pub fn encode(
-        &self,
-        models: &[ClipTextModel],
-        prompt: &str,
-        clip_skip: usize,
-        t5_length: usize,
-        device: &Device,
-    ) -> Result<PromptEmbeds> {
-        match self.family {
-            // The chosen layer's output through the final layer norm.
-            Family::Sd => {
-                let ids = self.encoders[0].tokenizer.encode(prompt)?;
-                Ok(PromptEmbeds {
-                    context: models[0].encode(&ids, clip_skip, device),
-                    pooled: None,
-                })
-            }
-            // Each encoder's layer before the chosen one, without the final layer norm,
-            // side by side; the pooled embedding is the last encoder's.
-            Family::Sdxl => {
-                let mut hidden = Vec::new();
-                let mut pooled = None;
-                for (encoder, model) in self.encoders.iter().zip(models) {
-                    let ids = encoder.tokenizer.encode(prompt)?;
-                    let (h, p) = model.encode_penultimate(&ids, clip_skip, device);
-                    hidden.push(h);
-                    pooled = p.or(pooled);
-                }
-                Ok(PromptEmbeds {
-                    context: Tensor::cat(hidden, 2),
-                    pooled,
-                })
-            }
-            Family::Sd3 => self.encode_sd3(models, prompt, clip_skip, t5_length, device),
-        }
-    }
-
-    /// SD3: both CLIP encoders' penultimate states side by side, zero-padded to the joint
-    /// width, followed on the token axis by T5's last hidden state (zeros for `t5_length` tokens
-    /// without T5, as diffusers); the pooled embedding is both encoders' side by side.
-    fn encode_sd3(
-        &self,
-        models: &[ClipTextModel],
-        prompt: &str,
-        clip_skip: usize,
-        t5_length: usize,
-        device: &Device,
-    ) -> Result<PromptEmbeds> {
-        let mut hidden = Vec::new();
-        let mut pooled = Vec::new();
-        for (encoder, model) in self.encoders.iter().zip(models) {
-            let ids = encoder.tokenizer.encode(prompt)?;
-            let (h, p) = model.encode_penultimate(&ids, clip_skip, device);
-            hidden.push(h);
-            pooled.extend(p);
-        }
-        let clip = Tensor::cat(hidden, 2);
-        let [_, clip_tokens, clip_width] = clip.dims();
-        let dtype = clip.dtype();
-        let pad = self.joint_width.saturating_sub(clip_width);
-        let clip = match pad {
-            0 => clip,
-            _ => Tensor::cat(
-                vec![clip, Tensor::zeros([1, clip_tokens, pad], (device, dtype))],
-                2,
-            ),
-        };
-        let t5 = match &self.t5 {
-            Some(t5) => {
-                let ids = t5.tokenizer.encode(prompt, t5_length)?;
-                t5.model.encode(&ids, device).cast(dtype)
-            }
-            None => Tensor::zeros([1, t5_length, self.joint_width], (device, dtype)),
-        };
-        Ok(PromptEmbeds {
-            context: Tensor::cat(vec![clip, t5], 1),
-            pooled: Some(Tensor::cat(pooled, 1)),
-        })
-    }
-
-    /// The negative embeddings of a request: the encoded `negative` prompt, or zeros when
-    /// there is none and the model asks for that (`force_zeros_for_empty_prompt`).
-    pub fn encode_negative(
-        &self,
-        models: &[ClipTextModel],
-        negative: Option<&str>,
-        positive: &PromptEmbeds,
-        clip_skip: usize,
-        t5_length: usize,
-        device: &Device,
-    ) -> Result<PromptEmbeds> {
-        match negative {
-            None if self.force_zeros_for_empty_prompt => Ok(positive.zeros_like()),
-            _ => self.encode(models, negative.unwrap_or(""), clip_skip, t5_length, device),
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The JS objects that stand for a LoRA or a ControlNet loaded by a `Pipeline`. JS holds
+//! The JS objects that stand for a LoRA, a ControlNet or a textual-inversion embedding
+//! loaded by a `Pipeline`. JS holds
 //! a small handle; the loaded weights live in a registry keyed by the handle's id, with
 //! the pipeline they were matched to, so that `generate` can find them from the options
 //! object and `free()` (the handle's drop) releases them.
@@ -11,12 +12,14 @@ use wasm_bindgen::prelude::*;
 
 use crate::lora::Lora;
 use crate::pipeline::ControlNet;
+use crate::textual_inversion::TextualInversion;
 
 /// What a handle stands for.
 #[derive(Clone)]
 pub enum Loaded {
     Lora(Arc<Lora>),
     ControlNet(Arc<ControlNet>),
+    Embedding(Arc<TextualInversion>),
 }
 
 thread_local! {
@@ -113,6 +116,49 @@ impl JsControlNet {
 }
 
 impl Drop for JsControlNet {
+    fn drop(&mut self) {
+        release(self.id);
+    }
+}
+
+/// A textual-inversion embedding loaded by `Pipeline.loadEmbedding`: prompts that name its
+/// token use its vectors when it is in `generate`'s `embeddings`.
+#[wasm_bindgen(js_name = Embedding)]
+pub struct JsEmbedding {
+    pub(super) id: u32,
+    pub(super) token: String,
+    pub(super) hash: String,
+    pub(super) vectors: usize,
+}
+
+#[wasm_bindgen(js_class = Embedding)]
+impl JsEmbedding {
+    /// The word that stands for it in a prompt.
+    #[wasm_bindgen(getter)]
+    pub fn token(&self) -> String {
+        self.token.clone()
+    }
+
+    /// The first 12 hex digits of the file's sha256 (A1111's `TI hashes`).
+    #[wasm_bindgen(getter)]
+    pub fn hash(&self) -> String {
+        self.hash.clone()
+    }
+
+    /// The token positions it takes in a prompt (of 75 per chunk).
+    #[wasm_bindgen(getter)]
+    pub fn vectors(&self) -> usize {
+        self.vectors
+    }
+
+    /// The handle `generate` looks the embedding up by.
+    #[wasm_bindgen(getter)]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for JsEmbedding {
     fn drop(&mut self) {
         release(self.id);
     }

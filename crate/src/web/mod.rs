@@ -23,7 +23,7 @@ use crate::component::Component;
 use crate::error::Error;
 use crate::noise::Generator;
 use crate::pipeline::{ControlNet, Denoiser, Parts, StableDiffusion, T5Encoder, TextEncoder};
-use handles::{JsControlNet, JsLora, Loaded};
+use handles::{JsControlNet, JsEmbedding, JsLora, Loaded};
 use source::Source;
 
 #[wasm_bindgen(module = "/js/cache.js")]
@@ -104,6 +104,35 @@ fn source(url: &str, options: &Option<JsValue>) -> Source {
 }
 
 /// The last segment of a URL without its query and `suffix`: how a file is named.
+/// The bytes of a file given as a URL (fetched and cached as `options` say) or as a
+/// `Uint8Array`, with the name messages give it (`bytes`, when it came as bytes).
+async fn file_bytes(
+    from: JsValue,
+    options: &Option<JsValue>,
+    method: &str,
+    bytes: &str,
+) -> Result<(Vec<u8>, String), JsValue> {
+    match from.as_string() {
+        Some(url) => {
+            let source = source("", options);
+            let found =
+                fetch_file(&url, source.cache, &source.on_progress, &JsValue::UNDEFINED).await?;
+            if found.is_null() {
+                return Err(js_sys::Error::new(&format!("{url}: not found (HTTP 404)")).into());
+            }
+            Ok((Uint8Array::new(&found).to_vec(), url))
+        }
+        None => {
+            let array: Uint8Array = from.dyn_into().map_err(|_| {
+                js_sys::Error::new(&format!(
+                    "{method}: the source must be a URL string or a Uint8Array"
+                ))
+            })?;
+            Ok((array.to_vec(), bytes.to_string()))
+        }
+    }
+}
+
 fn file_name(url: &str, suffix: &str) -> String {
     let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or(url);
     let last = last.split(['?', '#']).next().unwrap_or(last);
@@ -272,24 +301,7 @@ impl Pipeline {
         #[wasm_bindgen(unchecked_param_type = "string | Uint8Array")] from: JsValue,
         #[wasm_bindgen(unchecked_param_type = "LoraOptions")] options: Option<JsValue>,
     ) -> Result<JsLora, JsValue> {
-        let (bytes, file) = match from.as_string() {
-            Some(url) => {
-                let source = source("", &options);
-                let found =
-                    fetch_file(&url, source.cache, &source.on_progress, &JsValue::UNDEFINED)
-                        .await?;
-                if found.is_null() {
-                    return Err(js_sys::Error::new(&format!("{url}: not found (HTTP 404)")).into());
-                }
-                (Uint8Array::new(&found).to_vec(), url)
-            }
-            None => {
-                let array: Uint8Array = from.dyn_into().map_err(|_| {
-                    js_sys::Error::new("loadLora: the source must be a URL string or a Uint8Array")
-                })?;
-                (array.to_vec(), "LoRA bytes".to_string())
-            }
-        };
+        let (bytes, file) = file_bytes(from, &options, "loadLora", "LoRA bytes").await?;
         let options = options.unwrap_or(JsValue::UNDEFINED);
         let name = Reflect::get(&options, &"name".into())
             .ok()
@@ -302,6 +314,65 @@ impl Pipeline {
         let (name, hash) = (lora.name.clone(), lora.hash.clone());
         let id = handles::register(Loaded::Lora(Arc::new(lora)), self.id);
         Ok(JsLora { id, name, hash })
+    }
+
+    /// Loads a textual-inversion embedding (`.safetensors`: diffusers', AUTOMATIC1111's, or
+    /// SDXL's `clip_l`/`clip_g`) from a URL (fetched and cached like model files) or from
+    /// bytes: `{ onProgress?, cache?, token? }`. Prompts name it by `token` (default: the
+    /// file's own key, or for AUTOMATIC1111's files the file name without extension). One
+    /// for another model (its width) is refused here.
+    #[wasm_bindgen(js_name = loadEmbedding)]
+    pub async fn load_embedding(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | Uint8Array")] from: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "EmbeddingOptions")] options: Option<JsValue>,
+    ) -> Result<JsEmbedding, JsValue> {
+        let (bytes, file) = file_bytes(from, &options, "loadEmbedding", "embedding bytes").await?;
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        let token = Reflect::get(&options, &"token".into())
+            .ok()
+            .and_then(|n| n.as_string());
+        // Bytes have no file name: their token comes from `token` or the file's key.
+        let stem = match file.contains('/') || file.ends_with(".safetensors") {
+            true => file_name(&file, ".safetensors"),
+            false => String::new(),
+        };
+        let ti = self
+            .inner
+            .load_embedding(&bytes, &file, &stem, token.as_deref())
+            .map_err(js_error)?;
+        let (token, hash, vectors) = (ti.token.clone(), ti.hash.clone(), ti.count);
+        let id = handles::register(Loaded::Embedding(Arc::new(ti)), self.id);
+        Ok(JsEmbedding {
+            id,
+            token,
+            hash,
+            vectors,
+        })
+    }
+
+    /// The tokens each 75-token chunk of `prompt` holds, for a prompt box's counter:
+    /// `{ embeddings?, promptWeighting? }` as `generate` reads them. Read literally
+    /// (`promptWeighting: false`) only the first 75 are kept.
+    #[wasm_bindgen(js_name = countTokens, unchecked_return_type = "TokenCount")]
+    pub fn count_tokens(
+        &self,
+        prompt: String,
+        #[wasm_bindgen(unchecked_param_type = "CountOptions")] options: Option<JsValue>,
+    ) -> Result<JsValue, JsValue> {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        let (embeddings, weighting) = options::reading(&options, self.id)?;
+        let chunks = self
+            .inner
+            .text
+            .count_tokens(&prompt, &embeddings, weighting)
+            .map_err(js_error)?;
+        let object = Object::new();
+        let counts: js_sys::Array = chunks.iter().map(|&n| JsValue::from(n as u32)).collect();
+        Reflect::set(&object, &"chunks".into(), &counts)?;
+        let limit = crate::pipeline::MAX_CHUNKS as u32;
+        Reflect::set(&object, &"maxChunks".into(), &limit.into())?;
+        Ok(object.into())
     }
 
     /// Loads a ControlNet for this pipeline: a diffusers ControlNet folder (`config.json`

@@ -1,6 +1,8 @@
 //! The options object of `Pipeline.generate`, read into a [`Request`] (see `GenerateOptions`
 //! in the TypeScript declarations), and `ImageData` in and out.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 use js_sys::{Float32Array, Function, Reflect, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
@@ -9,6 +11,7 @@ use super::Hooks;
 use super::handles::{self, Loaded};
 use crate::image::Image;
 use crate::pipeline::{Control, Request, SizeConditioning, StableDiffusion, VaeTiling};
+use crate::textual_inversion::TextualInversion;
 
 fn error(message: String) -> JsValue {
     js_sys::Error::new(&message).into()
@@ -235,6 +238,7 @@ pub fn parse(
         let scale = number(entry, "scale", &format!("{key}.scale"))?.unwrap_or(1.0);
         request.loras.push((lora, scale as f32));
     }
+    (request.embeddings, request.prompt_weighting) = reading(options, pipe_id)?;
     for (i, entry) in list(options, "controlnets")?.iter().enumerate() {
         let key = format!("controlnets[{i}]");
         let Loaded::ControlNet(controlnet) = handle(entry, "controlnet", &key, pipe_id)? else {
@@ -262,6 +266,43 @@ pub fn parse(
         signal: field(options, "signal"),
     };
     Ok((request, hooks))
+}
+
+/// How the prompts are read: `embeddings` (handles from `loadEmbedding`) and
+/// `promptWeighting` (default `true`).
+pub fn reading(
+    options: &JsValue,
+    pipe_id: u32,
+) -> Result<(Vec<Arc<TextualInversion>>, bool), JsValue> {
+    let mut embeddings = Vec::new();
+    for (i, entry) in list(options, "embeddings")?.iter().enumerate() {
+        let key = format!("embeddings[{i}]");
+        // A freed handle's getter throws: that reads as no id.
+        let id = Reflect::get(entry, &"id".into())
+            .ok()
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| {
+                error(format!(
+                    "generate: `{key}` must be an Embedding from loadEmbedding, alive"
+                ))
+            })?;
+        match handles::lookup(id as u32, pipe_id) {
+            Ok(Loaded::Embedding(ti)) => embeddings.push(ti),
+            Ok(_) => {
+                return Err(error(format!(
+                    "generate: `{key}` must be an Embedding from loadEmbedding"
+                )));
+            }
+            Err(why) => return Err(error(format!("generate: `{key}` {why}"))),
+        }
+    }
+    let weighting = match field(options, "promptWeighting") {
+        None => true,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            error("generate: `promptWeighting` must be true or false".to_string())
+        })?,
+    };
+    Ok((embeddings, weighting))
 }
 
 /// The array `key` of `options` (empty when absent).

@@ -56,10 +56,19 @@ export interface ControlNetUse {
   end?: number;
 }
 export interface GenerateOptions {
+  /** Read as AUTOMATIC1111 reads it (unless `promptWeighting` is false): `(word:1.3)`,
+   *  `(word)` ×1.1, `[word]` ÷1.1, a backslash before a bracket for a literal one, `BREAK` to start a new
+   *  chunk; past 75 tokens it goes on in chunks of 75 (at most 16, 1200 tokens). */
   prompt: string;
   /** What to steer away from. SDXL without one uses zero negative embeddings (diffusers'
    *  `force_zeros_for_empty_prompt`); `""` is encoded like a prompt. */
   negativePrompt?: string;
+  /** `false`: read the prompts literally, brackets as text, cut at 75 tokens, as
+   *  diffusers does (default true). */
+  promptWeighting?: boolean;
+  /** Textual-inversion embeddings loaded with this pipeline's `loadEmbedding`: the prompts
+   *  name them by their `token` (SD 1.x/2.x and SDXL). */
+  embeddings?: Embedding[];
   /** Default: 20 (4 for LCM, 28 for SD3). */
   steps?: number;
   /** Classifier-free guidance scale (default 7.5); 1 or less runs the UNet once per step. */
@@ -130,9 +139,9 @@ export interface GenerateOptions {
 }
 /** What a loaded model is (`Pipeline.info`, and the worker's `loaded` message). */
 export interface ModelInfo {
-  /** The model family: "sd" (Stable Diffusion 1.x/2.x, Turbo, LCM, inpainting) or "sdxl"
-   *  (SDXL base, Turbo and fine-tunes). */
-  family: "sd" | "sdxl";
+  /** The model family: "sd" (Stable Diffusion 1.x/2.x, Turbo, LCM, inpainting), "sdxl"
+   *  (SDXL base, Turbo and fine-tunes) or "sd3" (SD3/SD3.5). */
+  family: "sd" | "sdxl" | "sd3";
   /** Channels of the latents (`onStep`'s and the result's). */
   latentChannels: number;
   /** Pixels per latent along each side. */
@@ -170,6 +179,19 @@ export interface LoraOptions {
   /** How the LoRA is named in parameters (default: the file name without extension). */
   name?: string;
 }
+export interface EmbeddingOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep a fetched file in IndexedDB (default true). */
+  cache?: boolean;
+  /** The word prompts name it by (default: the file's own key, or for AUTOMATIC1111's
+   *  files, whose key is `emb_params` or `clip_l`/`clip_g`, the file name without
+   *  extension; such a file given as bytes needs one). */
+  token?: string;
+}
+/** `countTokens`' options: as `generate` reads the prompt. */
+export interface CountOptions { embeddings?: Embedding[]; promptWeighting?: boolean }
+/** The tokens in each chunk of 75 a prompt fills (a prompt holds at most `maxChunks`). */
+export interface TokenCount { chunks: number[]; maxChunks: number }
 export interface CachedFile { url: string; bytes: number | null; complete: boolean }
 /** A cached model: a pack, a diffusers folder or a single file, with its files. */
 export interface CachedModel { url: string; bytes: number; complete: boolean; files: CachedFile[] }
@@ -178,9 +200,12 @@ export interface CachedModel { url: string; bytes: number; complete: boolean; fi
 export interface WorkerLora { id: number; name: string; hash: string }
 /** A ControlNet loaded in the worker, named by its id in `generate`'s `controlnets`. */
 export interface WorkerControlNet { id: number; name: string }
-/** `generate`'s options as the worker takes them: LoRAs and ControlNets by id. */
-export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | "loras" | "controlnets"> & {
+/** An embedding loaded in the worker, named by its id in `generate`'s `embeddings`. */
+export interface WorkerEmbedding { id: number; token: string; hash: string; vectors: number }
+/** `generate`'s options as the worker takes them: LoRAs, ControlNets and embeddings by id. */
+export type WorkerGenerateOptions = Omit<GenerateOptions, "onStep" | "signal" | "loras" | "controlnets" | "embeddings"> & {
   loras?: { lora: number; scale?: number }[];
+  embeddings?: number[];
   controlnets?: (Omit<ControlNetUse, "controlnet"> & { controlnet: number })[];
 };
 /** Messages to the package's `worker.js`; a request's `id` comes back in its reply. */
@@ -190,6 +215,9 @@ export type WorkerRequest =
   | { type: "generate"; options: WorkerGenerateOptions; id?: number }
   | { type: "loadLora"; source: string | Uint8Array; name?: string; id?: number }
   | { type: "freeLora"; lora: number; id?: number }
+  | { type: "loadEmbedding"; source: string | Uint8Array; token?: string; id?: number }
+  | { type: "freeEmbedding"; embedding: number; id?: number }
+  | { type: "countTokens"; prompt: string; embeddings?: number[]; promptWeighting?: boolean; id?: number }
   | { type: "loadControlNet"; url: string; id?: number }
   | { type: "freeControlNet"; controlnet: number; id?: number }
   | { type: "canny"; image: ImageData; low: number; high: number; id?: number }
@@ -204,6 +232,8 @@ export type WorkerMessage =
       shape: [number, number, number, number]; id?: number }
   | { type: "result"; result: GenerateResult; id?: number }
   | { type: "loraLoaded"; lora: WorkerLora; id?: number }
+  | { type: "embeddingLoaded"; embedding: WorkerEmbedding; id?: number }
+  | { type: "tokens"; count: TokenCount; id?: number }
   | { type: "controlnetLoaded"; controlnet: WorkerControlNet; id?: number }
   | { type: "canny"; image: ImageData; id?: number }
   | { type: "cached"; cached: CachedModel[]; id?: number }

@@ -15,11 +15,15 @@ export interface FormValues {
   seed: number;
   width?: number;
   height?: number;
+  /** A1111's prompt syntax and chunks (false: literally, as diffusers). */
+  promptWeighting: boolean;
 }
 
 type Defaults = Preset["defaults"] | undefined;
 
 const FIELDS = ["prompt", "negative", "steps", "guidance", "scheduler", "seed", "width", "height"] as const;
+/** Checkboxes kept with the settings. */
+const CHECKS = ["prompt-weighting"] as const;
 
 export class GenerationForm {
   onChange: () => void = () => {};
@@ -33,11 +37,12 @@ export class GenerationForm {
   private readonly width = byId<HTMLInputElement>("width");
   private readonly height = byId<HTMLInputElement>("height");
   private readonly sizes = byId<HTMLSelectElement>("sizes");
+  private readonly weighting = byId<HTMLInputElement>("prompt-weighting");
 
   constructor() {
     this.scheduler.add(new Option("The model's own", ""));
     for (const s of SCHEDULERS) this.scheduler.add(new Option(s === "pndm" ? "PNDM (PLMS)" : samplerName(s), s));
-    for (const input of [this.steps, this.guidance, this.scheduler, this.seed, this.width, this.height, this.prompt, this.negative]) {
+    for (const input of [this.steps, this.guidance, this.scheduler, this.seed, this.width, this.height, this.prompt, this.negative, this.weighting]) {
       input.addEventListener("input", () => this.changed());
     }
     // A trained size fills width and height (SDXL works best at its aspect-ratio buckets).
@@ -78,6 +83,7 @@ export class GenerationForm {
       seed: number(this.seed) ?? Math.floor(Math.random() * 2 ** 32),
       width: number(this.width),
       height: number(this.height),
+      promptWeighting: this.weighting.checked,
     };
   }
 
@@ -103,11 +109,15 @@ export class GenerationForm {
   }
 
   state(): Record<string, string> {
-    return Object.fromEntries(FIELDS.map((id) => [id, byId<HTMLInputElement>(id).value]));
+    return Object.fromEntries([
+      ...FIELDS.map((id) => [id, byId<HTMLInputElement>(id).value]),
+      ...CHECKS.map((id) => [id, String(byId<HTMLInputElement>(id).checked)]),
+    ]);
   }
 
   restore(state: Record<string, string>) {
     for (const id of FIELDS) if (typeof state[id] === "string") byId<HTMLInputElement>(id).value = state[id];
+    for (const id of CHECKS) if (typeof state[id] === "string") byId<HTMLInputElement>(id).checked = state[id] === "true";
     this.changed();
   }
 
