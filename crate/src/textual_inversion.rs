@@ -10,7 +10,8 @@
 
 use crate::error::{Error, Result};
 use crate::files::sha256_hex;
-use crate::weights::safetensors::{SafetensorsFile, floats};
+use crate::weights::finite_floats;
+use crate::weights::safetensors::SafetensorsFile;
 
 /// Which CLIP encoder a set of vectors is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,15 +135,7 @@ impl TextualInversion {
 /// The tensor `key` as `[n, D]` floats (a `[D]` vector is one row), finite.
 fn read_vectors(st: &SafetensorsFile, file: &str, slot: Slot, key: &str) -> Result<Vectors> {
     let (info, data) = st.get(key).expect("listed key");
-    let values = floats(info.dtype, data).ok_or_else(|| {
-        Error::io(
-            file,
-            format!(
-                "tensor `{key}` is {:?}; expected F32, F16 or BF16",
-                info.dtype
-            ),
-        )
-    })?;
+    let values = finite_floats(file, key, info.dtype, data)?;
     let width = match info.shape[..] {
         [d] | [_, d] if d > 0 => d,
         _ => {
@@ -155,16 +148,6 @@ fn read_vectors(st: &SafetensorsFile, file: &str, slot: Slot, key: &str) -> Resu
             ));
         }
     };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::io(
-            file,
-            format!(
-                "tensor `{key}` has a non-finite value at [{}, {}]",
-                i / width,
-                i % width
-            ),
-        ));
-    }
     Ok(Vectors {
         slot,
         key: key.to_string(),

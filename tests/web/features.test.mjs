@@ -185,3 +185,66 @@ test("at WebGPU's default limits, TAESD decodes the final image and each step's 
 test("no shader or WebGPU error was logged", () => {
   assert.deepEqual(gpuErrors(consoleErrors), []);
 });
+
+test("prompt weights, long prompts and embeddings give the reference's image; bad embeddings are refused", async () => {
+  const page = await openPage();
+  const settings = JSON.parse(readFileSync(join(root, "tests/fixtures/goldens/prompts-weighting.json"), "utf8"));
+  const run = settings.image_runs["sd1-tiny"];
+  const file = "goldens/prompts-weighting.safetensors";
+  const init = golden(file, "sd1-tiny.image_run.init_latents");
+  const easy = readFileSync(join(root, "tests/fixtures/prompts/easynegative-tiny.safetensors"));
+  const out = await page.evaluate(async ({ base, run, init, easy }) => {
+    const { Pipeline } = window.webdiffusion;
+    const pipe = await Pipeline.load(`${base}/sd1-tiny`, {});
+    // Loaded in the reference's order: ids follow the vocabulary in load order.
+    const cat = await pipe.loadEmbedding(`${base}/prompts/cat-toy.safetensors`);
+    const negative = await pipe.loadEmbedding(Uint8Array.from(easy), { token: "easynegative-tiny" });
+    const embeddings = [cat, negative];
+    const result = await pipe.generate({
+      prompt: run.prompt, negativePrompt: run.negative_prompt, steps: run.num_inference_steps,
+      guidance: run.guidance_scale, width: run.width, height: run.height,
+      latents: Float32Array.from(init), embeddings,
+    });
+    const counts = [
+      pipe.countTokens(run.prompt, { embeddings }),
+      pipe.countTokens(run.prompt, { promptWeighting: false }),
+      pipe.countTokens("easynegative-tiny", { embeddings }),
+    ];
+    const handles = embeddings.map((e) => [e.token, e.vectors]);
+    const hash = negative.hash;
+    const errors = [];
+    for (const bad of [
+      () => pipe.loadEmbedding(`${base}/prompts/nan-emb.safetensors`),
+      () => pipe.loadEmbedding(`${base}/prompts/wide-emb.safetensors`),
+      () => pipe.loadEmbedding(new Uint8Array([0x80, 2, 0x7d, 0x71])),
+      () => pipe.generate({ prompt: "word ".repeat(1300), steps: 1 }),
+      () => pipe.generate({ prompt: "x", steps: 1, promptWeighting: "yes" }),
+      () => {
+        cat.free();
+        return pipe.generate({ prompt: "x", steps: 1, embeddings: [cat] });
+      },
+    ]) {
+      try {
+        await bad();
+        errors.push(null);
+      } catch (e) {
+        errors.push(e.message);
+      }
+    }
+    return { latents: Array.from(result.latents), counts, errors, handles, hash };
+  }, { base: `${server.base}${FIX}`, run, init: Array.from(init), easy: Array.from(easy) });
+  const err = relL2(Float32Array.from(out.latents), golden(file, "sd1-tiny.image_run.latents"));
+  assert.ok(err <= 1e-3, `latents rel-L2 ${err}`);
+  assert.deepEqual(out.handles, [["<cat-toy>", 1], ["easynegative-tiny", 2]]);
+  assert.match(out.hash, /^[0-9a-f]{12}$/);
+  assert.deepEqual(out.counts[0], { chunks: [75, 75, 15], maxChunks: 16 });
+  assert.ok(out.counts[1].chunks.length === 3, "read literally, the count goes past 75");
+  assert.deepEqual(out.counts[2].chunks, [2]);
+  assert.match(out.errors[0] ?? "", /nan-emb\.safetensors.*non-finite/);
+  assert.match(out.errors[1] ?? "", /wide-emb\.safetensors.*40.*32/);
+  assert.match(out.errors[2] ?? "", /pickle/);
+  assert.match(out.errors[3] ?? "", /prompt.*1200 tokens/);
+  assert.match(out.errors[4] ?? "", /promptWeighting/);
+  assert.match(out.errors[5] ?? "", /embeddings\[0\]/);
+  await page.close();
+});

@@ -421,6 +421,7 @@ function showBanner() {
 }
 
 restoreSettings();
+tokens.update();
 form.setDefaults(picker.choice()?.preset?.defaults);
 showBanner();
 setBusy(false);

@@ -67,3 +67,52 @@ function wordAt(text: string, caret: number): [number, number] {
 function round(weight: number): number {
   return Math.round(weight * 100) / 100;
 }
+
+/** A stretch of the prompt read at `weight` (≠ 1), by source offsets; `weight` 0 marks `BREAK`. */
+export interface Span {
+  start: number;
+  end: number;
+  weight: number;
+}
+
+const TOKEN = /\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()[\]:]+|:/g;
+
+/**
+ * Where the prompt's weights differ from 1, as AUTOMATIC1111's `parse_prompt_attention`
+ * reads it (the engine's parser), for highlighting: `(a)` ×1.1, `[a]` ÷1.1, `(a:w)`,
+ * nesting multiplies, unclosed brackets weigh to the end, and `BREAK` words.
+ */
+export function weightedSpans(text: string): Span[] {
+  const parts: { start: number; end: number; weight: number }[] = [];
+  const round: number[] = [];
+  const square: number[] = [];
+  const multiply = (from: number, factor: number) => {
+    for (let i = from; i < parts.length; i++) parts[i].weight *= factor;
+  };
+  for (const m of text.matchAll(TOKEN)) {
+    const token = m[0];
+    const at = m.index;
+    if (token === "(") round.push(parts.length);
+    else if (token === "[") square.push(parts.length);
+    else if (m[1] !== undefined && round.length) {
+      const w = Number(m[1]);
+      if (Number.isFinite(w)) multiply(round.pop()!, w);
+      else parts.push({ start: at, end: at + token.length, weight: 1 });
+    } else if (token === ")" && round.length) multiply(round.pop()!, 1.1);
+    else if (token === "]" && square.length) multiply(square.pop()!, 1 / 1.1);
+    else if (!/^[()[\]]$/.test(token) && !/^:\s*[+-]?[.\d]+\s*\)$/.test(token)) {
+      parts.push({ start: at, end: at + token.length, weight: 1 });
+    }
+  }
+  for (const at of round) multiply(at, 1.1);
+  for (const at of square) multiply(at, 1 / 1.1);
+  const spans: Span[] = [];
+  for (const p of parts) {
+    if (Math.abs(p.weight - 1) < 1e-9) continue;
+    const last = spans[spans.length - 1];
+    if (last && last.end === p.start && Math.abs(last.weight - p.weight) < 1e-9) last.end = p.end;
+    else spans.push({ ...p });
+  }
+  for (const m of text.matchAll(/\bBREAK\b/g)) spans.push({ start: m.index, end: m.index + 5, weight: 0 });
+  return spans.sort((a, b) => a.start - b.start);
+}

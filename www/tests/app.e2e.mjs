@@ -1,7 +1,7 @@
 // The app as people use it, in headless Chromium on WebGPU (SwiftShader), at 1280×800 and at
 // 390×844, found by accessible names where it matters. One page throughout: generating is
 // slow on a CPU, and the worker's compiled shaders only last as long as the page. So every
-// generation comes first (desktop, LoRA, ControlNet + inpainting, cancel; then the phone
+// generation comes first (desktop, LoRA, embeddings, ControlNet + inpainting, cancel; then the phone
 // size), then what needs no GPU work: reload, reuse, PNG info, storage, axe. Screenshots of
 // both sizes are kept in www/test-results/.
 import { test, before, after } from "node:test";
@@ -148,6 +148,52 @@ test("LoRA: add by file and by URL, remove one, generate with Ctrl+Enter: the CL
   await page.getByRole("checkbox", { name: LORA }).uncheck();
 });
 
+test("embeddings and prompt weights: token counts, Ctrl+↑, the CLI's image, TI hashes in the parameters", async () => {
+  const counter = page.locator("#prompt-tokens");
+  await page.waitForFunction(() => /^\d+\/75$/.test(document.querySelector("#prompt-tokens").textContent), null, WAIT);
+  await open("Embeddings");
+  await page.getByLabel("Add an embedding file…").setInputFiles(join(fixtures, "prompts/easynegative-tiny.safetensors"));
+  const item = page.getByRole("list", { name: "Embeddings" }).getByRole("listitem");
+  await item.waitFor(WAIT);
+  assert.match(await item.textContent(), /easynegative-tiny · 2 tokens/);
+  await page.getByRole("button", { name: "Add easynegative-tiny to the negative prompt" }).click();
+  const negative = page.getByRole("textbox", { name: /^Negative prompt/ });
+  assert.equal(await negative.inputValue(), `easynegative-tiny, ${NEGATIVE}`);
+
+  // Ctrl+↑ weighs the word at the caret; the counter follows the text.
+  await prompt().fill("a watercolor fox");
+  await prompt().evaluate((t) => t.setSelectionRange(14, 14));
+  await prompt().press("Control+ArrowUp");
+  await prompt().press("Control+ArrowUp");
+  assert.equal(await prompt().inputValue(), "a watercolor (fox:1.2)");
+  assert.deepEqual(await page.locator("#prompt-highlight mark").allTextContents(), ["fox"], "the weighted word is highlighted");
+  await page.waitForFunction(() => document.querySelector("#prompt-tokens").textContent === "3/75", null, WAIT);
+  await prompt().fill("fox ".repeat(80));
+  await page.waitForFunction(() => document.querySelector("#prompt-tokens").textContent === "80/150 · 2 chunks", null, WAIT);
+  await open("Advanced");
+  await page.getByRole("checkbox", { name: /Read prompt weights/ }).uncheck();
+  await page.waitForFunction(() => /dropped/.test(document.querySelector("#prompt-tokens").textContent), null, WAIT);
+  await page.getByRole("checkbox", { name: /Read prompt weights/ }).check();
+  assert.match(await counter.textContent(), /./);
+
+  const weighted = "a watercolor (fox:1.2) in the [snow]";
+  await prompt().fill(weighted);
+  await settings({ steps: 1, guidance: 2, seed: 11 });
+  await generateButton().click();
+  await generated(3);
+  const native = nativeImage(["--prompt", weighted, "--negative-prompt", `easynegative-tiny, ${NEGATIVE}`, "--steps", "1", "--guidance", "2",
+    "--scheduler", "ddim", "--seed", "11", "--embedding", join(fixtures, "prompts/easynegative-tiny.safetensors")]);
+  const worst = worstDifference(await pixelsOf(page, "#stage-image"), native);
+  assert.ok(worst <= 2, `the app's image with an embedding differs from the CLI's by up to ${worst}/255`);
+  const parameters = pngParameters(await downloadShown());
+  assert.match(parameters, /TI hashes: "easynegative-tiny: [0-9a-f]{12}"/);
+
+  // Back to the prompt and negative prompt the other tests expect.
+  await page.getByRole("button", { name: "Remove easynegative-tiny" }).click();
+  await prompt().fill(PROMPT);
+  await negative.fill(NEGATIVE);
+});
+
 test("ControlNet (Canny, live preview) with inpainting: the CLI's image; or, without engine support, panels that say why", async () => {
   await open("ControlNet");
   await open("Image / inpainting");
@@ -179,7 +225,7 @@ test("ControlNet (Canny, live preview) with inpainting: the CLI's image; or, wit
 
   await settings({ steps: 2, guidance: 1, seed: 7 });
   await generateButton().click();
-  await generated(3);
+  await generated(4);
   const native = nativeImage(["--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--steps", "2", "--guidance", "1", "--scheduler", "ddim",
     "--seed", "7", "--init-image", join(fixtures, "goldens/sd1-tiny-vae-input.png"), "--mask", join(fixtures, "inpaint/mask-32.png"),
     "--strength", "0.75", "--controlnet", join(fixtures, "controlnet-sd1-tiny"), "--control-image", join(fixtures, "controlnet/control-a.png"),

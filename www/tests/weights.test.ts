@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { adjustWeight } from "../src/weights";
+import { adjustWeight, weightedSpans } from "../src/weights";
 
 /** Applies the edit to `text` where `|…|` marks the selection (or one `|` the caret). */
 function press(marked: string, delta: number) {
@@ -36,5 +36,27 @@ describe("adjustWeight", () => {
   it("does nothing where there is nothing to weigh", () => {
     expect(press("a red , | fox", 0.1)).toBeNull();
     expect(press("|", 0.1)).toBeNull();
+  });
+});
+
+describe("weightedSpans", () => {
+  const marked = (text: string) =>
+    weightedSpans(text).map((s) => [text.slice(s.start, s.end), Math.round(s.weight * 1000) / 1000]);
+
+  it("reads A1111's documented examples", () => {
+    expect(marked("normal text")).toEqual([]);
+    expect(marked("an (important) word")).toEqual([["important", 1.1]]);
+    expect(marked("(unbalanced")).toEqual([["unbalanced", 1.1]]);
+    expect(marked("\\(literal\\]")).toEqual([]);
+    expect(marked("(unnecessary)(parens)")).toEqual([["unnecessary", 1.1], ["parens", 1.1]]);
+    // A1111's docstring: one "(" stays open, so the rest weighs 1.1 more ("on" back to 1).
+    expect(marked("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).")).toEqual([
+      ["house", 1.573], [" ", 1.1], [" a ", 1.1], ["hill", 0.55], [", sun, ", 1.1], ["sky", 1.464], [".", 1.1],
+    ]);
+  });
+
+  it("marks BREAK and leaves a non-numeric weight as weighted text", () => {
+    expect(marked("a fox BREAK snow")).toEqual([["BREAK", 0]]);
+    expect(marked("a (word:abc) here")).toEqual([["word:abc", 1.1]]);
   });
 });

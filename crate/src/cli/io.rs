@@ -11,7 +11,7 @@ use safetensors::tensor::Dtype;
 
 use webdiffusion::error::{Error, Result};
 use webdiffusion::files::parent_folder;
-use webdiffusion::weights::floats;
+use webdiffusion::weights::finite_floats;
 use webdiffusion::weights::safetensors::{SafetensorsFile, serialize};
 
 /// A tensor to write: name, shape, and its values as little-endian bytes.
@@ -157,17 +157,6 @@ pub fn read_tensor4(path: &Path, name: &str, device: &Device) -> Result<Tensor<4
             format!("`{name}` has shape {:?}, expected 4 dimensions", info.shape),
         )
     })?;
-    let values = floats(info.dtype, data).ok_or_else(|| {
-        Error::io(
-            &file,
-            format!("`{name}` has dtype {:?}, expected a float type", info.dtype),
-        )
-    })?;
-    if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::io(
-            &file,
-            format!("`{name}` has a non-finite value at index {bad}"),
-        ));
-    }
+    let values = finite_floats(&file, name, info.dtype, data)?;
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }

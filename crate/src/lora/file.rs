@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::component::Component;
 use crate::error::{Error, Result};
-use crate::weights::floats;
+use crate::weights::finite_floats;
 use crate::weights::safetensors::SafetensorsFile;
 
 /// Which key layout a file uses.
@@ -96,21 +96,7 @@ impl LoraFile {
             let key = info.name.as_str();
             let (component, target, part) =
                 classify(key, format).ok_or_else(|| unexpected(file, key, format))?;
-            let values = floats(info.dtype, data).ok_or_else(|| {
-                Error::io(
-                    file,
-                    format!(
-                        "tensor `{key}` is {:?}; expected F32, F16 or BF16",
-                        info.dtype
-                    ),
-                )
-            })?;
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::io(
-                    file,
-                    format!("tensor `{key}` has a non-finite value at index {i}"),
-                ));
-            }
+            let values = finite_floats(file, key, info.dtype, data)?;
             let stored = Stored {
                 key: key.to_string(),
                 shape: info.shape.clone(),

@@ -9,7 +9,7 @@ pub mod ldm;
 pub mod safetensors;
 
 pub use keys::{checkpoint_name, field_path, is_buffer};
-pub use safetensors::{SafetensorsReader, floats};
+pub use safetensors::{SafetensorsReader, finite_floats, floats};
 
 use std::collections::{HashMap, HashSet};
 

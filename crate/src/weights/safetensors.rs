@@ -198,6 +198,24 @@ pub fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// The float tensor `key` of `file` as f32 values, refusing other dtypes and non-finite
+/// values by name (small user files: LoRAs, embeddings, latents).
+pub fn finite_floats(file: &str, key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    let values = floats(dtype, data).ok_or_else(|| {
+        Error::io(
+            file,
+            format!("tensor `{key}` is {dtype:?}; expected F32, F16 or BF16"),
+        )
+    })?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::io(
+            file,
+            format!("tensor `{key}` has a non-finite value at index {i}"),
+        ));
+    }
+    Ok(values)
+}
+
 /// Reads a safetensors file that arrives in pieces, holding only the bytes not yet turned
 /// into tensors: at most one piece plus a tensor (or a block of the token embedding's
 /// rows, see [`pieces`]) that spans pieces.
