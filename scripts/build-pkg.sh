@@ -9,13 +9,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webdiffusion/target}"
 # WASM_PROFILE=release gives a faster build for quick iterations; the package ships the
 # `wasm` profile (opt-level z, whole-program LTO) shrunk by binaryen's wasm-opt (from npm:
 # Debian's is too old and produces modules Chromium rejects).
+# FEATURES=testing adds the test hooks (scripts/test.sh); a package to publish has none.
 profile="${WASM_PROFILE:-wasm}"
+features=(--no-default-features)
+[ -n "${FEATURES:-}" ] && features+=(--features "$FEATURES")
 if [ "$profile" = release ]; then
     wasm-pack build crate --target web --release --mode no-install \
-        --out-dir ../pkg --out-name webdiffusion -- --no-default-features
+        --out-dir ../pkg --out-name webdiffusion -- "${features[@]}"
 else
     wasm-pack build crate --target web --profile "$profile" --mode no-install \
-        --out-dir ../pkg --out-name webdiffusion -- --no-default-features
+        --out-dir ../pkg --out-name webdiffusion -- "${features[@]}"
 fi
 cp crate/js/worker.js pkg/worker.js
 # Ship the worker with the package.

@@ -12,10 +12,11 @@ export WEBDIFFUSION_TEST_WGPU="${WEBDIFFUSION_TEST_WGPU:-1}"
 
 cargo fmt --all --check
 cargo clippy --release --all-targets -- -D warnings
-cargo clippy --release --target wasm32-unknown-unknown --no-default-features --lib -- -D warnings
+cargo clippy --release --target wasm32-unknown-unknown --no-default-features --features testing --lib -- -D warnings
 cargo test --release
 
-scripts/build-pkg.sh
+# The package with its test hooks (a panic on request, for the recovery tests).
+FEATURES=testing scripts/build-pkg.sh
 npm test --prefix tests/web
 
 # The web app: strict type-check, production build, unit tests, then the end-to-end test.

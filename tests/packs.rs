@@ -176,6 +176,11 @@ fn packs_generate_within_limits() {
         let goldens = Goldens::load(&format!("pipeline-{model}"));
         for &(precision, limit) in LIMITS {
             let pack = convert_to(model, precision, dir.path());
+            let manifest = std::fs::read_to_string(pack.join("manifest.json")).unwrap();
+            assert!(
+                manifest.contains("\"family\": \"sd\""),
+                "the family is recorded"
+            );
             let files = open_dir(&pack).unwrap();
             let unet = files.weights(Component::Unet, &Device::flex()).unwrap();
             assert_eq!(

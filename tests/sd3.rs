@@ -624,3 +624,23 @@ fn a_sharded_t5_loads_as_one_file_and_a_hostile_index_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn every_family_has_a_preview_map_for_its_latent_channels() {
+    let device = Device::flex();
+    for (name, family) in [
+        ("sd1-tiny", Family::Sd),
+        ("sdxl-tiny", Family::Sdxl),
+        ("sd3-tiny", Family::Sd3),
+    ] {
+        let pipe = StableDiffusion::load(&files(name), &device).unwrap();
+        assert_eq!(pipe.family, family);
+        let (factors, bias) = family.preview_rgb();
+        assert_eq!(factors.len(), pipe.vae_config.latent_channels(), "{name}");
+        assert!(
+            bias.iter()
+                .chain(factors.iter().flatten())
+                .all(|v| v.abs() < 1.0)
+        );
+    }
+}

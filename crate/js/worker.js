@@ -23,7 +23,9 @@
 //   // Generations may run at once; a load waits for the previous load, and the previous model
 //   // is freed once the generations running on it have ended. After an internal failure (a
 //   // panic) every request gets an error named InternalError: start a new Worker.
-import init, { Pipeline, canny, __panicForTesting } from "./webdiffusion.js";
+import init, { Pipeline, canny } from "./webdiffusion.js";
+// Only a package built for the tests has `__panicForTesting`.
+import * as hooks from "./webdiffusion.js";
 
 let pipeline = null;
 /** The LoRAs, ControlNets and embeddings loaded for `pipeline`, by id. */
@@ -41,6 +43,21 @@ async function freeWhenUnused(handles) {
   await Promise.allSettled(users.map((run) => run.done));
   // After a panic the handles belong to the trapped instance: never free them.
   if (!panicError) for (const handle of handles) handle?.free();
+}
+
+/**
+ * A LoRA, embedding or ControlNet loaded by `load(target, onProgress)` for the current model;
+ * one that arrives after another model was loaded is freed, and `method` says so.
+ */
+async function loadFor(method, load) {
+  if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
+  const target = pipeline;
+  const handle = await load(target, (p) => self.postMessage({ type: "progress", ...p }));
+  if (pipeline !== target) {
+    handle.free();
+    throw new Error(`${method}: another model was loaded meanwhile; load it again`);
+  }
+  return handle;
 }
 
 /** The embeddings named by `ids`, looked up by id. */
@@ -155,16 +172,7 @@ async function handle(data) {
       ended();
     }
   } else if (data.type === "loadLora") {
-    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-    const target = pipeline;
-    const lora = await target.loadLora(data.source, {
-      name: data.name,
-      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
-    });
-    if (pipeline !== target) {
-      lora.free();
-      throw new Error("loadLora: another model was loaded meanwhile; load the LoRA again");
-    }
+    const lora = await loadFor("loadLora", (target, onProgress) => target.loadLora(data.source, { name: data.name, onProgress }));
     loras.set(lora.id, lora);
     self.postMessage({ type: "loraLoaded", lora: { id: lora.id, name: lora.name, hash: lora.hash }, id: data.id });
   } else if (data.type === "freeLora") {
@@ -172,16 +180,7 @@ async function handle(data) {
     loras.delete(data.lora);
     if (lora) freeWhenUnused([lora]);
   } else if (data.type === "loadEmbedding") {
-    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-    const target = pipeline;
-    const embedding = await target.loadEmbedding(data.source, {
-      token: data.token,
-      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
-    });
-    if (pipeline !== target) {
-      embedding.free();
-      throw new Error("loadEmbedding: another model was loaded meanwhile; load the embedding again");
-    }
+    const embedding = await loadFor("loadEmbedding", (target, onProgress) => target.loadEmbedding(data.source, { token: data.token, onProgress }));
     embeddings.set(embedding.id, embedding);
     const { id, token, hash, vectors } = embedding;
     self.postMessage({ type: "embeddingLoaded", embedding: { id, token, hash, vectors }, id: data.id });
@@ -197,15 +196,7 @@ async function handle(data) {
     });
     self.postMessage({ type: "tokens", count, id: data.id });
   } else if (data.type === "loadControlNet") {
-    if (!pipeline) throw new Error("no model loaded: send {type: 'load', url} first");
-    const target = pipeline;
-    const controlnet = await target.loadControlNet(data.url, {
-      onProgress: (p) => self.postMessage({ type: "progress", ...p }),
-    });
-    if (pipeline !== target) {
-      controlnet.free();
-      throw new Error("loadControlNet: another model was loaded meanwhile; load the ControlNet again");
-    }
+    const controlnet = await loadFor("loadControlNet", (target, onProgress) => target.loadControlNet(data.url, { onProgress }));
     controlnets.set(controlnet.id, controlnet);
     self.postMessage({ type: "controlnetLoaded", controlnet: { id: controlnet.id, name: controlnet.name }, id: data.id });
   } else if (data.type === "freeControlNet") {
@@ -223,9 +214,9 @@ async function handle(data) {
   } else if (data.type === "deleteCached") {
     await Pipeline.deleteCached(data.url);
     self.postMessage({ type: "deleted", url: data.url, id: data.id });
-  } else if (data.type === "__panicForTesting") {
+  } else if (data.type === "__panicForTesting" && hooks.__panicForTesting) {
     // Not part of the protocol: lets the tests check the recovery from a real panic.
-    __panicForTesting();
+    hooks.__panicForTesting();
   } else {
     const error = new Error(`unknown message type ${JSON.stringify(data?.type)}`);
     error.name = "NotSupportedError";

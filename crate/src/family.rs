@@ -32,12 +32,63 @@ const NOT_YET: &[(&str, &str)] = &[
 ];
 
 impl Family {
+    /// Every family this build runs.
+    pub const ALL: [Family; 3] = [Family::Sd, Family::Sdxl, Family::Sd3];
+
     /// Its name in messages and in the browser's model info.
     pub fn name(self) -> &'static str {
         match self {
             Family::Sd => "sd",
             Family::Sdxl => "sdxl",
             Family::Sd3 => "sd3",
+        }
+    }
+
+    /// A linear map from its latents (as the denoiser sees them) to RGB in [-1, 1], per
+    /// channel, and its bias: a preview of the image while it is denoised, without running
+    /// a decoder. Published least-squares fits of each family's VAE (ComfyUI's
+    /// `latent_rgb_factors`; SD 1.x's is an earlier fit of the same kind).
+    pub fn preview_rgb(self) -> (&'static [[f64; 3]], [f64; 3]) {
+        match self {
+            Family::Sd => (
+                &[
+                    [0.298, 0.207, 0.208],
+                    [0.187, 0.286, 0.173],
+                    [-0.158, 0.189, 0.264],
+                    [-0.184, -0.271, -0.473],
+                ],
+                [0.0; 3],
+            ),
+            Family::Sdxl => (
+                &[
+                    [0.3651, 0.4232, 0.4341],
+                    [-0.2533, -0.0042, 0.1068],
+                    [0.1076, 0.1111, -0.0362],
+                    [-0.3165, -0.2492, -0.2188],
+                ],
+                [0.1084, -0.0175, -0.0011],
+            ),
+            Family::Sd3 => (
+                &[
+                    [-0.0922, -0.0175, 0.0749],
+                    [0.0311, 0.0633, 0.0954],
+                    [0.1994, 0.0927, 0.0458],
+                    [0.0856, 0.0339, 0.0902],
+                    [0.0587, 0.0272, -0.0496],
+                    [-0.0006, 0.1104, 0.0309],
+                    [0.0978, 0.0306, 0.0427],
+                    [-0.0042, 0.1038, 0.1358],
+                    [-0.0194, 0.0020, 0.0669],
+                    [-0.0488, 0.0130, -0.0268],
+                    [0.0922, 0.0988, 0.0951],
+                    [-0.0278, 0.0524, -0.0542],
+                    [0.0332, 0.0456, 0.0895],
+                    [-0.0069, -0.0030, -0.0810],
+                    [-0.0596, -0.0465, -0.0293],
+                    [-0.1448, -0.1463, -0.1189],
+                ],
+                [0.2394, 0.2135, 0.1925],
+            ),
         }
     }
 

@@ -53,9 +53,11 @@ test("generates the same latents as the native CLI, with progress", async () => 
   assert.deepEqual(out.steps, [1, 2, 3, 4].map((k) => [k, 4, 4 * 16 * 16, 1, 4, 16, 16]));
   // The model's own settings (sd1-tiny: PNDM, sample_size 16, a ×2 VAE), which the run
   // without options below uses.
-  const { schedulers, ...info } = out.info;
+  const { schedulers, previewRgb, ...info } = out.info;
   assert.deepEqual(info, { family: "sd", latentChannels: 4, vaeScaleFactor: 2, defaultSize: 32, defaultSteps: 20,
     defaultGuidance: 7.5, scheduler: "pndm", inpainting: false });
+  assert.deepEqual(previewRgb.factors[0], [0.298, 0.207, 0.208], "SD's latent → RGB map, a row per channel");
+  assert.deepEqual([previewRgb.factors.length, previewRgb.bias], [4, [0, 0, 0]]);
   assert.ok(schedulers.includes("ddim") && schedulers.includes("dpmpp-2m-karras"), schedulers.join());
   assert.equal(out.pixels, out.width * out.height * 4);
   assert.equal(out.seed, 7);
@@ -131,9 +133,10 @@ test("an SD3 folder: T5 and the MMDiT with flow matching as diffusers, and { t5:
   }, { url, latents: Array.from(readSafetensors(goldens, "txt2img.latents")), load });
   const before = server.log.length;
   const withT5 = await run({});
-  const { schedulers, ...info } = withT5.info;
+  const { schedulers, previewRgb, ...info } = withT5.info;
   assert.deepEqual(info, { family: "sd3", latentChannels: 16, vaeScaleFactor: 4, defaultSize: 64, defaultSteps: 28,
     defaultGuidance: 7.5, scheduler: "flow-euler", inpainting: false });
+  assert.deepEqual([previewRgb.factors.length, previewRgb.bias.length], [16, 3], "SD3's map reads 16 channels");
   assert.ok(schedulers.includes("flow-euler"), schedulers.join());
   assert.deepEqual(withT5.ran, ["flow-euler", 64, 64]);
   const err = relL2(Float32Array.from(withT5.latents), readSafetensors(goldens, "euler.latents"));

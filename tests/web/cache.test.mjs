@@ -770,7 +770,7 @@ test("after a real panic in the package's worker, a new worker loads and generat
 test("the package's worker loads a model from the cache and lists it", async () => {
   const { page, context } = await openPage();
   const url = server.base + MODEL;
-  const out = await page.evaluate(async ({ url }) => {
+  const out = await page.evaluate(async ({ url, embeddingUrl }) => {
     const worker = new Worker("/pkg/worker.js", { type: "module" });
     const replies = [];
     const reply = (id) => new Promise((resolve) => {
@@ -788,10 +788,20 @@ test("the package's worker loads a model from the cache and lists it", async () 
     replies.push((await ask({ type: "load", url, id: 2 })).type);
     const cached = await ask({ type: "cached", id: 3 });
     replies.push((await ask({ type: "generate", id: 4, options: { prompt: "x", steps: 1, loras: [{ lora: 9 }] } })).message);
+    // Embeddings by id: loaded, counted with, and an unknown id refused.
+    const embedding = (await ask({ type: "loadEmbedding", source: embeddingUrl, id: 5 })).embedding;
+    const count = (await ask({ type: "countTokens", prompt: "a <cat-toy> fox", embeddings: [embedding.id], id: 6 })).count;
+    replies.push((await ask({ type: "generate", id: 7, options: { prompt: "x", steps: 1, embeddings: [999] } })).message);
     worker.terminate();
-    return { replies, info: loaded.info, models: cached.cached.map((m) => [m.url, m.complete]) };
-  }, { url });
-  assert.deepEqual(out.replies, ["loaded", "loaded", "generate: LoRA 9 is not loaded in this worker"]);
+    return { replies, info: loaded.info, models: cached.cached.map((m) => [m.url, m.complete]), embedding, count };
+  }, { url, embeddingUrl: `${server.base}/tests/fixtures/prompts/cat-toy.safetensors` });
+  assert.deepEqual(out.replies, ["loaded", "loaded", "generate: LoRA 9 is not loaded in this worker",
+    "generate: embedding 999 is not loaded in this worker"]);
+  assert.equal(out.embedding.token, "<cat-toy>");
+  assert.equal(out.embedding.vectors, 1);
+  assert.deepEqual(out.count, { chunks: [3], maxChunks: 16 });
+  assert.equal(out.info.previewRgb.factors.length, 4, "a preview map row per latent channel");
+  assert.equal(out.info.previewRgb.bias.length, 3);
   assert.equal(out.info.family, "sd", "the loaded message says what the model is");
   assert.equal(out.info.latentChannels, 4);
   assert.deepEqual(out.models, [[url, true]]);

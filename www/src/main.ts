@@ -12,7 +12,7 @@ import { plural } from "./format";
 import { readTextChunks, withTextChunk } from "./png";
 import { presets } from "./presets";
 import { latentsToRgba } from "./preview";
-import type { GenerateOptions } from "./protocol";
+import type { GenerateOptions, ModelInfo } from "./protocol";
 import { ControlNetPanel } from "./ui/controlnet";
 import { GenerationForm } from "./ui/form";
 import { HistoryView } from "./ui/history";
@@ -48,6 +48,8 @@ mirrorRanges(document);
 const generateButton = byId<HTMLButtonElement>("generate");
 const cancelButton = byId<HTMLButtonElement>("cancel");
 let loaded: ModelChoice | null = null;
+/** What the loaded model is, as the engine reported it. */
+let loadedInfo: ModelInfo | null = null;
 let loading: Promise<ModelChoice> | null = null;
 let busy = false;
 let previewNoted = false;
@@ -63,7 +65,7 @@ async function ensureModel(): Promise<ModelChoice | null> {
   if (loaded?.key === choice.key) return loaded;
   loading = (async () => {
     progress.startDownload(`Downloading ${choice.label}`, choice.expectedBytes);
-    await engine.load({ url: choice.url, dtype: choice.dtype, previewVae: choice.previewVae, t5: choice.t5 });
+    loadedInfo = await engine.load({ url: choice.url, dtype: choice.dtype, previewVae: choice.previewVae, t5: choice.t5 });
     progress.endDownload();
     // The worker freed the previous model's LoRAs and ControlNets with it.
     lora.clear();
@@ -173,7 +175,7 @@ engine.onStep = (s) => {
     return;
   }
   const [, , h, w] = s.shape;
-  stage.preview(new ImageData(latentsToRgba(s.latents, s.shape), w, h));
+  stage.preview(new ImageData(latentsToRgba(s.latents, s.shape, loadedInfo?.previewRgb), w, h));
   if (loaded?.previewVae && !previewNoted) {
     previewNoted = true;
     notice("This version of the engine does not decode previews with TAESD yet: showing the quick preview.");

@@ -30,6 +30,13 @@ describe("latent preview", () => {
     latents[0] = 1; // channel 0 only: r = 0.298, g = 0.207, b = 0.208
     expect(Array.from(latentsToRgba(latents, [1, 4, 1, 1]).subarray(0, 3))).toEqual([165, 154, 154]);
   });
+  it("uses the engine's map for the model's family, with its bias", () => {
+    const latents = new Float32Array(16);
+    latents[15] = 1; // the last of 16 channels
+    const factors = Array.from({ length: 16 }, (_, k) => (k === 15 ? [0.5, 0, -0.5] : [0, 0, 0]));
+    const rgba = Array.from(latentsToRgba(latents, [1, 16, 1, 1], { factors, bias: [0, 0.5, 0] }));
+    expect(rgba).toEqual([191, 191, 64, 255]);
+  });
   it("lays latents out by their shape, whatever their channel count", () => {
     // 16 channels (SD3-like), 1×2: the first three channels are R, G and B.
     const latents = new Float32Array(16 * 2);

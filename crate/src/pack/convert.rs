@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use half::f16;
-use safetensors::Dtype;
 
+use super::Source;
 use super::shards::ShardWriter;
 use super::single_file::Layout;
 use super::{
@@ -37,31 +37,6 @@ use crate::models::vae::Vae;
 use crate::quant::{BlockFormat, Precision, Scales};
 use crate::weights::safetensors::SafetensorsFile;
 use crate::weights::{check_tensors, expected_tensors, floats, pieces};
-
-/// One tensor to write, borrowed from the source file and named as in diffusers.
-#[derive(Clone)]
-pub struct Source<'a> {
-    pub name: String,
-    /// The shape it is written with (its name's).
-    pub shape: Vec<usize>,
-    pub dtype: Dtype,
-    pub data: &'a [u8],
-    /// Stored as the transpose of `shape` (OpenCLIP's `text_projection`, applied as
-    /// `x @ P` where transformers' linear layer computes `x @ Wᵀ`).
-    pub transposed: bool,
-}
-
-impl<'a> From<(&crate::weights::safetensors::TensorInfo, &'a [u8])> for Source<'a> {
-    fn from((info, data): (&crate::weights::safetensors::TensorInfo, &'a [u8])) -> Self {
-        Source {
-            name: info.name.clone(),
-            shape: info.shape.clone(),
-            dtype: info.dtype,
-            data,
-            transposed: false,
-        }
-    }
-}
 
 /// What one component became.
 #[derive(Debug, Clone, Default)]
@@ -297,6 +272,7 @@ fn read_configs(src: &dyn ModelFiles, precision: Precision) -> Result<(Manifest,
         format: FORMAT.into(),
         version: VERSION,
         quant: precision,
+        family: Some(family.name().into()),
         configs,
         tokenizer,
         components: BTreeMap::new(),
@@ -378,6 +354,7 @@ fn convert_renamed(
         format: FORMAT.into(),
         version: VERSION,
         quant: precision,
+        family: None,
         configs: BTreeMap::from([(path, config)]),
         tokenizer: BTreeMap::new(),
         components: BTreeMap::new(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::quant::{BlockFormat, Precision};
 
 pub const FORMAT: &str = "webdiffusion-pack";
@@ -25,6 +26,11 @@ pub struct Manifest {
     pub version: u32,
     /// What `convert --quant` was given.
     pub quant: Precision,
+    /// The model family (`sd`, `sdxl`, `sd3`), so that a reader knows what a pack holds
+    /// without reading its configs; absent in a ControlNet pack and in packs written before
+    /// it was recorded (their `model_index.json` says it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// `model_index.json`, `unet/config.json`, … as JSON.
     pub configs: BTreeMap<String, serde_json::Value>,
     /// `tokenizer/vocab.json`, `tokenizer/merges.txt` or `tokenizer/tokenizer.json`, as text.
@@ -216,6 +222,14 @@ impl Manifest {
                 ),
             );
         }
+        if let Some(family) = &manifest.family
+            && !Family::ALL.iter().any(|f| f.name() == family)
+        {
+            return bad(
+                "family",
+                format!("is {family:?}, a model family this build does not run"),
+            );
+        }
         if manifest.components.is_empty() {
             return bad("components", "is empty".into());
         }
@@ -297,6 +311,19 @@ mod tests {
         let mut v1 = manifest();
         v1["version"] = json!(1);
         assert_eq!(parse(&v1).unwrap().version, 1);
+    }
+
+    #[test]
+    fn the_family_is_recorded_and_an_unknown_one_refused_by_name() {
+        assert_eq!(parse(&manifest()).unwrap().family, None, "older packs");
+        let mut sdxl = manifest();
+        sdxl["family"] = json!("sdxl");
+        assert_eq!(parse(&sdxl).unwrap().family.as_deref(), Some("sdxl"));
+        let message = error(|v| v["family"] = json!("flux"));
+        assert!(
+            message.contains("m.json") && message.contains("\"flux\""),
+            "{message}"
+        );
     }
 
     #[test]

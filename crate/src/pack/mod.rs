@@ -22,12 +22,16 @@ mod reader;
 mod shards;
 #[cfg(not(target_family = "wasm"))]
 pub mod single_file;
+#[cfg(not(target_family = "wasm"))]
+mod source;
 
 pub use manifest::{
     ComponentEntry, FORMAT, MANIFEST, Manifest, QuantEntry, ScaleDType, Shard, StoredDType,
     TensorEntry, VERSION, matrix,
 };
 pub use reader::{ShardReader, decode};
+#[cfg(not(target_family = "wasm"))]
+pub use source::Source;
 
 use burn::prelude::Device;
 use burn::tensor::DType;

@@ -154,7 +154,7 @@ impl Pipeline {
     /// memory holds about one chunk at a time. Quantized weights stay quantized on the GPU.
     pub async fn load(
         url: String,
-        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "LoadOptions")] options: Option<JsValue>,
     ) -> Result<Pipeline, JsValue> {
         let limits = options
             .as_ref()
@@ -289,6 +289,18 @@ impl Pipeline {
             .map(|e| JsValue::from(e.name));
         set("schedulers", names.collect::<js_sys::Array>().into())?;
         set("inpainting", pipe.is_inpainting().into())?;
+        // Latents → RGB for a preview without a decoder: { factors: [C][3], bias: [3] }.
+        let (factors, bias) = pipe.family.preview_rgb();
+        let rows = |row: &[f64]| {
+            row.iter()
+                .map(|&v| JsValue::from(v))
+                .collect::<js_sys::Array>()
+        };
+        let preview = Object::new();
+        let factors: js_sys::Array = factors.iter().map(|r| JsValue::from(rows(r))).collect();
+        Reflect::set(&preview, &"factors".into(), &factors)?;
+        Reflect::set(&preview, &"bias".into(), &rows(&bias))?;
+        set("previewRgb", preview.into())?;
         Ok(object.into())
     }
 
@@ -299,7 +311,7 @@ impl Pipeline {
     pub async fn load_lora(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string | Uint8Array")] from: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "LoraOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "LoraOptions")] options: Option<JsValue>,
     ) -> Result<JsLora, JsValue> {
         let (bytes, file) = file_bytes(from, &options, "loadLora", "LoRA bytes").await?;
         let options = options.unwrap_or(JsValue::UNDEFINED);
@@ -325,7 +337,9 @@ impl Pipeline {
     pub async fn load_embedding(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string | Uint8Array")] from: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "EmbeddingOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "EmbeddingOptions")] options: Option<
+            JsValue,
+        >,
     ) -> Result<JsEmbedding, JsValue> {
         let (bytes, file) = file_bytes(from, &options, "loadEmbedding", "embedding bytes").await?;
         let options = options.unwrap_or(JsValue::UNDEFINED);
@@ -358,7 +372,7 @@ impl Pipeline {
     pub fn count_tokens(
         &self,
         prompt: String,
-        #[wasm_bindgen(unchecked_param_type = "CountOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "CountOptions")] options: Option<JsValue>,
     ) -> Result<JsValue, JsValue> {
         let options = options.unwrap_or(JsValue::UNDEFINED);
         let (embeddings, weighting) = options::reading(&options, self.id)?;
@@ -383,7 +397,7 @@ impl Pipeline {
     pub async fn load_controlnet(
         &self,
         url: String,
-        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "LoadOptions")] options: Option<JsValue>,
     ) -> Result<JsControlNet, JsValue> {
         let source = source(&url, &options);
         let files = source.component(Component::ControlNet).await?;

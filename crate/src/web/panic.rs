@@ -39,7 +39,8 @@ fn dispatch(message: &str) -> Result<(), JsValue> {
     Ok(())
 }
 
-/// Panics, for the tests of the recovery above; not part of the API.
+/// Panics, for the tests of the recovery above; only in builds with the `testing` feature.
+#[cfg(feature = "testing")]
 #[wasm_bindgen(js_name = "__panicForTesting", skip_typescript)]
 pub fn panic_for_testing() {
     panic!("panic requested by __panicForTesting");

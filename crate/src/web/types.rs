@@ -158,6 +158,9 @@ export interface ModelInfo {
   schedulers: SchedulerName[];
   /** Whether the UNet is an inpainting model's (9 input channels). */
   inpainting: boolean;
+  /** A linear map from latents (`onStep`'s) to RGB in [-1, 1] for a preview without a
+   *  decoder: rgb[c] = bias[c] + Σₖ factors[k][c] · latents[k] (a row per latent channel). */
+  previewRgb: { factors: number[][]; bias: number[] };
 }
 /** What ran, every default resolved (the model's own scheduler, LCM's 4 steps, …). */
 export interface GenerateResult {

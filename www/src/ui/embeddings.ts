@@ -1,7 +1,7 @@
 // The embeddings panel: textual-inversion files (EasyNegative and the like) added by URL or
 // file. Every loaded embedding goes with each generation; a prompt uses one by naming its
 // token. They live in the worker with the model they were loaded for, as LoRAs do.
-import { byId, el } from "../dom";
+import { addByUrlOrFile, byId, el } from "../dom";
 import type { Engine } from "../engine";
 import { plural } from "../format";
 
@@ -22,22 +22,12 @@ export class EmbeddingPanel {
   private readonly list = byId("embedding-list");
   private readonly message = byId("embedding-message");
   private readonly url = byId<HTMLInputElement>("embedding-url");
-  private readonly file = byId<HTMLInputElement>("embedding-file");
   private readonly addButton = byId<HTMLButtonElement>("embedding-add-url");
 
   /** `ready` loads the chosen model first (an embedding is matched against it). */
   constructor(private readonly engine: Engine, private readonly ready: () => Promise<boolean>, private readonly describe: (e: unknown) => string) {
-    this.addButton.addEventListener("click", () => {
-      const url = this.url.value.trim();
-      if (url) this.add(url);
-      else this.say("Enter the URL of a .safetensors embedding first.", true);
-    });
-    this.file.addEventListener("change", async () => {
-      const file = this.file.files?.[0];
-      this.file.value = "";
-      // As in AUTOMATIC1111, a file is named in prompts by its name without extension.
-      if (file) this.add(new Uint8Array(await file.arrayBuffer()), file.name.replace(/\.[^.]+$/, ""));
-    });
+    // As in AUTOMATIC1111, a file is named in prompts by its name without extension.
+    addByUrlOrFile("embedding", (source, token) => this.add(source, token), () => this.say("Enter the URL of a .safetensors embedding first.", true));
   }
 
   /** The worker ids of every loaded embedding. */

@@ -1,7 +1,7 @@
 // The LoRA panel: add by URL or file, a strength each (−2…2), on/off, remove. LoRAs live in
 // the worker with the model they were loaded for; loading another model frees them there,
 // so `clear` drops the list here too.
-import { byId, el } from "../dom";
+import { addByUrlOrFile, byId, el } from "../dom";
 import type { Engine } from "../engine";
 import type { LoraUse } from "../params";
 
@@ -19,21 +19,11 @@ export class LoraPanel {
   private readonly list = byId("lora-list");
   private readonly message = byId("lora-message");
   private readonly url = byId<HTMLInputElement>("lora-url");
-  private readonly file = byId<HTMLInputElement>("lora-file");
   private readonly addButton = byId<HTMLButtonElement>("lora-add-url");
 
   /** `ready` loads the chosen model first (a LoRA is matched against it). */
   constructor(private readonly engine: Engine, private readonly ready: () => Promise<boolean>, private readonly describe: (e: unknown) => string) {
-    this.addButton.addEventListener("click", () => {
-      const url = this.url.value.trim();
-      if (url) this.add(url);
-      else this.say("Enter the URL of a .safetensors LoRA first.", true);
-    });
-    this.file.addEventListener("change", async () => {
-      const file = this.file.files?.[0];
-      this.file.value = "";
-      if (file) this.add(new Uint8Array(await file.arrayBuffer()), file.name.replace(/\.[^.]+$/, ""));
-    });
+    addByUrlOrFile("lora", (source, name) => this.add(source, name), () => this.say("Enter the URL of a .safetensors LoRA first.", true));
   }
 
   /**
