@@ -376,6 +376,7 @@ SD1 = dict(
     text_dtype=torch.float16,
     text_prefix=True,
     pad_token="<|endoftext|>",
+    tokenizer_files="vocab+merges",  # vocab.json + merges.txt, as the SD 1.5 hub folder
     scheduler_cls=PNDMScheduler,
     scheduler={
         "_class_name": "PNDMScheduler",
@@ -441,6 +442,7 @@ SD2 = dict(
     text_dtype=torch.bfloat16,
     text_prefix=False,
     pad_token="!",
+    tokenizer_files="tokenizer.json",  # as transformers 5 saves it
     scheduler_cls=DDIMScheduler,
     scheduler={
         "_class_name": "DDIMScheduler",
@@ -536,14 +538,16 @@ def write_pipeline(spec, unet, vae, text, vocab, merges):
 
     # --- tokenizer folder
     # sd1: vocab.json + merges.txt only (like the SD 1.5 hub folder); sd2: tokenizer.json only,
-    # so that each tokenizer-loading path is exercised by exactly one fixture.
+    # so that each tokenizer-loading path is exercised by exactly one fixture (and by its
+    # second-seed copy of make_half_fixtures.py). The spec's `tokenizer_files` picks the layout.
     tdir = out / "tokenizer"
     write_json(tdir / "special_tokens_map.json", special_tokens_map(spec["pad_token"]))
-    if spec["name"] == "sd1-tiny":
+    if spec["tokenizer_files"] == "vocab+merges":
         (tdir / "tokenizer.json").unlink()
         write_vocab_merges(tdir, vocab, merges)
         write_json(tdir / "tokenizer_config.json", hub_tokenizer_config(spec["pad_token"]))
     else:
+        assert spec["tokenizer_files"] == "tokenizer.json", spec["tokenizer_files"]
         assert (tdir / "tokenizer.json").exists()
         tc = json.load(open(tdir / "tokenizer_config.json"))
         assert tc["pad_token"] == spec["pad_token"] and tc["model_max_length"] == 77, tc

@@ -10,6 +10,8 @@ pub mod error;
 pub mod family;
 pub mod files;
 pub mod image;
+#[cfg(not(target_family = "wasm"))]
+pub mod launches;
 pub mod load;
 pub mod lora;
 pub mod models;

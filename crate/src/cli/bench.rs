@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::quantization::ScaleDtype;
 use burn::tensor::{DType, Distribution};
 
 use webdiffusion::builtin;
@@ -18,6 +20,7 @@ use webdiffusion::device::{self, Backend};
 use webdiffusion::error::{Error, Result};
 use webdiffusion::family::Family;
 use webdiffusion::files::ModelFiles;
+use webdiffusion::launches::{self, Launches};
 use webdiffusion::load::{self, Network};
 use webdiffusion::lora::{self, Format, Layer, Lora, LoraFile, Stored, Target, Targets};
 use webdiffusion::models::clip::ClipTextModel;
@@ -303,7 +306,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let normal = |shape: [usize; 3]| {
         Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
     };
-    let (unet_ms, name, unet_cond) = match &denoiser {
+    let (unet_ms, name, unet_cond, step_launches) = match &denoiser {
         Bench::Unet(unet) => {
             let config = load::build::<UNet2DConditionModel>(&files, Component::Unet, &device)?.0;
             let width = config
@@ -320,7 +323,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let ms = time(iters, || {
                 unet.forward(sample.clone(), 500.0, &cond, None).into_data()
             });
-            (ms, "UNet", Some(cond))
+            let launches =
+                launches::count(|| unet.forward(sample.clone(), 500.0, &cond, None).into_data()).1;
+            (ms, "UNet", Some(cond), launches)
         }
         Bench::Transformer(model) => {
             let config =
@@ -329,15 +334,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let context = normal([2, tokens, config.joint_attention_dim]);
             let pooled = normal([2, 1, config.pooled_projection_dim])
                 .reshape([2, config.pooled_projection_dim]);
-            let ms = time(iters, || {
+            let step = || {
                 model
                     .forward(sample.clone(), 500.0, context.clone(), pooled.clone(), &[])
                     .into_data()
-            });
-            (ms, "transformer", None)
+            };
+            let ms = time(iters, step);
+            (ms, "transformer", None, launches::count(step).1)
         }
     };
     println!("{name} step, batch 2 (CFG), {latent}×{latent} latents: {unet_ms:.1} ms");
+    report_launches(name, backend, &step_launches);
+    let weights_read = match &denoiser {
+        Bench::Unet(unet) => WeightBytes::of(unet, dtype),
+        Bench::Transformer(model) => WeightBytes::of(model, dtype),
+    };
+    println!(
+        "{name} weights read per step: {:.1} MB ({:.1} MB stored, {})",
+        weights_read.per_step() as f64 / 1e6,
+        weights_read.stored as f64 / 1e6,
+        weights_read.path(),
+    );
     let mut lora_ms = None;
     if let (Some(rank), Bench::Unet(unet), Some(cond)) = (args.lora_rank, &denoiser, &unet_cond) {
         let targets = Targets::from([(Component::Unet, expected_tensors(unet))]);
@@ -358,7 +375,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         lora_ms = Some(with);
     }
 
-    let vae_ms = vae.map(|vae| {
+    let vae_run = vae.map(|vae| {
         let z = Tensor::<4>::random(
             [1, channels, latent, latent],
             Distribution::Normal(0.0, 1.0),
@@ -366,8 +383,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         let ms = time(iters, || vae.decode(z.clone()).into_data());
         println!("VAE decode, {0}×{0}: {ms:.1} ms", args.size);
-        ms
+        let launches = launches::count(|| vae.decode(z.clone()).into_data()).1;
+        report_launches("VAE decode", backend, &launches);
+        (ms, launches)
     });
+    let vae_ms = vae_run.as_ref().map(|(ms, _)| *ms);
+    let counted = backend == Backend::Wgpu;
     let peak = memory.peak();
     if let Some(peak) = peak {
         println!("peak device memory: {:.1} MB", peak as f64 / 1e6);
@@ -389,10 +410,95 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "vae_decode_ms": vae_ms,
             "weights_device_bytes": weights,
             "peak_device_bytes": peak,
+            "launches_per_step": counted.then_some(step_launches.total),
+            "launches_per_vae_decode": vae_run.as_ref().filter(|_| counted).map(|(_, l)| l.total),
+            "weight_bytes_per_step": weights_read.per_step(),
+            "weight_bytes_stored": weights_read.stored,
+            "weight_path": weights_read.path(),
+            "features": {
+                "fusion": cfg!(feature = "fusion"),
+                "autotune": cfg!(feature = "autotune"),
+            },
         });
         println!("{json}");
     }
     Ok(())
+}
+
+/// Prints the launch count and the most launched kernels (wgpu only: the CPU backend
+/// launches none).
+fn report_launches(what: &str, backend: Backend, launches: &Launches) {
+    if backend != Backend::Wgpu {
+        return;
+    }
+    let top: Vec<String> = launches
+        .by_name
+        .iter()
+        .take(6)
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect();
+    println!(
+        "{what}: {} kernel launches ({})",
+        launches.total,
+        top.join(", ")
+    );
+}
+
+/// The bytes of weights one step moves. A float weight is read once by its matmul or
+/// convolution. A quantized one is dequantized for each call (`models::layers`): its
+/// packed bytes are read and a float copy of the compute precision is written and read
+/// again.
+#[derive(Default)]
+struct WeightBytes {
+    /// Bytes of the weights as they sit on the device.
+    stored: u64,
+    /// Elements of the quantized weights, and the compute precision's bytes per element.
+    quantized: u64,
+    float_size: u64,
+}
+
+impl WeightBytes {
+    fn of<M: Module>(module: &M, dtype: DType) -> Self {
+        let mut bytes = WeightBytes {
+            float_size: dtype.size() as u64,
+            ..Default::default()
+        };
+        module.visit(&mut bytes);
+        bytes
+    }
+
+    fn per_step(&self) -> u64 {
+        self.stored + 2 * self.quantized * self.float_size
+    }
+
+    fn path(&self) -> &'static str {
+        match self.quantized {
+            0 => "float weights",
+            _ => "quantized weights dequantized per call",
+        }
+    }
+}
+
+impl ModuleVisitor for WeightBytes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        let n = tensor.shape().num_elements() as u64;
+        self.stored += match tensor.dtype() {
+            DType::QFloat(scheme) => {
+                self.quantized += n;
+                let block = scheme
+                    .block_size()
+                    .map_or(n, |b| b.to_dim_vec(D).iter().map(|&d| d as u64).product());
+                let scale = match scheme.scale_dtype() {
+                    ScaleDtype::F32 => 4,
+                    ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+                    _ => 1,
+                };
+                n * scheme.size_bits_value() as u64 / 8 + n.div_ceil(block.max(1)) * scale
+            }
+            dtype => n * dtype.size() as u64,
+        };
+    }
 }
 
 /// The denoiser being timed.

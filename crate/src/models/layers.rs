@@ -73,7 +73,19 @@ impl Conv2d {
         let w = w.reshape([c_out, self.c_in, self.kernel, self.kernel]);
         let (s, p) = (self.stride, self.padding);
         let options = ConvOptions::new([s, s], [p, p], [1, 1], 1);
-        conv2d_op(x, w, self.bias.as_ref().map(|b| b.val()), options)
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return conv2d_op(x, w, bias, options);
+        }
+        // burn's wgpu convolution sums its products in the tensors' own precision, and a
+        // 3×3 convolution over 1280 channels sums 11,520 of them: in f16 that alone made a
+        // UNet call 3× less accurate than PyTorch's half precision, which accumulates in
+        // f32 (measured on the fixtures: rel-L2 4.7e-3 against 1.5e-3). So the convolution
+        // itself runs in f32 and hands back f16; weights and activations stay f16 between
+        // layers.
+        let bias = bias.map(|b| b.cast(DType::F32));
+        conv2d_op(x.cast(DType::F32), w.cast(DType::F32), bias, options).cast(dtype)
     }
 }
 
