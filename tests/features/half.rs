@@ -42,15 +42,30 @@ const OF_DIFFUSERS: f64 = 1.5;
 /// …plus this (golden bits differ between CPUs by ~1e-6; f16 itself rounds at 5e-4).
 const FLOOR: f64 = 1e-4;
 
-/// The limit for `case` of `model` (`ddim`, `unet` for the UNet call at timestep `k`): 1.5 ×
-/// diffusers' float16 rel-L2 there, plus the floor.
-fn limit(model: &str, case: &str, k: Option<usize>) -> f64 {
-    let half = Goldens::load(&format!("half-{model}"));
-    let key = match k {
-        Some(k) => format!("{case}.fp16_rel_l2.{k}"),
-        None => format!("{case}.fp16_rel_l2"),
-    };
-    OF_DIFFUSERS * half.values(&key)[0] + FLOOR
+/// diffusers' float16 errors on one model's cases (goldens/half-{model}.safetensors).
+struct HalfErrors(Goldens);
+
+impl HalfErrors {
+    fn load(model: &str) -> Self {
+        HalfErrors(Goldens::load(&format!("half-{model}")))
+    }
+
+    /// The limit for the case whose diffusers error is stored under `key`
+    /// (`ddim.fp16_rel_l2`, `unet.fp16_rel_l2.{k}`): 1.5 × that error, plus the floor.
+    fn limit(&self, key: &str) -> f64 {
+        OF_DIFFUSERS * self.0.values(key)[0] + FLOOR
+    }
+
+    /// Fails `what` if `err` is past the limit of the case stored under `key`.
+    fn check(&self, what: &str, key: &str, err: f64) {
+        let limit = self.limit(key);
+        eprintln!("{what} f16: rel-L2 {err:.2e} (limit {limit:.2e})");
+        assert!(
+            err <= limit,
+            "{what} f16: rel-L2 {err:e}, limit {limit:e} \
+             (1.5 × diffusers' float16 error + {FLOOR:e})"
+        );
+    }
 }
 
 struct Recorded(VecDeque<Tensor<4>>);
@@ -89,6 +104,7 @@ fn every_scheduler_in_f16_stays_near_diffusers_float32() {
     };
     for model in HALF_MODELS {
         let goldens = Goldens::load(&format!("pipeline-{model}"));
+        let half = HalfErrors::load(model);
         let pipe =
             StableDiffusion::load_with(&DirFiles(model_dir(model)), &device, DType::F16).unwrap();
         assert_eq!(
@@ -108,12 +124,10 @@ fn every_scheduler_in_f16_stays_near_diffusers_float32() {
         ] {
             let image = run(&pipe, &goldens, scheduler, &device);
             let err = rel_l2(&image, goldens.values(&format!("{scheduler}.image")));
-            let limit = limit(model, scheduler, None);
-            eprintln!("{model} {scheduler} f16: image rel-L2 {err:.2e} (limit {limit:.2e})");
-            assert!(
-                err <= limit,
-                "{model} {scheduler} f16: image rel-L2 {err:e}, limit {limit:e} \
-                 (1.5 × diffusers' float16 error + {FLOOR:e})"
+            half.check(
+                &format!("{model} {scheduler} image"),
+                &format!("{scheduler}.fp16_rel_l2"),
+                err,
             );
         }
     }
@@ -127,6 +141,7 @@ fn one_unet_call_in_f16_stays_near_diffusers_float32() {
     };
     for model in HALF_MODELS {
         let goldens = Goldens::load(model);
+        let half = HalfErrors::load(model);
         let (_, unet) = load::unet(&DirFiles(model_dir(model)), &device, DType::F16).unwrap();
         let sample = goldens.tensor::<4>("unet.sample", &device).cast(DType::F16);
         let context = goldens
@@ -141,12 +156,10 @@ fn one_unet_call_in_f16_stays_near_diffusers_float32() {
                 None,
             );
             let err = rel_l2(&to_f64(out), goldens.values(&format!("unet.out.{k}")));
-            let limit = limit(model, "unet", Some(k));
-            eprintln!("{model} UNet t={t} f16: rel-L2 {err:.2e} (limit {limit:.2e})");
-            assert!(
-                err <= limit,
-                "{model} UNet t={t} f16: rel-L2 {err:e}, limit {limit:e} \
-                 (1.5 × diffusers' float16 error + {FLOOR:e})"
+            half.check(
+                &format!("{model} UNet t={t}"),
+                &format!("unet.fp16_rel_l2.{k}"),
+                err,
             );
         }
     }
@@ -163,7 +176,10 @@ fn packs_in_f16_stay_near_diffusers_float32() {
         let goldens = Goldens::load(&format!("pipeline-{model}"));
         // f16 weights computed in f16 hold the f16 limits; q8 weights their own.
         for (precision, limit) in [
-            (Precision::F16, limit(model, "ddim", None)),
+            (
+                Precision::F16,
+                HalfErrors::load(model).limit("ddim.fp16_rel_l2"),
+            ),
             (Precision::Q8, 5e-3),
         ] {
             let out = dir.path().join(format!("{model}-{}", precision.name()));

@@ -320,11 +320,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     time_ids: [size, size, 0.0, 0.0, size, size].repeat(2),
                 });
             }
-            let ms = time(iters, || {
-                unet.forward(sample.clone(), 500.0, &cond, None).into_data()
-            });
-            let launches =
-                launches::count(|| unet.forward(sample.clone(), 500.0, &cond, None).into_data()).1;
+            let step = || unet.forward(sample.clone(), 500.0, &cond, None).into_data();
+            let (ms, launches) = (time(iters, step), launches::count(step).1);
             (ms, "UNet", Some(cond), launches)
         }
         Bench::Transformer(model) => {
@@ -381,9 +378,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let ms = time(iters, || vae.decode(z.clone()).into_data());
+        let decode = || vae.decode(z.clone()).into_data();
+        let ms = time(iters, decode);
         println!("VAE decode, {0}×{0}: {ms:.1} ms", args.size);
-        let launches = launches::count(|| vae.decode(z.clone()).into_data()).1;
+        let launches = launches::count(decode).1;
         report_launches("VAE decode", backend, &launches);
         (ms, launches)
     });
